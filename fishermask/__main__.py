@@ -1,0 +1,5 @@
+import sys
+
+from fishermask.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""``fishermask`` command line: ``run``, ``sweep`` and ``report``.
+
+User errors (bad config, missing data, impossible budget, memory limits) print one clear message
+and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+from fishermask.errors import FishermaskError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value with a dotted key, e.g. --set strategy.name=entropy")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLflow's default, sqlite:///mlflow.db here)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fishermask", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one active-learning experiment from a YAML file")
+    run.add_argument("file", help="config or sweep file (a sweep: block is ignored)")
+    _add_common(run)
+    run.add_argument("--restart", action="store_true",
+                     help="ignore an existing checkpoint of this config and start from round 0")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    try:
+        from fishermask import sweep as sweep_mod
+
+        sweep_mod.add_parsers(sub, _add_common)
+    except ImportError:  # pragma: no cover - sweeps not installed
+        pass
+    return parser
+
+
+def cmd_run(args) -> int:
+    import shutil
+
+    from fishermask.config import load_config
+    from fishermask.loop import ActiveLearningLoop
+    from fishermask.tracking import MlflowTracker
+
+    cfg = load_config(args.file, args.overrides)
+    if args.tracking_uri:
+        cfg.tracking.tracking_uri = args.tracking_uri
+    tracker = MlflowTracker(cfg.tracking.tracking_uri)
+    loop = ActiveLearningLoop(cfg, tracker=tracker, progress=not args.no_progress)
+    if args.restart and loop.checkpoint_dir.exists():
+        shutil.rmtree(loop.checkpoint_dir)
+    records = loop.run()
+    last = records[-1]
+    print(f"\ndone: {cfg.strategy.name}, seed {cfg.seed}: {len(records) - 1} rounds, "
+          f"{last.n_labels} labels, accuracy {last.accuracy:.4f}, "
+          f"balanced accuracy {last.balanced_accuracy:.4f}")
+    print(f"MLflow run {tracker.run_id} in experiment '{cfg.experiment}' at {tracker.tracking_uri}")
+    print(f"open the UI with:  mlflow ui --backend-store-uri {tracker.tracking_uri}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run}
+    try:
+        from fishermask import sweep as sweep_mod
+
+        handlers.update(sweep_mod.HANDLERS)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return handlers[args.command](args)
+    except FishermaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last finished round is checkpointed — run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

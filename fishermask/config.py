@@ -1,0 +1,281 @@
+"""Typed, validated experiment configuration (YAML + ``--set key.sub=value`` overrides).
+
+A config file is a mapping with the sections below; a sweep file is the same plus a ``sweep:``
+block of grid axes (``fishermask run`` ignores it).  Every error is a :class:`ConfigError` whose
+message says what is wrong, where (the dotted key), and the valid choices or the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fishermask.errors import ConfigError
+
+DATASETS = ("digits", "fashion_mnist", "cifar10", "image_folder")
+REGIMES = {
+    # name: (initial labels, labels per round, total budget)
+    "low": (15, 70, 575),
+    "high": (250, 250, 5750),
+    "setting2": (500, 500, 6500),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["digits", "fashion_mnist", "cifar10", "image_folder"] = "digits"
+    data_dir: str = "./data"
+    download: bool = False
+    setting: Optional[Literal[1, 2]] = None
+    class_counts: Optional[list[int]] = None
+    augment: bool = False
+    image_size: int = Field(32, ge=4, description="image_folder only: images are resized to this")
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="digits only: stratified hold-out")
+
+    @field_validator("class_counts")
+    @classmethod
+    def _counts(cls, v):
+        if v is not None and (not v or any(c < 0 for c in v) or sum(v) == 0):
+            raise ValueError("class_counts must be a non-empty list of non-negative counts, "
+                             "position i = number of pool images of class i")
+        return v
+
+    @model_validator(mode="after")
+    def _one_imbalance(self):
+        if self.setting is not None and self.class_counts is not None:
+            raise ValueError("give either data.setting or data.class_counts, not both")
+        return self
+
+
+class BudgetConfig(_Section):
+    regime: Optional[Literal["low", "high", "setting2"]] = None
+    initial: Optional[int] = Field(None, ge=1)
+    query: Optional[int] = Field(None, ge=1)
+    rounds: Optional[int] = Field(None, ge=0)
+    total: Optional[int] = Field(None, ge=1)
+
+    def resolved(self) -> tuple[int, int, int]:
+        """Return ``(initial, query, rounds)`` after applying the regime preset."""
+        initial, query, total = REGIMES.get(self.regime or "", (None, None, None))
+        initial = self.initial if self.initial is not None else initial
+        query = self.query if self.query is not None else query
+        total = self.total if self.total is not None else total
+        if initial is None or query is None:
+            raise ConfigError("budget: set budget.regime (low | high | setting2) or both "
+                              "budget.initial and budget.query")
+        if self.rounds is not None:
+            rounds = self.rounds
+        elif total is not None:
+            if total < initial or (total - initial) % query:
+                raise ConfigError(f"budget.total={total} must equal budget.initial ({initial}) "
+                                  f"plus a whole number of rounds of budget.query ({query})")
+            rounds = (total - initial) // query
+        else:
+            raise ConfigError("budget: set budget.rounds or budget.total")
+        return initial, query, rounds
+
+
+class ModelConfig(_Section):
+    name: Literal["resnet18", "resnet18_narrow", "cnn_small"] = "cnn_small"
+
+
+class TrainConfig(_Section):
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    target_accuracy: Optional[float] = Field(0.99, gt=0, le=1)
+    max_epochs: int = Field(100, ge=1)
+    epochs: Optional[int] = Field(None, ge=1, description="fixed epochs; overrides target_accuracy")
+    grad_clamp: Optional[float] = Field(None, gt=0, description="element-wise gradient clamp")
+    weight_decay: float = Field(0.0, ge=0)
+    reinit: Literal["conv_linear", "all", "none"] = "conv_linear"
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class StrategyConfig(BaseModel):
+    """``name`` plus the strategy's own parameters (validated against the strategy's schema)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=False)
+    name: str = "random"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any):
+        from fishermask.strategies import get_strategy_spec
+
+        if not isinstance(data, dict):
+            raise ValueError("strategy must be a mapping with at least a 'name'")
+        data = dict(data)
+        name = data.pop("name", "random")
+        spec = get_strategy_spec(name)  # raises ConfigError naming the valid strategies
+        try:
+            params = spec.params(**data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, prefix=f"strategy ({name})")) from None
+        return {"name": name, **params.model_dump()}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ExecutionConfig(_Section):
+    backend: Literal["auto", "local", "ray"] = "auto"
+    shards: int = Field(1, ge=1)
+    cpus_per_shard: float = Field(1, gt=0)
+    gpus_per_shard: float = Field(0, ge=0)
+    address: Optional[str] = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(256, ge=1, description="inference/embedding batch size")
+    max_memory_gb: float = Field(16.0, gt=0)
+    threads: Optional[int] = Field(None, ge=1, description="torch threads per process")
+
+    @property
+    def use_ray(self) -> bool:
+        if self.backend == "auto":
+            return self.shards > 1 or self.address is not None
+        return self.backend == "ray"
+
+
+class TrackingConfig(_Section):
+    tracking_uri: Optional[str] = None
+    run_name: Optional[str] = None
+    checkpoint_dir: str = ".fishermask/checkpoints"
+
+
+class Config(_Section):
+    experiment: str = "fishermask"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    budget: BudgetConfig = BudgetConfig(regime="low")
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    execution: ExecutionConfig = ExecutionConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    sweep: Optional[dict[str, list[Any]]] = None
+
+    def to_dict(self, *, with_sweep: bool = False) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        if not with_sweep:
+            d.pop("sweep", None)
+        return d
+
+    def flat(self) -> dict[str, Any]:
+        """Flat ``{dotted.key: value}`` view (MLflow params)."""
+        return flatten(self.to_dict())
+
+    def result_key(self) -> str:
+        """Hash of everything that determines the results (not tracking or execution layout)."""
+        d = self.to_dict()
+        for k in ("tracking", "execution"):
+            d.pop(k)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    return sorted(model.model_fields)
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "", model=None) -> str:
+    """Turn a pydantic error into one line per problem: ``key: what is wrong``."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
+        key = ".".join(str(p) for p in loc)
+        where = f"{prefix}.{key}" if prefix and key else (prefix or key or "config")
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(model, loc[:-1]) if model is not None else []
+            hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+            lines.append(f"unknown key '{where}'{hint}")
+        else:
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{where}: {err['msg']}{got_s}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE with a dotted key (e.g. strategy.name=entropy), got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set: bad key {key!r}; use a dotted key such as seed or train.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item}: '{part}' is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model=Config)) from None
+    cfg.budget.resolved()  # raises on an impossible budget
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or sweep) file, apply ``--set`` overrides and validate."""
+    return from_dict(apply_overrides(read_yaml(path), overrides or []))

@@ -1,0 +1,97 @@
+"""Diversity kernels: k-center greedy and BADGE's k-means++ seeding (torch/numpy only).
+
+Neither kernel ever materialises a pool × pool distance matrix or BADGE's C·d gradient
+embeddings; both touch O(|pool| · chunk) memory at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _sq_dists(x: torch.Tensor, y: torch.Tensor, x_sq: torch.Tensor, y_sq: torch.Tensor) -> torch.Tensor:
+    """‖x_i − y_j‖² = ‖x_i‖² + ‖y_j‖² − 2 x_i·y_j, clamped at 0 (float64)."""
+    return (x_sq[:, None] + y_sq[None, :] - 2.0 * (x @ y.T)).clamp_min_(0.0)
+
+
+def kcenter_greedy(candidates: torch.Tensor, centers: torch.Tensor, n: int, *,
+                   chunk: int = 2048) -> torch.Tensor:
+    """Greedy k-center (core-set) selection.
+
+    With initial centers c ∈ ``centers`` (the labeled points' features), repeat ``n`` times:
+    add argmax_{x ∈ candidates∖S} min_{c ∈ centers ∪ S} ‖z_x − z_c‖² (ties: lowest index).
+    Without initial centers the first pick is the candidate farthest from the candidates' mean.
+    Distances are computed in float64 against ``chunk`` centers at a time.
+
+    Returns positions into ``candidates`` in pick order.
+    """
+    if n > len(candidates):
+        raise ValueError(f"cannot pick {n} of {len(candidates)} candidates")
+    X = candidates.to(torch.float64)
+    x_sq = (X * X).sum(1)
+    U = len(X)
+    min_d = torch.full((U,), float("inf"), dtype=torch.float64)
+    C = centers.to(torch.float64)
+    for start in range(0, len(C), chunk):
+        c = C[start:start + chunk]
+        d = _sq_dists(X, c, x_sq, (c * c).sum(1))
+        min_d = torch.minimum(min_d, d.min(dim=1).values)
+    picks: list[int] = []
+    chosen = torch.zeros(U, dtype=torch.bool)
+    for step in range(n):
+        if step == 0 and len(C) == 0:
+            centre = X.mean(0, keepdim=True)
+            score = ((X - centre) ** 2).sum(1)
+        else:
+            score = min_d
+        score = score.masked_fill(chosen, -1.0)
+        i = int(torch.argmax(score))  # argmax returns the first maximum: lowest index on ties
+        picks.append(i)
+        chosen[i] = True
+        min_d = torch.minimum(min_d, _sq_dists(X, X[i:i + 1], x_sq, x_sq[i:i + 1])[:, 0])
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def badge_embedding_factors(probs: torch.Tensor) -> torch.Tensor:
+    """a_x = e_ŷ − p(x) with ŷ = argmax p (the hallucinated label); g_x = a_x ⊗ h_x."""
+    a = -probs.to(torch.float64).clone()
+    a[torch.arange(len(a)), probs.argmax(1)] += 1.0
+    return a
+
+
+def badge_seeding(probs: torch.Tensor, features: torch.Tensor, n: int,
+                  rng: np.random.Generator) -> torch.Tensor:
+    """BADGE: k-means++ seeding on g_x = (e_ŷ − p(x)) ⊗ h(x), never materialising g.
+
+    ‖g_x − g_μ‖² = ‖a_x‖²‖h_x‖² + ‖a_μ‖²‖h_μ‖² − 2 (a_x·a_μ)(h_x·h_μ).  The first center is the
+    largest ‖g‖ (ties: lowest index); each next one is drawn ∝ D(x)², D = distance to the nearest
+    chosen center (chosen points have D = 0; if every D is 0 the draw is uniform over the rest).
+
+    Returns positions into the rows of ``probs``/``features`` in pick order.
+    """
+    N = len(probs)
+    if n > N:
+        raise ValueError(f"cannot pick {n} of {N} candidates")
+    a = badge_embedding_factors(probs)
+    h = features.to(torch.float64)
+    a_sq, h_sq = (a * a).sum(1), (h * h).sum(1)
+    g_sq = a_sq * h_sq
+    picks: list[int] = []
+    chosen = torch.zeros(N, dtype=torch.bool)
+    D2 = torch.full((N,), float("inf"), dtype=torch.float64)
+    for step in range(n):
+        if step == 0:
+            i = int(torch.argmax(g_sq))
+        else:
+            w = D2.masked_fill(chosen, 0.0).clamp_min(0.0).numpy()
+            total = w.sum()
+            if not np.isfinite(total) or total <= 0:
+                w = (~chosen).numpy().astype(np.float64)
+                total = w.sum()
+            i = int(rng.choice(N, p=w / total))
+        picks.append(i)
+        chosen[i] = True
+        d = g_sq + g_sq[i] - 2.0 * (a @ a[i]) * (h @ h[i])
+        D2 = torch.minimum(D2, d.clamp_min(0.0))
+    return torch.tensor(picks, dtype=torch.long)

@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints their message and exits with code 2 (no traceback)."""
+
+
+class FishermaskError(Exception):
+    """Base class for errors caused by user input (config, data, budget, memory limits)."""
+
+
+class ConfigError(FishermaskError):
+    """The configuration is invalid: unknown key, wrong type, unknown name, impossible budget."""
+
+
+class DataError(FishermaskError):
+    """A dataset is missing or unusable; the message says how to get it."""

@@ -1,0 +1,16 @@
+"""Executors: where per-sample work over the pool runs (in-process, or Ray pool-shard actors)."""
+
+from fishermask.execution.base import PoolExecutor
+from fishermask.execution.local import LocalExecutor
+
+__all__ = ["PoolExecutor", "LocalExecutor", "make_executor"]
+
+
+def make_executor(cfg) -> PoolExecutor:
+    """Build the executor an :class:`~fishermask.config.ExecutionConfig` asks for."""
+    if cfg.use_ray:
+        from fishermask.execution.ray_shards import RayExecutor
+
+        return RayExecutor(cfg)
+    return LocalExecutor(device=cfg.device, batch_size=cfg.batch_size,
+                         max_memory_gb=cfg.max_memory_gb)

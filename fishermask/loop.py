@@ -1,0 +1,225 @@
+"""The active-learning loop: rounds until the budget, a checkpoint after every round.
+
+It talks to an executor (where the pool's per-sample work runs) and a tracker (where results
+go); it knows nothing of Ray Tune.  All randomness of round r derives from (seed, r), and the
+checkpoint holds the labeled indices, the model, the RNG states and the records so far, so an
+interrupted run resumes at the next round and ends with exactly the uninterrupted curves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from fishermask.config import Config
+from fishermask.errors import ConfigError
+from fishermask.execution import PoolExecutor, make_executor
+from fishermask.execution.base import resolve_device
+from fishermask.models import build_model, reinit_parameters
+from fishermask.strategies import SelectionContext, build_strategy
+from fishermask.train import evaluate, train_model
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    n_labels: int
+    accuracy: float
+    balanced_accuracy: float
+    per_class_accuracy: list[float]
+    labels_per_class: list[int]
+    picked: list[int]
+    query_seconds: float
+    train_seconds: float
+    epochs: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+def round_seed(seed: int, rnd: int, stream: int) -> int:
+    """A 63-bit seed for (run seed, round, stream) — independent of anything else."""
+    return int(np.random.SeedSequence([seed, rnd, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class ActiveLearningLoop:
+    """One active-learning run of a :class:`~fishermask.config.Config`.
+
+    ``on_round(loop, record)`` is called after every round has been checkpointed (sweeps report
+    to Tune from it).  ``checkpoint_dir`` defaults to ``<tracking.checkpoint_dir>/<result key>``.
+    """
+
+    CKPT = "state.pt"
+
+    def __init__(self, cfg: Config, *, executor: Optional[PoolExecutor] = None, tracker=None,
+                 checkpoint_dir: Optional[str | Path] = None, progress: bool = True,
+                 on_round: Optional[Callable[["ActiveLearningLoop", RoundRecord], None]] = None,
+                 data=None):
+        from fishermask.data import load_experiment_data
+
+        self.cfg = cfg
+        if cfg.execution.threads:
+            torch.set_num_threads(cfg.execution.threads)
+        self.initial, self.query, self.rounds = cfg.budget.resolved()
+        self.data = data if data is not None else load_experiment_data(cfg.data, cfg.seed)
+        pool = self.data.pool
+        total = self.initial + self.rounds * self.query
+        if total > len(pool):
+            raise ConfigError(
+                f"budget: {self.initial} initial + {self.rounds} rounds × {self.query} = {total} "
+                f"labels, but the pool has only {len(pool)} images; lower budget.rounds/"
+                f"budget.query/budget.initial or enlarge the pool (data.class_counts)")
+        self.device = resolve_device(cfg.execution.device)
+        self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
+        self.executor = executor
+        self.tracker = tracker
+        self.progress = progress
+        self.on_round = on_round
+        self.checkpoint_dir = Path(checkpoint_dir or Path(cfg.tracking.checkpoint_dir) / cfg.result_key())
+        self.model = build_model(cfg.model.name, pool.num_classes, pool.in_channels)
+        self.labeled = np.zeros(0, dtype=np.int64)
+        self.records: list[RoundRecord] = []
+        self.initial_indices: list[int] = []
+        self.run_id: Optional[str] = None
+
+    # -------------------------------------------------------------- checkpoints
+    def _ckpt_path(self) -> Path:
+        return self.checkpoint_dir / self.CKPT
+
+    def save_checkpoint(self) -> None:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "result_key": self.cfg.result_key(), "labeled": self.labeled,
+            "initial": self.initial_indices, "records": [asdict(r) for r in self.records],
+            "model": self.model.state_dict(), "run_id": self.run_id,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+        }
+        tmp = self._ckpt_path().with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self._ckpt_path())  # atomic: a crash never leaves half a checkpoint
+
+    def load_checkpoint(self) -> bool:
+        path = self._ckpt_path()
+        if not path.is_file():
+            return False
+        state = torch.load(path, weights_only=False)
+        if state["result_key"] != self.cfg.result_key():
+            return False
+        self.labeled = np.asarray(state["labeled"], dtype=np.int64)
+        self.initial_indices = list(state["initial"])
+        self.records = [RoundRecord(**r) for r in state["records"]]
+        self.model.load_state_dict(state["model"])
+        self.run_id = state["run_id"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        return True
+
+    # -------------------------------------------------------------- rounds
+    def _train_and_eval(self, rnd: int) -> tuple[dict, Any]:
+        torch.manual_seed(round_seed(self.cfg.seed, rnd, 1))
+        reinit_parameters(self.model, self.cfg.train.reinit)
+        gen = torch.Generator().manual_seed(round_seed(self.cfg.seed, rnd, 2))
+        tr = train_model(self.model, self.data.pool, self.labeled, self.cfg.train,
+                         augment=self.cfg.data.augment, device=self.device, generator=gen)
+        ev = evaluate(self.model, self.data.test, device=self.device,
+                      batch_size=self.cfg.train.eval_batch_size)
+        return ev, tr
+
+    def _record(self, rnd: int, picked, ev, tr, query_seconds: float, sel=None) -> RoundRecord:
+        counts = torch.bincount(self.data.pool.targets[torch.as_tensor(self.labeled)],
+                                minlength=self.data.pool.num_classes).tolist()
+        return RoundRecord(
+            round=rnd, n_labels=len(self.labeled), accuracy=ev["accuracy"],
+            balanced_accuracy=ev["balanced_accuracy"], per_class_accuracy=ev["per_class_accuracy"],
+            labels_per_class=counts, picked=[int(i) for i in picked], query_seconds=query_seconds,
+            train_seconds=tr.seconds, epochs=tr.epochs,
+            metrics=dict(sel.metrics) if sel else {}, artifacts=dict(sel.artifacts) if sel else {},
+            diagnostics=_jsonable(sel.diagnostics) if sel else {})
+
+    def _query(self, rnd: int):
+        pool = self.data.pool
+        unlabeled = np.setdiff1d(np.arange(len(pool)), self.labeled)
+        self.executor.set_model(self.model)
+        ctx = SelectionContext(model=self.model, executor=self.executor, labeled=self.labeled,
+                               unlabeled=unlabeled, num_classes=pool.num_classes,
+                               rng=np.random.default_rng(round_seed(self.cfg.seed, rnd, 3)), round=rnd)
+        t0 = time.perf_counter()
+        sel = self.strategy.select(ctx, self.query)
+        return sel, time.perf_counter() - t0
+
+    def run(self) -> list[RoundRecord]:
+        from tqdm.auto import tqdm
+
+        resumed = self.load_checkpoint()
+        own_executor = self.executor is None
+        if own_executor:
+            self.executor = make_executor(self.cfg.execution)
+        if self.tracker is not None:
+            self.run_id = self.tracker.start(self.cfg, run_id=self.run_id)
+            for rec in self.records:  # make sure a resumed run's store has every finished round
+                self.tracker.log_round(rec, self, replay=True)
+        bar = tqdm(total=self.rounds + 1, initial=len(self.records), disable=not self.progress,
+                   desc=f"{self.cfg.strategy.name} seed {self.cfg.seed}", unit="round")
+        if resumed:
+            bar.write(f"resuming from {self._ckpt_path()} after round {self.records[-1].round}")
+        status = "FAILED"
+        try:
+            self.executor.bind(self.data.pool)
+            if not self.records:
+                rng = np.random.default_rng(round_seed(self.cfg.seed, 0, 0))
+                from fishermask.data import initial_labeled
+
+                self.labeled = initial_labeled(self.data.pool, self.initial, rng)
+                self.initial_indices = self.labeled.tolist()
+                ev, tr = self._train_and_eval(0)
+                self._finish_round(self._record(0, [], ev, tr, 0.0), bar)
+            while len(self.records) <= self.rounds:
+                rnd = len(self.records)
+                sel, q_seconds = self._query(rnd)
+                self.labeled = np.sort(np.concatenate([self.labeled, sel.indices]))
+                ev, tr = self._train_and_eval(rnd)
+                self._finish_round(self._record(rnd, sel.indices, ev, tr, q_seconds, sel), bar)
+            status = "FINISHED"
+        finally:
+            bar.close()
+            if self.tracker is not None:
+                self.tracker.finish(self, status)
+            if own_executor:
+                self.executor.close()
+        return self.records
+
+    def _finish_round(self, rec: RoundRecord, bar) -> None:
+        self.records.append(rec)
+        self.save_checkpoint()
+        if self.tracker is not None:
+            self.tracker.log_round(rec, self)
+        bar.update(1)
+        bar.write(f"round {rec.round:>3}  labels {rec.n_labels:>6}  acc {rec.accuracy:.4f}  "
+                  f"bal-acc {rec.balanced_accuracy:.4f}  query {rec.query_seconds:7.2f}s  "
+                  f"train {rec.train_seconds:7.2f}s ({rec.epochs} ep)")
+        if self.on_round is not None:
+            self.on_round(self, rec)
+
+    def selected_indices(self) -> dict[str, Any]:
+        return {"initial": list(self.initial_indices),
+                "rounds": [r.picked for r in self.records[1:]]}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj

@@ -1,0 +1,91 @@
+"""Baselines (DESIGN §3): random, entropy, margin, least confidence, k-center greedy, BADGE."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fishermask import diversity, inference
+from fishermask.strategies.base import Selection, SelectionContext, Strategy, score_summary, top_n
+
+
+def _picked_class_counts(probs: torch.Tensor, positions: np.ndarray, C: int) -> list[int]:
+    """Counts of the picks' predicted classes (the strategy does not see true labels)."""
+    pred = probs[torch.as_tensor(positions, dtype=torch.long)].argmax(1)
+    return torch.bincount(pred, minlength=C).tolist()
+
+
+class RandomSampling(Strategy):
+    name = "random"
+
+    def query(self, ctx: SelectionContext, n: int) -> Selection:
+        return Selection(ctx.rng.choice(np.sort(ctx.unlabeled), size=n, replace=False))
+
+
+class _ScoreStrategy(Strategy):
+    """Pick the ``n`` unlabeled points with the largest ``score(p)`` (ties: lowest pool index)."""
+
+    def score(self, p: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def query(self, ctx: SelectionContext, n: int) -> Selection:
+        unl = np.sort(ctx.unlabeled)
+        p = ctx.executor.map(inference.probs, unl)
+        s = self.score(p.double()).numpy()
+        pos = top_n(s, n)
+        return Selection(unl[pos], diagnostics={
+            "scores": score_summary(s), "picked_scores": score_summary(s[pos]),
+            "predicted_class_counts": _picked_class_counts(p, pos, ctx.num_classes)})
+
+
+class EntropySampling(_ScoreStrategy):
+    """Largest predictive entropy −Σ_c p_c log p_c."""
+
+    name = "entropy"
+
+    def score(self, p):
+        return -(p * torch.log(p.clamp_min(1e-300))).sum(1)
+
+
+class MarginSampling(_ScoreStrategy):
+    """Smallest margin p₍₁₎ − p₍₂₎ between the two most probable classes."""
+
+    name = "margin"
+
+    def score(self, p):
+        top2 = p.topk(2, dim=1).values
+        return -(top2[:, 0] - top2[:, 1])
+
+
+class LeastConfidence(_ScoreStrategy):
+    """Smallest top probability p₍₁₎."""
+
+    name = "least_confidence"
+
+    def score(self, p):
+        return -p.max(1).values
+
+
+class KCenterGreedy(Strategy):
+    """Core-set k-center greedy on penultimate features; labeled points are the initial centers."""
+
+    name = "kcenter"
+
+    def query(self, ctx: SelectionContext, n: int) -> Selection:
+        unl, lab = np.sort(ctx.unlabeled), np.sort(ctx.labeled)
+        feats = ctx.executor.map(inference.features, np.concatenate([unl, lab]))
+        pos = diversity.kcenter_greedy(feats[:len(unl)], feats[len(unl):], n).numpy()
+        return Selection(unl[pos])
+
+
+class Badge(Strategy):
+    """BADGE: k-means++ seeding on hallucinated-label last-layer gradients."""
+
+    name = "badge"
+
+    def query(self, ctx: SelectionContext, n: int) -> Selection:
+        unl = np.sort(ctx.unlabeled)
+        out = ctx.executor.map(inference.probs_features, unl)
+        pos = diversity.badge_seeding(out["probs"], out["features"], n, ctx.rng).numpy()
+        return Selection(unl[pos], diagnostics={
+            "predicted_class_counts": _picked_class_counts(out["probs"], pos, ctx.num_classes)})

@@ -1,0 +1,142 @@
+"""Fisher-information strategies: BAIT (last layer, closed form) and FisherMask (masked weights).
+
+Both minimise tr(M_S⁻¹ F) greedily (DESIGN §2) through the executor's ``fisher_greedy``; they
+differ only in the embedding V_x: BAIT uses the classifier's weights, FisherMask the top-k
+weights of the whole network by Fisher diagonal (the classifier forced in by default).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from fishermask import fisher
+from fishermask.strategies.base import Selection, SelectionContext, Strategy
+
+
+class GreedyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lam: float = Field(1.0, gt=0, description="λ in M = λI + …")
+    oversample: int = Field(1, ge=1, description="r: r·K forward steps, (r−1)·K backward steps")
+    weighting: Literal["bait", "uniform"] = "bait"
+    fisher_target: Literal["dense", "diag"] = "dense"
+
+
+class BaitParams(GreedyParams):
+    oversample: int = Field(2, ge=1)
+
+
+class FisherMaskParams(GreedyParams):
+    sparsity: float = Field(0.002, gt=0, le=1, description="k = ⌊sparsity·|θ|⌋ masked weights")
+    mask_samples: int | Literal["all"] = Field(1024, description="pool points for the mask Fisher")
+    mask_subset: Literal["random", "first"] = Field(
+        "random", description="seeded random pool points, or the first in pool order (authors)")
+    include_last_layer: bool = True
+    prob_scaling: bool = True
+
+
+class LastLayerEmbedding:
+    """Batch fn: BAIT's V_x from one forward pass (closed form, no autograd)."""
+
+    def __init__(self, num_classes: int, d: int):
+        self.num_classes, self.k = num_classes, num_classes * d
+
+    @torch.no_grad()
+    def __call__(self, model, x):
+        h = model.features(x).float()
+        p = F.softmax(model.classifier(h).float(), dim=1)
+        return fisher.last_layer_embeddings(h, p)
+
+
+class MaskedEmbedding:
+    """Batch fn: FisherMask's V_x on the mask."""
+
+    def __init__(self, mask: dict, num_classes: int, prob_scaling: bool):
+        self.mask, self.num_classes, self.prob_scaling = mask, num_classes, prob_scaling
+        self.k = int(sum(len(v) for v in mask.values()))
+
+    def __call__(self, model, x):
+        return fisher.masked_embeddings(model, x, self.mask, prob_scaling=self.prob_scaling)
+
+
+class FisherDiagonalSum:
+    """Batch fn: B · fisher_diagonal (so that sums over batches add up to Σ_x)."""
+
+    def __call__(self, model, x):
+        return {k: v * len(x) for k, v in fisher.fisher_diagonal(model, x).items()}
+
+
+def mask_profile(model: torch.nn.Module, mask: dict) -> list[dict]:
+    """Fraction of each parameter tensor in the mask (the paper's Fig. 2)."""
+    params = dict(model.named_parameters())
+    return [{"layer": i, "name": name, "size": params[name].numel(), "selected": len(idx),
+             "fraction": len(idx) / params[name].numel()}
+            for i, (name, idx) in enumerate(mask.items())]
+
+
+class _FisherGreedyStrategy(Strategy):
+    def _greedy(self, ctx: SelectionContext, n: int, embed) -> tuple[np.ndarray, dict]:
+        p = self.params
+        return ctx.executor.fisher_greedy(
+            embed, candidates=ctx.unlabeled, labeled=ctx.labeled, n=n,
+            fisher_target=p.fisher_target, lam=p.lam, oversample=p.oversample,
+            weighting=p.weighting)
+
+
+class Bait(_FisherGreedyStrategy):
+    """BAIT (Ash et al. 2021): greedy on the last-layer Fisher embeddings."""
+
+    name = "bait"
+    Params = BaitParams
+
+    def query(self, ctx: SelectionContext, n: int) -> Selection:
+        embed = LastLayerEmbedding(ctx.num_classes, ctx.model.classifier.in_features)
+        picks, info = self._greedy(ctx, n, embed)
+        return Selection(picks, diagnostics=info, metrics=_phase_metrics(info))
+
+
+class FisherMask(_FisherGreedyStrategy):
+    """FisherMask: the Fisher-diagonal top-k weights of the whole network, then the greedy."""
+
+    name = "fishermask"
+    Params = FisherMaskParams
+
+    def build_mask(self, ctx: SelectionContext) -> tuple[dict, float]:
+        p = self.params
+        n_all = len(ctx.labeled) + len(ctx.unlabeled)
+        m = n_all if p.mask_samples == "all" else min(int(p.mask_samples), n_all)
+        if p.mask_subset == "first":
+            subset = np.arange(m)
+        else:
+            subset = np.sort(ctx.rng.choice(n_all, size=m, replace=False))
+        t0 = time.perf_counter()
+        sums = ctx.executor.sum(FisherDiagonalSum(), subset)
+        diag = {name: (v / m).to(torch.float32) for name, v in sums.items()}
+        n_params = sum(v.numel() for v in diag.values())
+        k = math.floor(p.sparsity * n_params)
+        force = [ctx.model.classifier_weight_name] if p.include_last_layer else []
+        try:
+            mask = fisher.top_k_mask(diag, k, force=force)
+        except ValueError as exc:
+            from fishermask.errors import ConfigError
+            raise ConfigError(f"strategy.sparsity={p.sparsity}: {exc}") from None
+        return mask, time.perf_counter() - t0
+
+    def query(self, ctx: SelectionContext, n: int) -> Selection:
+        mask, mask_seconds = self.build_mask(ctx)
+        embed = MaskedEmbedding(mask, ctx.num_classes, self.params.prob_scaling)
+        picks, info = self._greedy(ctx, n, embed)
+        info["mask_seconds"] = mask_seconds
+        profile = mask_profile(ctx.model, mask)
+        return Selection(picks, diagnostics=info, metrics=_phase_metrics(info),
+                         artifacts={"mask_profile": profile})
+
+
+def _phase_metrics(info: dict) -> dict[str, float]:
+    return {f"phase_{k}": float(v) for k, v in info.items() if k.endswith("_seconds")}

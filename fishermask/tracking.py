@@ -1,0 +1,155 @@
+"""Trackers: where a run's parameters, per-round metrics and artifacts go.
+
+:class:`MlflowTracker` logs through an explicit ``MlflowClient`` (no global fluent state, safe in
+Ray workers).  Runs are found again by id (resume) or by a stable ``run_key`` tag (sweeps), so a
+resumed or retried run never duplicates; every run ends FINISHED or FAILED.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import yaml
+
+RUN_KEY_TAG = "fishermask.run_key"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class Tracker:
+    """Interface (also a no-op tracker)."""
+
+    def start(self, cfg, run_id: Optional[str] = None) -> Optional[str]:
+        return run_id
+
+    def log_round(self, rec, loop, replay: bool = False) -> None:
+        pass
+
+    def finish(self, loop, status: str) -> None:
+        pass
+
+
+def default_tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by someone else
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_run_by_key(client, experiment_id: str, run_key: str):
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                              max_results=2)
+    return runs[0] if runs else None
+
+
+class MlflowTracker(Tracker):
+    def __init__(self, tracking_uri: Optional[str] = None, *, experiment: Optional[str] = None,
+                 run_name: Optional[str] = None, parent_run_id: Optional[str] = None,
+                 run_key: Optional[str] = None, tags: Optional[dict[str, str]] = None):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.client = MlflowClient(self.tracking_uri)
+        self.experiment, self.run_name = experiment, run_name
+        self.parent_run_id, self.run_key, self.tags = parent_run_id, run_key, dict(tags or {})
+        self.run_id: Optional[str] = None
+        self._logged_steps: set[int] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, cfg, run_id: Optional[str] = None) -> str:
+        exp_id = get_or_create_experiment(self.client, self.experiment or cfg.experiment)
+        run = None
+        if run_id:
+            try:
+                run = self.client.get_run(run_id)
+            except Exception:
+                run = None
+        if run is None and self.run_key:
+            run = find_run_by_key(self.client, exp_id, self.run_key)
+        if run is not None:
+            self.run_id = run.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            hist = self.client.get_metric_history(self.run_id, "accuracy")
+            self._logged_steps = {m.step for m in hist}
+            return self.run_id
+        tags = dict(self.tags)
+        if self.parent_run_id:
+            tags[PARENT_TAG] = self.parent_run_id
+        if self.run_key:
+            tags[RUN_KEY_TAG] = self.run_key
+        name = self.run_name or cfg.tracking.run_name or f"{cfg.strategy.name}-seed{cfg.seed}"
+        run = self.client.create_run(exp_id, run_name=name, tags=tags)
+        self.run_id = run.info.run_id
+        self._log_params(cfg)
+        self.client.log_text(self.run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
+        return self.run_id
+
+    def _log_params(self, cfg) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                  for k, v in cfg.flat().items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def finish(self, loop, status: str) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+
+    # ------------------------------------------------------------------ rounds
+    def log_round(self, rec, loop, replay: bool = False) -> None:
+        from mlflow.entities import Metric
+
+        from fishermask import plots
+
+        if rec.n_labels not in self._logged_steps:
+            values: dict[str, float] = {
+                "accuracy": rec.accuracy, "balanced_accuracy": rec.balanced_accuracy,
+                "query_seconds": rec.query_seconds, "train_seconds": rec.train_seconds,
+                "epochs": rec.epochs, "round": rec.round, **rec.metrics}
+            for c, (a, n) in enumerate(zip(rec.per_class_accuracy, rec.labels_per_class)):
+                values[f"accuracy_class_{c}"] = a
+                values[f"labels_class_{c}"] = n
+            ts = 0
+            metrics = [Metric(k, float(v), ts, rec.n_labels) for k, v in values.items()]
+            for i in range(0, len(metrics), 500):
+                self.client.log_batch(self.run_id, metrics=metrics[i:i + 500])
+            self._logged_steps.add(rec.n_labels)
+            for name, obj in rec.artifacts.items():
+                self.client.log_dict(self.run_id, obj, f"rounds/round_{rec.round:03d}_{name}.json")
+            if "mask_profile" in rec.artifacts:
+                self._log_figure(plots.mask_profile(rec.artifacts["mask_profile"],
+                                                    f"FisherMask mask profile, round {rec.round}"),
+                                 "mask_profile.png")
+        if replay:
+            return
+        self.client.log_dict(self.run_id, loop.selected_indices(), "selected_indices.json")
+        self.client.log_dict(self.run_id, [_record_dict(r) for r in loop.records], "rounds.json")
+        self._log_figure(plots.learning_curve(loop.records, f"{loop.cfg.strategy.name}, seed "
+                                                            f"{loop.cfg.seed}"), "learning_curve.png")
+
+    def _log_figure(self, fig, path: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(self.run_id, fig, path)
+        plt.close(fig)
+
+
+def _record_dict(rec) -> dict[str, Any]:
+    d = dict(rec.__dict__)
+    d.pop("artifacts", None)
+    return d

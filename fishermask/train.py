@@ -1,0 +1,83 @@
+"""Training (Adam, until a target train accuracy or for fixed epochs) and evaluation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fishermask.config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    train_accuracy: float
+    seconds: float
+
+
+def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainConfig, *,
+                augment: bool, device: torch.device, generator: torch.Generator) -> TrainResult:
+    """Train ``model`` on ``data`` rows ``indices``.
+
+    A fresh Adam(lr, weight_decay) per call; each epoch visits the rows in an order drawn from
+    ``generator`` (augmentations too), clamps every gradient element to ±``grad_clamp`` when set,
+    and stops after ``epochs`` epochs if given, else once the epoch's running train accuracy
+    reaches ``target_accuracy`` (or ``max_epochs``).
+    """
+    t0 = time.perf_counter()
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    indices = np.asarray(indices, dtype=np.int64)
+    n = len(indices)
+    max_epochs = cfg.epochs or cfg.max_epochs
+    acc, epoch = 0.0, 0
+    for epoch in range(1, max_epochs + 1):
+        order = indices[torch.randperm(n, generator=generator).numpy()]
+        correct = seen = 0
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            if len(idx) < 2 and n > 1:  # BatchNorm cannot train on a single sample
+                continue
+            x = data.inputs(idx, augment=augment, generator=generator).to(device)
+            y = data.targets[torch.as_tensor(idx)].to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clamp:
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad.clamp_(-cfg.grad_clamp, cfg.grad_clamp)
+            opt.step()
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+        acc = correct / max(seen, 1)
+        if cfg.epochs is None and cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
+            break
+    model.eval()
+    return TrainResult(epochs=epoch, train_accuracy=acc, seconds=time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data, *, device: torch.device, batch_size: int = 512) -> dict:
+    """Accuracy, balanced accuracy (mean per-class recall) and per-class accuracy on ``data``."""
+    model.to(device).eval()
+    preds = []
+    for start in range(0, len(data), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(data)))
+        preds.append(model(data.inputs(idx).to(device)).argmax(1).cpu())
+    pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    y = data.targets
+    C = data.num_classes
+    per_class = []
+    for c in range(C):
+        sel = y == c
+        per_class.append(float((pred[sel] == c).float().mean()) if sel.any() else float("nan"))
+    valid = [a for a in per_class if a == a]
+    return {"accuracy": float((pred == y).float().mean()) if len(y) else float("nan"),
+            "balanced_accuracy": float(np.mean(valid)) if valid else float("nan"),
+            "per_class_accuracy": per_class}
