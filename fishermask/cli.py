@@ -51,8 +51,8 @@ def cmd_run(args) -> int:
     cfg = load_config(args.file, args.overrides)
     if args.tracking_uri:
         cfg.tracking.tracking_uri = args.tracking_uri
-    tracker = MlflowTracker(cfg.tracking.tracking_uri)
-    loop = ActiveLearningLoop(cfg, tracker=tracker, progress=not args.no_progress)
+    loop = ActiveLearningLoop(cfg, progress=not args.no_progress)  # validates data and budget
+    tracker = loop.tracker = MlflowTracker(cfg.tracking.tracking_uri)
     if args.restart and loop.checkpoint_dir.exists():
         shutil.rmtree(loop.checkpoint_dir)
     records = loop.run()

@@ -74,6 +74,10 @@ class BudgetConfig(_Section):
                               "budget.initial and budget.query")
         if self.rounds is not None:
             rounds = self.rounds
+            if self.total is not None and initial + rounds * query != self.total:
+                raise ConfigError(f"budget.total={self.total} disagrees with budget.initial "
+                                  f"({initial}) + budget.rounds ({rounds}) × budget.query "
+                                  f"({query}) = {initial + rounds * query}; give one of them")
         elif total is not None:
             if total < initial or (total - initial) % query:
                 raise ConfigError(f"budget.total={total} must equal budget.initial ({initial}) "
