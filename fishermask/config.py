@@ -120,6 +120,10 @@ class StrategyConfig(BaseModel):
         data = dict(data)
         name = data.pop("name", "random")
         spec = get_strategy_spec(name)  # raises ConfigError naming the valid strategies
+        # Parameters of *other* strategies are dropped (a sweep over strategy.name shares one
+        # base config); names no strategy knows still fail as unknown keys.
+        own = spec.params.model_fields
+        data = {k: v for k, v in data.items() if k in own or k not in all_strategy_params()}
         try:
             params = spec.params(**data)
         except ValidationError as exc:
@@ -186,6 +190,12 @@ class Config(_Section):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def all_strategy_params() -> set[str]:
+    from fishermask.strategies import STRATEGIES
+
+    return {f for spec in STRATEGIES.values() for f in spec.params.model_fields}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

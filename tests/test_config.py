@@ -27,6 +27,13 @@ def test_quickstart_loads_and_set_overrides():
     assert flat["strategy.name"] == "fishermask" and flat["data.dataset"] == "digits"
 
 
+def test_params_of_other_strategies_are_dropped_for_sweeps():
+    cfg = from_dict({"strategy": {"name": "entropy", "sparsity": 0.02, "lam": 0.01}})
+    assert cfg.strategy.params == {}
+    cfg = from_dict({"strategy": {"name": "bait", "sparsity": 0.02, "lam": 0.01}})
+    assert cfg.strategy.params["lam"] == 0.01 and "sparsity" not in cfg.strategy.params
+
+
 def test_strategy_presets_differ():
     a = from_dict({"strategy": {"name": "fishermask"}}).strategy.params
     b = from_dict({"strategy": {"name": "fishermask_authors"}}).strategy.params
@@ -54,7 +61,7 @@ def test_sweep_block_is_kept_but_not_part_of_run_config(tmp_path):
     (["model.name=vgg"], "model.name"),
     (["data.dataset=mnist"], "data.dataset"),
     (["strategy.name=fishermask", "strategy.sparsity=-1"], "strategy (fishermask).sparsity"),
-    (["strategy.name=entropy", "strategy.sparsity=0.1"], "unknown key"),
+    (["strategy.name=entropy", "strategy.sparsty=0.1"], "unknown key 'strategy (entropy).sparsty'"),
     (["budget.total=33"], "budget.total=33"),
     (["nonsense"], "KEY=VALUE"),
 ])
