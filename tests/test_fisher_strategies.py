@@ -1,0 +1,74 @@
+"""BAIT and FisherMask strategies end to end on a small real network."""
+
+import numpy as np
+import pytest
+import torch
+
+from fishermask.errors import ConfigError, FishermaskError
+from fishermask.models import build_model
+from fishermask.strategies import select
+
+
+@pytest.fixture(scope="module")
+def net_and_pool():
+    torch.manual_seed(0)
+    model = build_model("cnn_small", num_classes=4, in_channels=1).eval()
+    with torch.no_grad():  # non-trivial BatchNorm running statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(80, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+@pytest.mark.parametrize("oversample,weighting,lam", [(1, "bait", 1.0), (2, "uniform", 0.1)])
+def test_fishermask_with_classifier_mask_picks_what_bait_picks(net_and_pool, oversample,
+                                                               weighting, lam):
+    model, x = net_and_pool
+    n_params = sum(p.numel() for p in model.parameters())
+    C_d = model.classifier.weight.numel()
+    sparsity = (C_d + 0.5) / n_params  # k = ⌊sparsity·|θ|⌋ = C·d: exactly the classifier's weights
+    labeled = np.arange(0, 80, 8)
+    common = dict(lam=lam, oversample=oversample, weighting=weighting, seed=0, device="cpu")
+    fm = select("fishermask", model, x, labeled, n=6, sparsity=sparsity, **common)
+    bait = select("bait", model, x, labeled, n=6, **common)
+    assert fm.artifacts["mask_profile"][-2]["name"] == "classifier.weight"
+    assert fm.artifacts["mask_profile"][-2]["fraction"] == 1.0
+    assert sum(p["selected"] for p in fm.artifacts["mask_profile"]) == C_d
+    assert fm.indices.tolist() == bait.indices.tolist()
+
+
+def test_fishermask_diagnostics_and_profile(net_and_pool):
+    model, x = net_and_pool
+    sel = select("fishermask", model, x, [0, 1, 2, 3], n=5, sparsity=0.05, device="cpu")
+    prof = sel.artifacts["mask_profile"]
+    names = [n for n, _ in model.named_parameters()]
+    assert [p["name"] for p in prof] == names
+    k = int(0.05 * sum(p.numel() for p in model.parameters()))
+    assert sum(p["selected"] for p in prof) == k
+    for key in ("phase_mask_seconds", "phase_gradients_seconds", "phase_fisher_seconds",
+                "phase_greedy_seconds"):
+        assert sel.metrics[key] >= 0
+
+
+def test_authors_preset_differs_only_where_documented(net_and_pool):
+    model, x = net_and_pool
+    a = select("fishermask_authors", model, x, [0, 1], n=5, sparsity=0.05, device="cpu")
+    b = select("fishermask", model, x, [0, 1], n=5, sparsity=0.05, device="cpu",
+               prob_scaling=False, mask_subset="first")
+    assert a.indices.tolist() == b.indices.tolist()
+
+
+def test_sparsity_too_small_for_classifier_is_a_config_error(net_and_pool):
+    model, x = net_and_pool
+    with pytest.raises(ConfigError, match="sparsity"):
+        select("fishermask", model, x, [0], n=2, sparsity=0.001)
+
+
+def test_memory_limit_fails_early_naming_the_knobs(net_and_pool):
+    model, x = net_and_pool
+    with pytest.raises(FishermaskError) as err:
+        select("fishermask", model, x, [0], n=2, sparsity=0.05, max_memory_gb=1e-4)
+    msg = str(err.value)
+    assert "max_memory_gb" in msg and "strategy.sparsity" in msg and "execution.shards" in msg
