@@ -1,0 +1,288 @@
+"""``fishermask sweep``: a Ray Tune grid of active-learning runs, logged to MLflow; and the
+``report`` subcommand's wiring.
+
+Layout (DESIGN §5):
+
+* one Tune trial = one AL run; the grid comes from the file's ``sweep:`` block (``sweep_grid``);
+* the driver creates the MLflow store, the experiment and the sweep's **parent run** before any
+  trial starts; each trial logs into a **child run** (tag ``mlflow.parentRunId``) found-or-created
+  by the key ``<parent run id>:<trial key>``, so retries and resumes never duplicate runs;
+* Tune's experiment lives in ``<storage>/<name>`` (default storage ``.fishermask/sweeps`` in the
+  working directory, made absolute; ``--storage s3://...`` or a shared path on clusters), next to
+  ``fishermask_sweep.json`` (parent run id, tracking URI) which ``--resume`` reads back;
+* every trial reports a checkpoint per round, ``FailureConfig`` retries crashed trials from their
+  last round, and ``--resume`` restores the Tuner (finished trials are not rerun).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Optional
+
+from fishermask.errors import ConfigError, FishermaskError
+
+STATE_FILE = "fishermask_sweep.json"
+SWEEP_TAG = "fishermask.sweep_path"
+
+
+def add_parsers(subparsers, add_common) -> None:
+    p = subparsers.add_parser("sweep", help="run a sweep file's grid with Ray Tune, logged to MLflow")
+    p.add_argument("file", help="sweep file: a config plus a sweep: block {dotted key: [values]}")
+    add_common(p)
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto = the one `ray start` made here; default: "
+                        "execution.address, else RAY_ADDRESS, else a new local Ray)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep under the same parent run: finished trials "
+                        "are kept, unfinished and errored ones continue from their last round")
+    p.add_argument("--restart", action="store_true",
+                   help="discard this sweep's Tune state and start a new sweep (new parent run)")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                   help="at most N trials at a time (default: as many as the resources allow)")
+    p.add_argument("--max-failures", type=int, default=2, metavar="K",
+                   help="retry a crashed trial up to K times from its last round (default 2)")
+    p.add_argument("--storage", default=None, metavar="PATH|URI",
+                   help="Tune storage root (default .fishermask/sweeps here; on a multi-node "
+                        "cluster a shared path or s3://bucket/prefix)")
+    p.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+
+    from fishermask import report
+
+    report.add_parser(subparsers)
+
+
+# ----------------------------------------------------------------------------- state file
+
+def _fs(path: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def read_state(exp_path: str) -> Optional[dict[str, Any]]:
+    import pyarrow.fs
+
+    fs, p = _fs(exp_path)
+    info = fs.get_file_info(f"{p}/{STATE_FILE}")
+    if info.type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(f"{p}/{STATE_FILE}") as f:
+        return json.loads(f.read().decode())
+
+
+def write_state(exp_path: str, state: dict[str, Any]) -> None:
+    fs, p = _fs(exp_path)
+    fs.create_dir(p, recursive=True)
+    with fs.open_output_stream(f"{p}/{STATE_FILE}") as f:
+        f.write(json.dumps(state, indent=2).encode())
+
+
+def remove_experiment(exp_path: str) -> None:
+    import pyarrow.fs
+
+    fs, p = _fs(exp_path)
+    if fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_dir(p)
+
+
+# ----------------------------------------------------------------------------- MLflow parent
+
+def create_parent(client, sweep, exp_path: str) -> str:
+    from mlflow.entities import Param
+
+    from fishermask.config import flatten
+    from fishermask.tracking import get_or_create_experiment
+
+    exp_id = get_or_create_experiment(client, sweep.experiment)
+    tags = {SWEEP_TAG: exp_path, "fishermask.sweep": sweep.name, "fishermask.role": "sweep",
+            "fishermask.sweep_digest": sweep.digest, "fishermask.trials": str(len(sweep.trials)),
+            "fishermask.sweep_axes": json.dumps(list(sweep.axes))}
+    run = client.create_run(exp_id, run_name=f"sweep {sweep.name}", tags=tags)
+    run_id = run.info.run_id
+    params = {f"sweep.{k}": json.dumps(v) for k, v in sweep.axes.items()}
+    params.update({k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                   for k, v in flatten(sweep.base.to_dict()).items() if k not in sweep.axes})
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+    client.log_text(run_id, sweep.raw_text, f"sweep/{sweep.path.name}")
+    client.log_dict(run_id, [t.to_dict() for t in sweep.trials], "sweep/trials.json")
+    return run_id
+
+
+def _finish_children(client, experiment: str, parent_id: str) -> dict[str, int]:
+    """Statuses of the child runs; a child still RUNNING (its worker died) is marked FAILED."""
+    from fishermask.tracking import PARENT_TAG
+
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                              max_results=10000)
+    counts: dict[str, int] = {}
+    for r in runs:
+        status = r.info.status
+        if status in ("RUNNING", "SCHEDULED"):
+            client.set_terminated(r.info.run_id, status="FAILED")
+            status = "FAILED"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+# ----------------------------------------------------------------------------- Tune
+
+def trial_name(trial) -> str:
+    return trial.config["trial"]["label"].replace(" ", "_")
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.config['trial']['key']}"
+
+
+def _reporter(sweep):
+    from ray import tune
+
+    cols = {"trial/label": "trial"}
+    return tune.CLIReporter(parameter_columns=cols, max_report_frequency=30,
+                            metric_columns={"round": "round", "n_labels": "labels",
+                                            "accuracy": "acc", "balanced_accuracy": "bal-acc",
+                                            "trial_seconds": "seconds"})
+
+
+def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
+    from ray import tune
+
+    from fishermask.sweep_trial import run_trial, trial_resources
+
+    trainable = tune.with_resources(run_trial, trial_resources)
+    exp_path = f"{storage}/{sweep.name}"
+    if restore:
+        return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.to_dict() for t in sweep.trials]), "sweep": ctx},
+        tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent, reuse_actors=True,
+                                    trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            progress_reporter=_reporter(sweep), verbose=1))
+
+
+def _init_ray(address: Optional[str]) -> bool:
+    """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start a local Ray
+    of our own (never silently join some other local cluster).  True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address)
+    return True
+
+
+# ----------------------------------------------------------------------------- command
+
+def cmd_sweep(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from fishermask.sweep_grid import absolute_tracking_uri, load_sweep, storage_root
+    from fishermask.sweep_summary import summarize
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact table (CLIReporter) below
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if args.resume and args.restart:
+        raise ConfigError("give either --resume or --restart, not both")
+    sweep = load_sweep(args.file, args.overrides)
+    storage = storage_root(args.storage)
+    exp_path = f"{storage}/{sweep.name}"
+    print(f"sweep {sweep.name}: {len(sweep.trials)} trials ({sweep.points} grid points) "
+          f"over {', '.join(sweep.axes) or 'no axes'}")
+    for note in sweep.notes:
+        print(f"  note: {note}")
+    if args.dry_run:
+        for t in sweep.trials:
+            print(f"  {t.key}  {t.label}")
+        return 0
+
+    state = read_state(exp_path)
+    if args.restart and state is not None:
+        remove_experiment(exp_path)
+        state = None
+    if state is not None and not args.resume:
+        raise ConfigError(
+            f"sweep '{sweep.name}' already ran in {exp_path} (parent run {state['parent_run_id']}). "
+            f"Use --resume to continue it (finished trials are kept) or --restart to start a new "
+            f"sweep; or change the experiment name (--set experiment=...)")
+    if args.resume and state is None:
+        raise ConfigError(f"nothing to resume: no sweep state in {exp_path}; run without --resume "
+                          f"(or pass the --storage of the interrupted sweep)")
+
+    if state is not None:
+        tracking_uri = state["tracking_uri"]
+        if args.tracking_uri and absolute_tracking_uri(args.tracking_uri) != tracking_uri:
+            raise ConfigError(f"--resume: this sweep logs to {tracking_uri}, not "
+                              f"{args.tracking_uri}; drop --tracking-uri or pass the original one")
+        client = MlflowClient(tracking_uri)
+        parent_id = state["parent_run_id"]
+        try:
+            client.get_run(parent_id)
+        except Exception as exc:
+            raise FishermaskError(f"--resume: parent run {parent_id} not found at {tracking_uri} "
+                                  f"({type(exc).__name__}); is the tracking server up?") from None
+        client.update_run(parent_id, status="RUNNING")
+        if state.get("digest") != sweep.digest:
+            print(f"warning: {sweep.path} changed since the sweep started; resuming the sweep as "
+                  f"it was started", file=sys.stderr)
+    else:
+        tracking_uri = absolute_tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri)
+        client = MlflowClient(tracking_uri)
+        parent_id = create_parent(client, sweep, exp_path)
+        state = {"parent_run_id": parent_id, "tracking_uri": tracking_uri, "digest": sweep.digest,
+                 "experiment": sweep.experiment, "file": str(sweep.path)}
+        write_state(exp_path, state)
+    print(f"MLflow: experiment '{sweep.experiment}', parent run {parent_id} at {tracking_uri}")
+    print(f"Tune:   {exp_path}")
+
+    import ray
+    from ray import tune
+
+    started = _init_ray(args.address or sweep.base.execution.address)
+    status, code = "FAILED", 1
+    t0 = time.perf_counter()
+    try:
+        restore = args.resume and tune.Tuner.can_restore(exp_path)
+        ctx = {"parent_run_id": parent_id, "tracking_uri": tracking_uri,
+               "experiment": sweep.experiment, "name": sweep.name}
+        results = build_tuner(sweep, ctx, storage, args, restore).fit()
+        wall = time.perf_counter() - t0
+        children = _finish_children(client, sweep.experiment, parent_id)
+        text, ok = summarize(results, wall, children, ray.cluster_resources())
+        print("\n" + text)
+        client.log_text(parent_id, text, "sweep/summary.md")
+        client.log_metric(parent_id, "sweep_wall_seconds", wall)
+        status, code = ("FINISHED", 0) if ok else ("FAILED", 1)
+        if not ok:
+            print(f"some trials did not finish; continue with: fishermask sweep {args.file} "
+                  f"--resume", file=sys.stderr)
+        print(f"report: fishermask report --run {parent_id} --out report/"
+              + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
+                 else ""))
+    finally:
+        client.set_terminated(parent_id, status=status)
+        if started:
+            ray.shutdown()
+    return code
+
+
+def cmd_report(args) -> int:
+    from fishermask import report
+
+    return report.cmd_report(args)
+
+
+HANDLERS = {"sweep": cmd_sweep, "report": cmd_report}

@@ -1,0 +1,73 @@
+"""The end-of-sweep summary: one row per trial, MLflow run statuses, and the Tune + MLflow overhead.
+
+Overhead is measured two ways:
+
+* **in-trial**: a trial's wall time (trainable entry to exit) minus its active-learning work (data,
+  training, queries; see ``sweep_trial``): imports, MLflow calls, Tune reports and checkpoints;
+* **sweep-level**: ``wall × parallel slots − Σ AL work``, per trial: adds actor start-up,
+  scheduling and idle slots at the end (meaningful for an uninterrupted sweep).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _slots(results, cluster: dict[str, float]) -> int:
+    from fishermask.sweep_trial import trial_resources
+
+    need = []
+    for r in results:
+        try:
+            need.append(trial_resources(r.config).required_resources.get("CPU", 1) or 1)
+        except Exception:
+            need.append(1)
+    if not need:
+        return 1
+    return max(1, min(len(need), int(cluster.get("CPU", 1) // max(need))))
+
+
+def _num(x: Any, fmt: str = "{:.4f}") -> str:
+    return fmt.format(x) if isinstance(x, (int, float)) and not math.isnan(x) else "–"
+
+
+def summarize(results, wall: float, children: dict[str, int],
+              cluster: dict[str, float]) -> tuple[str, bool]:
+    """Markdown summary and whether every trial finished."""
+    rows, trial_s, loop_s, inside = [], [], [], []
+    ok = True
+    for r in sorted(results, key=lambda r: r.config["trial"]["label"]):
+        m = r.metrics or {}
+        done = bool(m.get("done")) and r.error is None
+        ok &= done
+        status = "done" if done else ("error" if r.error is not None else "unfinished")
+        t, lp = m.get("trial_seconds"), m.get("loop_seconds")
+        if done and t is not None and lp is not None:
+            trial_s.append(t)
+            loop_s.append(lp)
+            inside.append(t - lp)
+        rows.append(f"| {r.config['trial']['label']} | {status} | {m.get('n_labels', '–')} | "
+                    f"{_num(m.get('accuracy'))} | {_num(m.get('balanced_accuracy'))} | "
+                    f"{_num(t, '{:.1f}')} | {_num(lp, '{:.1f}')} | `{m.get('run_id', '–')}` |")
+    n = len(rows)
+    lines = ["## Sweep summary", "",
+             "| trial | status | labels | accuracy | balanced acc. | trial s | AL work s | MLflow run |",
+             "|---|---|---|---|---|---|---|---|", *rows, "",
+             f"MLflow child runs: " + (", ".join(f"{v} {k}" for k, v in sorted(children.items()))
+                                       or "none"), ""]
+    slots = _slots(results, cluster)
+    lines.append(f"Wall time {wall:.1f} s for {n} trials ({slots} at a time).")
+    if loop_s:
+        mean_t = sum(trial_s) / len(trial_s)
+        mean_in = sum(inside) / len(inside)
+        lines.append(f"Overhead in a trial (imports, MLflow, Tune reports and checkpoints): "
+                     f"{mean_in:.2f} s per trial = {100 * mean_in / mean_t:.1f} % of trial time "
+                     f"({mean_t:.1f} s).")
+        if len(loop_s) == n:
+            per = (wall * slots - sum(loop_s)) / n
+            mean_l = sum(loop_s) / n
+            lines.append(f"Overhead over the sweep (adds actor start-up, scheduling, idle slots): "
+                         f"{per:.2f} s per trial = {100 * per / (mean_l + per):.1f} % of trial "
+                         f"time (uninterrupted sweeps only).")
+    return "\n".join(lines) + "\n", ok

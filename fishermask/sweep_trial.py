@@ -1,0 +1,141 @@
+"""One Tune trial = one active-learning run, logged to an MLflow child run.
+
+Runs inside a Ray worker.  The trial restores the loop's own checkpoint folder from Tune's latest
+checkpoint (so a retried or resumed trial continues after its last reported round), logs into the
+child run found-or-created by the trial key under the sweep's parent run, and reports metrics plus
+a checkpoint to Tune after every round.  It times what is Tune/MLflow overhead (tracking calls,
+reports, checkpoint restore) separately from the active-learning work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FAULT_ENV = "FISHERMASK_FAULT_DIR"  # tests: a file <dir>/fail_round_<r> makes one trial raise once
+
+
+def trial_resources(config: dict[str, Any]):
+    """Placement group of a trial (Tune calls this with the trial's config)."""
+    from fishermask.config import from_dict
+
+    execution = from_dict(config["trial"]["config"]).execution
+    return resources_for(execution)
+
+
+def resources_for(execution):
+    from ray import tune
+
+    try:  # the Ray pool-shard executor's own helper, when it is installed
+        from fishermask.execution.ray_shards import trial_resources as shard_resources
+    except ImportError:
+        shard_resources = None
+    if shard_resources is not None:
+        return shard_resources(execution)
+    shard = {"CPU": execution.cpus_per_shard}
+    if execution.gpus_per_shard:
+        shard["GPU"] = execution.gpus_per_shard
+    if execution.use_ray:
+        return tune.PlacementGroupFactory([{"CPU": 1}] + [dict(shard)] * execution.shards)
+    return tune.PlacementGroupFactory([shard])  # the trial is its own (only) worker
+
+
+class _Timer:
+    def __init__(self):
+        self.seconds = 0.0
+
+    def wrap(self, fn):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.seconds += time.perf_counter() - t0
+        return timed
+
+
+def _inject_fault(rnd: int) -> None:
+    folder = os.environ.get(FAULT_ENV)
+    if not folder:
+        return
+    marker = Path(folder) / f"fail_round_{rnd}"
+    try:
+        marker.unlink()  # only the first trial to get here fails, and only once
+    except FileNotFoundError:
+        return
+    raise RuntimeError(f"injected fault in round {rnd} ({FAULT_ENV}={folder})")
+
+
+def _threads() -> int:
+    from ray import tune
+
+    try:
+        pgf = tune.get_context().get_trial_resources()
+        return max(1, int(pgf.head_cpus or 1))
+    except Exception:  # pragma: no cover - outside Tune
+        return 1
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable.  ``config = {"trial": TrialSpec dict, "sweep": context}``."""
+    t_enter = time.perf_counter()
+    import logging
+
+    import torch
+    from ray import tune
+
+    from fishermask.config import from_dict
+    from fishermask.loop import ActiveLearningLoop
+    from fishermask.tracking import MlflowTracker
+
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # per-round noise
+    spec, ctx = config["trial"], config["sweep"]
+    cfg = from_dict(spec["config"])
+    if not cfg.execution.threads:
+        torch.set_num_threads(_threads())
+    overhead = _Timer()
+    workdir = Path(tempfile.mkdtemp(prefix="fishermask-trial-"))
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        t0 = time.perf_counter()
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, workdir, dirs_exist_ok=True)
+        overhead.seconds += time.perf_counter() - t0
+    tags = {"fishermask.trial_label": spec["label"], "fishermask.variant": spec["variant"],
+            "fishermask.sweep": ctx["name"]}
+    tags.update({f"sweep.{k}": str(v) for k, v in spec["axes"].items()})
+    tracker = MlflowTracker(ctx["tracking_uri"], experiment=ctx["experiment"],
+                            run_name=spec["label"], parent_run_id=ctx["parent_run_id"],
+                            run_key=f"{ctx['parent_run_id']}:{spec['key']}", tags=tags)
+    for name in ("start", "log_round", "finish"):
+        setattr(tracker, name, overhead.wrap(getattr(tracker, name)))
+    t_loop, o_loop = time.perf_counter(), overhead.seconds
+
+    def timings(final: bool) -> dict[str, Any]:
+        now = time.perf_counter()  # loop = the AL work: data, training, queries (no tracking)
+        return {"trial_seconds": now - t_enter, "overhead_seconds": overhead.seconds,
+                "loop_seconds": now - t_loop - (overhead.seconds - o_loop), "done": final}
+
+    def on_round(loop: ActiveLearningLoop, rec) -> None:
+        _inject_fault(rec.round)
+        metrics = {"round": rec.round, "n_labels": rec.n_labels, "accuracy": rec.accuracy,
+                   "balanced_accuracy": rec.balanced_accuracy, "query_seconds": rec.query_seconds,
+                   "train_seconds": rec.train_seconds, "run_id": tracker.run_id,
+                   **timings(False)}
+        t0 = time.perf_counter()
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(workdir)))
+        overhead.seconds += time.perf_counter() - t0
+
+    try:
+        loop = ActiveLearningLoop(cfg, tracker=tracker, checkpoint_dir=workdir, progress=False,
+                                  on_round=on_round)
+        last = loop.run()[-1]
+        tune.report({"round": last.round, "n_labels": last.n_labels, "accuracy": last.accuracy,
+                     "balanced_accuracy": last.balanced_accuracy, "run_id": tracker.run_id,
+                     **timings(True)})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
