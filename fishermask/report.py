@@ -1,0 +1,183 @@
+"""``fishermask report``: figures and a markdown summary of a sweep from its MLflow runs.
+
+``fishermask report (--experiment NAME | --run PARENT_RUN_ID) [--out DIR]`` writes to ``DIR``:
+
+* ``learning_curves.png`` — accuracy and balanced accuracy vs labels, mean ± std over seeds;
+* ``aubc.png`` — each variant's normalised area under the budget curve minus the baseline's
+  (``random``), with a 95 % t-interval over seeds (paired by seed where the seeds match);
+* ``class_balance.png`` — labels per class at the end of the budget;
+* ``mask_profile.png`` — FisherMask's fraction of every parameter tensor in the mask (Fig. 2);
+* ``summary.md`` — the tables (AUBC, labels to reach ``--target``, class balance, mask profile);
+
+and logs them to the sweep's parent run under ``report/``.  Only FINISHED child runs count.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from fishermask.errors import FishermaskError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("report", help="figures and tables of a sweep from its MLflow runs")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--experiment", help="MLflow experiment: its newest sweep is reported")
+    who.add_argument("--run", metavar="PARENT_RUN_ID", help="a sweep's parent run id")
+    p.add_argument("--out", default="report", help="output folder (default: report)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLflow's default, sqlite:///mlflow.db here)")
+    p.add_argument("--target", type=float, default=None,
+                   help="accuracy to reach for the labels-needed table (default: the baseline's "
+                        "mean final accuracy)")
+    p.add_argument("--metric", choices=["accuracy", "balanced_accuracy"], default="accuracy",
+                   help="metric of the AUBC differences and the target (default accuracy)")
+    p.add_argument("--baseline", default="random", help="strategy to compare with (default random)")
+    p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
+
+
+def _pm(mean: float, spread: float, fmt: str = "{:.4f}") -> str:
+    if math.isnan(mean):
+        return "–"
+    return fmt.format(mean) + ("" if math.isnan(spread) else " ± " + fmt.replace("+", "").format(spread))
+
+
+def _std(xs) -> float:
+    import numpy as np
+
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
+
+
+def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
+                 baseline: str = "random", target: Optional[float] = None) -> dict[str, Any]:
+    """Write the figures and ``summary.md`` for ``runs`` (RunData) into ``out``."""
+    import numpy as np
+
+    from fishermask import report_plots as plots
+    from fishermask.report_data import (aubc, baseline_for, diff_ci, group, labels_to_reach,
+                                        mask_layers, mean_curve)
+
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group(runs)
+    scores = {v: {m: {r.seed: aubc(r.steps, r.curves[m]) for r in rs} for m in ("accuracy",
+              "balanced_accuracy")} for v, rs in groups.items()}
+    rows = []
+    for v, rs in groups.items():
+        ref = baseline_for(rs, groups, baseline)
+        row = {"variant": v, "ref": ref, "n": len(rs), "seeds": [r.seed for r in rs]}
+        for m in ("accuracy", "balanced_accuracy"):
+            vals = list(scores[v][m].values())
+            row[m] = (float(np.mean(vals)), _std(vals))
+            finals = [r.curves[m][-1] for r in rs]
+            row["final_" + m] = (float(np.mean(finals)), _std(finals))
+        row["diff"] = (diff_ci(scores[v][metric], scores[ref][metric]) if ref and ref != v
+                       else {"diff": math.nan, "ci": math.nan, "n": 0, "paired": False})
+        rows.append(row)
+
+    ref_rows = [r for r in rows if groups[r["variant"]][0].strategy == baseline]
+    if target is None:
+        target = ref_rows[0]["final_" + metric][0] if ref_rows else 0.9
+    files = {"learning_curves": plots.learning_curves(groups, out / "learning_curves.png", title,
+                                                      baseline),
+             "aubc": plots.aubc_diffs(rows, out / "aubc.png", metric.replace("_", " "), baseline),
+             "class_balance": plots.class_balance(groups, out / "class_balance.png")}
+    mp = plots.mask_profile(groups, out / "mask_profile.png")
+    if mp is not None:
+        files["mask_profile"] = mp
+
+    L = [f"# Report: {title}", "",
+         f"{len(runs)} finished runs in {len(groups)} variants; seeds per variant: "
+         + ", ".join(f"{v} {r['n']}" for v, r in zip(groups, rows)) + ".", "",
+         "## Area under the budget curve", "",
+         f"Normalised AUBC = area under the curve of test accuracy against the number of labels, "
+         f"divided by the labels axis' width (mean accuracy over the budget). Δ = difference to "
+         f"`{baseline}` in {metric.replace('_', ' ')} AUBC ± 95 % CI over seeds (t-interval; "
+         f"paired by seed when the seeds match).", "",
+         "| variant | seeds | AUBC acc. | AUBC bal. acc. | Δ vs " + baseline + " | final acc. | "
+         "final bal. acc. |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["diff"]
+        dtxt = ("–" if math.isnan(d["diff"]) else
+                _pm(d["diff"], d["ci"], "{:+.4f}") + f" ({'paired, ' if d['paired'] else ''}n={d['n']})")
+        L.append(f"| {r['variant']} | {r['n']} | {_pm(*r['accuracy'])} | "
+                 f"{_pm(*r['balanced_accuracy'])} | {dtxt} | {_pm(*r['final_accuracy'])} | "
+                 f"{_pm(*r['final_balanced_accuracy'])} |")
+    L += ["", "![learning curves](learning_curves.png)", "", "![AUBC](aubc.png)", "",
+          f"## Labels needed to reach {metric.replace('_', ' ')} {target:.4f}", "",
+          "| variant | seeds reaching | labels (mean ± std over those) | labels on the mean curve |",
+          "|---|---|---|---|"]
+    for v, rs in groups.items():
+        hits = [labels_to_reach(r.steps, r.curves[metric], target) for r in rs]
+        got = [h for h in hits if h is not None]
+        steps, mean, _ = mean_curve(rs, metric)
+        on_mean = labels_to_reach(steps, mean, target) if len(steps) else None
+        L.append(f"| {v} | {len(got)}/{len(rs)} | "
+                 f"{_pm(float(np.mean(got)), _std(got), '{:.0f}') if got else 'not reached'} | "
+                 f"{on_mean if on_mean is not None else 'not reached'} |")
+    n_cls = max((len(r.labels_per_class) for r in runs), default=0)
+    L += ["", "## Class balance of the picks", "",
+          "Labels per class at the end of the budget (mean over seeds); min/max = the rarest "
+          "class' count over the most frequent one's.", "",
+          "| variant | " + " | ".join(str(c) for c in range(n_cls)) + " | min/max |",
+          "|---|" + "---|" * (n_cls + 1)]
+    for v, rs in groups.items():
+        per = [float(np.mean([r.labels_per_class[c] for r in rs if c < len(r.labels_per_class)]
+                             or [0])) for c in range(n_cls)]
+        ratio = min(per) / max(per) if per and max(per) > 0 else math.nan
+        L.append(f"| {v} | " + " | ".join(f"{x:.1f}" for x in per) + f" | {ratio:.2f} |")
+    L += ["", "![class balance](class_balance.png)", ""]
+    if "mask_profile" in files:
+        L += ["## FisherMask mask profile", "",
+              "Fraction of each parameter tensor selected into the mask, mean over seeds and "
+              "rounds (the paper's Fig. 2); the five most selected tensors:", "",
+              "| variant | tensors | top tensors (fraction in mask) |", "|---|---|---|"]
+        for v, rs in groups.items():
+            names, mean, _ = mask_layers(rs)
+            if not names:
+                continue
+            top = np.argsort(-mean)[:5]
+            L.append(f"| {v} | {len(names)} | "
+                     + ", ".join(f"{names[i]} ({mean[i]:.3f})" for i in top) + " |")
+        L += ["", "![mask profile](mask_profile.png)", ""]
+    (out / "summary.md").write_text("\n".join(L) + "\n")
+    files["summary"] = out / "summary.md"
+    return {"files": files, "rows": rows, "target": target}
+
+
+def cmd_report(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from fishermask.report_data import child_runs, find_parent, load_run
+    from fishermask.sweep_grid import absolute_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = absolute_tracking_uri(args.tracking_uri)
+    client = MlflowClient(uri)
+    parent, exp_id = find_parent(client, experiment=args.experiment, run_id=args.run)
+    children = child_runs(client, exp_id, parent)
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    skipped = len(children) - len(finished)
+    if not finished:
+        what = f"parent run {parent.info.run_id}" if parent else f"experiment {args.experiment}"
+        raise FishermaskError(f"no finished runs under {what} at {uri} "
+                              f"({len(children)} runs in all); nothing to report")
+    runs = [load_run(client, r) for r in finished]
+    title = (parent.data.tags.get("fishermask.sweep", parent.info.run_name) if parent
+             else args.experiment)
+    out = Path(args.out)
+    res = build_report(runs, out, title=title, metric=args.metric, baseline=args.baseline,
+                       target=args.target)
+    print("\n".join(line for line in res["files"]["summary"].read_text().splitlines()
+                    if not line.startswith("![")))
+    if skipped:
+        print(f"note: {skipped} unfinished run(s) left out (resume the sweep to finish them)")
+    for path in res["files"].values():
+        print(f"wrote {path}")
+    if parent is not None and not args.no_log:
+        for path in res["files"].values():
+            client.log_artifact(parent.info.run_id, str(path), "report")
+        print(f"logged to parent run {parent.info.run_id} under report/")
+    return 0

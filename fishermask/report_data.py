@@ -1,0 +1,199 @@
+"""Report data: a sweep's child runs from MLflow, and the statistics the report shows.
+
+Everything the report computes is here as plain functions over :class:`RunData` (tested without
+MLflow): mean ± std curves over seeds, the normalised area under the budget curve (AUBC), paired
+differences to a baseline with a 95 % t-interval over seeds, labels needed to reach a target, the
+class balance of the picks and the FisherMask mask profile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from fishermask.errors import FishermaskError
+
+PARENT_TAG = "mlflow.parentRunId"
+METRICS = ("accuracy", "balanced_accuracy")
+
+
+@dataclass
+class RunData:
+    run_id: str
+    variant: str                      # what is compared (strategy + non-seed axes)
+    strategy: str
+    seed: int
+    status: str
+    context: dict[str, str]           # non-strategy, non-seed axes (to pair with the baseline)
+    steps: np.ndarray                 # number of labels per round
+    curves: dict[str, np.ndarray]     # metric -> values per round
+    labels_per_class: list[float] = field(default_factory=list)   # at the end of the run
+    mask_profiles: list[list[dict]] = field(default_factory=list)  # one per round (FisherMask)
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+def find_parent(client, experiment: Optional[str] = None, run_id: Optional[str] = None):
+    """The sweep's parent run (``--run``) or the newest sweep of ``--experiment``; ``None`` when
+    the experiment has no sweep (then its top-level runs are reported)."""
+    if run_id:
+        try:
+            run = client.get_run(run_id)
+        except Exception as exc:
+            raise FishermaskError(f"--run {run_id}: no such run at {client.tracking_uri} "
+                                  f"({type(exc).__name__})") from None
+        return run, run.info.experiment_id
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise FishermaskError(f"--experiment {experiment!r} not found at {client.tracking_uri}; "
+                              f"experiments there: {', '.join(names) or 'none'}")
+    runs = client.search_runs([exp.experiment_id], "tags.`fishermask.role` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return (runs[0] if runs else None), exp.experiment_id
+
+
+def child_runs(client, experiment_id: str, parent) -> list:
+    if parent is not None:
+        flt = f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
+        return client.search_runs([experiment_id], flt, max_results=50000)
+    return [r for r in client.search_runs([experiment_id], max_results=50000)
+            if r.data.tags.get("fishermask.role") != "sweep" and "seed" in r.data.params]
+
+
+def _history(client, run_id: str, key: str) -> dict[int, float]:
+    hist = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return {int(m.step): float(m.value) for m in hist}  # a re-logged step keeps its last value
+
+
+def _mask_profiles(client, run_id: str) -> list[list[dict]]:
+    try:
+        files = [f.path for f in client.list_artifacts(run_id, "rounds")
+                 if f.path.endswith("_mask_profile.json")]
+    except Exception:
+        return []
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in sorted(files):
+            local = client.download_artifacts(run_id, path, tmp)
+            with open(local) as f:
+                out.append(json.load(f))
+            os.remove(local)
+    return out
+
+
+def load_run(client, run) -> RunData:
+    tags, params = run.data.tags, run.data.params
+    strategy = params.get("strategy.name", "?")
+    curves_by_step = {key: _history(client, run.info.run_id, key) for key in METRICS}
+    steps = np.array(sorted(curves_by_step["accuracy"]), dtype=np.int64)
+    curves = {k: np.array([v.get(int(s), np.nan) for s in steps], dtype=float)
+              for k, v in curves_by_step.items()}
+    n_classes = sum(1 for k in run.data.metrics if k.startswith("labels_class_"))
+    per_class = [run.data.metrics.get(f"labels_class_{c}", 0.0) for c in range(n_classes)]
+    context = {k[len("sweep."):]: v for k, v in tags.items()
+               if k.startswith("sweep.") and k != "sweep.seed" and not k.startswith("sweep.strategy")}
+    profiles = _mask_profiles(client, run.info.run_id) if "fishermask" in strategy else []
+    return RunData(run_id=run.info.run_id, variant=tags.get("fishermask.variant", strategy),
+                   strategy=strategy, seed=int(params.get("seed", 0)), status=run.info.status,
+                   context=context, steps=steps, curves=curves, labels_per_class=per_class,
+                   mask_profiles=profiles)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def aubc(steps: np.ndarray, values: np.ndarray) -> float:
+    """Area under the curve over the labels axis, divided by its width (a mean accuracy in [0, 1])."""
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    if len(steps) == 0:
+        return math.nan
+    if len(steps) == 1 or steps[-1] == steps[0]:
+        return float(values[-1])
+    area = np.sum((values[1:] + values[:-1]) * np.diff(steps)) / 2.0
+    return float(area / (steps[-1] - steps[0]))
+
+
+def t_quantile(n: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
+
+
+def diff_ci(values: dict[int, float], baseline: dict[int, float]) -> dict[str, Any]:
+    """Mean difference to the baseline ± the 95 % CI half-width over seeds: paired by seed when
+    seeds are shared, else Welch's two-sample interval."""
+    common = sorted(set(values) & set(baseline))
+    if common:
+        d = np.array([values[s] - baseline[s] for s in common])
+        n = len(d)
+        half = t_quantile(n) * d.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+        return {"diff": float(d.mean()), "ci": float(half), "n": n, "paired": True}
+    a, b = np.array(list(values.values())), np.array(list(baseline.values()))
+    if len(a) == 0 or len(b) == 0:
+        return {"diff": math.nan, "ci": math.nan, "n": 0, "paired": False}
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return {"diff": diff, "ci": math.nan, "n": min(len(a), len(b)), "paired": False}
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1)) + (vb ** 2 / (len(b) - 1))) if se else 1.0
+    from scipy import stats
+
+    return {"diff": diff, "ci": float(stats.t.ppf(0.975, dof) * se), "n": min(len(a), len(b)),
+            "paired": False}
+
+
+def labels_to_reach(steps: np.ndarray, values: np.ndarray, target: float) -> Optional[int]:
+    hit = np.nonzero(np.asarray(values) >= target)[0]
+    return int(steps[hit[0]]) if len(hit) else None
+
+
+def group(runs: list[RunData]) -> dict[str, list[RunData]]:
+    """Runs by variant, in the strategies' registry order, then by name."""
+    from fishermask.strategies import STRATEGIES
+
+    order = {name: i for i, name in enumerate(STRATEGIES)}
+    by: dict[str, list[RunData]] = defaultdict(list)
+    for r in runs:
+        by[r.variant].append(r)
+    keys = sorted(by, key=lambda v: (order.get(by[v][0].strategy, len(order)), v))
+    return {k: sorted(by[k], key=lambda r: r.seed) for k in keys}
+
+
+def mean_curve(runs: list[RunData], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps shared by all runs, mean and std (ddof=0 for one seed) over seeds."""
+    steps = sorted(set.intersection(*(set(r.steps.tolist()) for r in runs))) if runs else []
+    vals = np.array([[r.curves[metric][list(r.steps).index(s)] for s in steps] for r in runs])
+    if not steps:
+        return np.array([]), np.array([]), np.array([])
+    std = vals.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
+    return np.array(steps), vals.mean(axis=0), std
+
+
+def baseline_for(variant_runs: list[RunData], groups: dict[str, list[RunData]],
+                 baseline: str) -> Optional[str]:
+    """The baseline variant to compare with: same non-strategy axes, else the only one."""
+    cands = [v for v, rs in groups.items() if rs[0].strategy == baseline]
+    ctx = variant_runs[0].context
+    same = [v for v in cands if groups[v][0].context == ctx]
+    if same:
+        return same[0]
+    return cands[0] if len(cands) == 1 else None
+
+
+def mask_layers(runs: list[RunData]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Layer names and the mean/std (over seeds and rounds) fraction of each tensor in the mask."""
+    profiles = [p for r in runs for p in r.mask_profiles]
+    if not profiles:
+        return [], np.array([]), np.array([])
+    names = [p["name"] for p in profiles[0]]
+    frac = np.array([[next((q["fraction"] for q in p if q["name"] == n), 0.0) for n in names]
+                     for p in profiles])
+    return names, frac.mean(axis=0), frac.std(axis=0)
