@@ -1,0 +1,119 @@
+"""Shared fixtures: environment, one local Ray per session, a real MLflow tracking server, and a
+tiny sweep run once and shared by the sweep and report tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+TINY_SWEEP = """\
+# tests: 2 strategies x 2 seeds, digits, 3 rounds of a few seconds
+experiment: {experiment}
+data: {{dataset: digits, class_counts: [12, 12, 12, 40]}}
+budget: {{initial: 10, query: 10, rounds: 2}}
+model: {{name: cnn_small}}
+train: {{max_epochs: 3, batch_size: 16}}
+strategy: {{name: fishermask, sparsity: 0.05}}
+sweep:
+  strategy.name: [random, fishermask]
+  seed: [0, 1]
+"""
+
+
+def write_tiny_sweep(folder: Path, experiment: str = "tiny") -> Path:
+    path = folder / "tiny.yaml"
+    path.write_text(TINY_SWEEP.format(experiment=experiment))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def make_tiny_sweep():
+    """``make_tiny_sweep(folder, experiment="tiny") -> path`` of the tiny sweep file."""
+    return write_tiny_sweep
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray for the session (2 CPUs).  ``fault_dir``: a file ``fail_round_<r>`` there
+    makes the next trial reaching round r raise once (FISHERMASK_FAULT_DIR, set for the workers)."""
+    import ray
+
+    fault_dir = tmp_path_factory.mktemp("faults")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2,
+             runtime_env={"env_vars": {"FISHERMASK_FAULT_DIR": str(fault_dir),
+                                       "MLFLOW_DISABLE_TELEMETRY": "true"}})
+    yield SimpleNamespace(fault_dir=fault_dir)
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` (sqlite backend, proxied artifacts) on a free local port."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{root / 'db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not come up:\n{(root / 'server.log').read_text()}")
+        time.sleep(0.5)
+    yield SimpleNamespace(uri=uri, root=root)
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(ray_local, mlflow_server, tmp_path_factory):
+    """The tiny sweep run once in-process on the session Ray, logging to the MLflow server; the
+    first trial reaching round 1 crashes once (Tune retries it from its round-0 checkpoint)."""
+    from fishermask.cli import main
+
+    work = tmp_path_factory.mktemp("sweep")
+    path = write_tiny_sweep(work)
+    (ray_local.fault_dir / "fail_round_1").touch()
+    storage = work / "storage"
+    t0 = time.perf_counter()
+    code = main(["sweep", str(path), "--tracking-uri", mlflow_server.uri, "--storage", str(storage),
+                 "--max-failures", "2"])
+    wall = time.perf_counter() - t0
+    from fishermask.sweep import read_state
+
+    state = read_state(f"{storage}/tiny")
+    return SimpleNamespace(code=code, path=path, work=work, storage=storage, wall=wall,
+                           uri=mlflow_server.uri, parent_run_id=state["parent_run_id"],
+                           experiment="tiny", fault_marker=ray_local.fault_dir / "fail_round_1")

@@ -1,0 +1,94 @@
+"""Reports: the statistics on hand-made numbers, and the files from a real sweep's MLflow runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fishermask.cli import main
+from fishermask.report import build_report
+from fishermask.report_data import RunData, aubc, diff_ci, group, labels_to_reach, mean_curve
+
+
+def test_aubc_is_the_mean_height_over_the_budget():
+    assert aubc([10, 20, 30], [0.5, 0.5, 0.5]) == pytest.approx(0.5)
+    assert aubc([10, 20, 40], [0.0, 1.0, 1.0]) == pytest.approx((5 + 20) / 30)
+    assert aubc([10], [0.7]) == 0.7
+
+
+def test_diff_ci_paired_by_seed_and_unpaired():
+    d = diff_ci({0: 0.6, 1: 0.7, 2: 0.8}, {0: 0.5, 1: 0.5, 2: 0.6, 3: 0.9})
+    assert d["paired"] and d["n"] == 3
+    assert d["diff"] == pytest.approx(0.5 / 3)
+    diffs = np.array([0.1, 0.2, 0.2])
+    assert d["ci"] == pytest.approx(4.302653 * diffs.std(ddof=1) / math.sqrt(3), rel=1e-5)
+    u = diff_ci({0: 0.6, 1: 0.8}, {5: 0.5, 6: 0.5})
+    assert not u["paired"] and u["diff"] == pytest.approx(0.2) and u["ci"] > 0
+    assert math.isnan(diff_ci({0: 0.6}, {0: 0.5})["ci"])  # one pair: no interval
+
+
+def test_labels_to_reach():
+    assert labels_to_reach(np.array([10, 20, 30]), np.array([0.5, 0.8, 0.9]), 0.8) == 20
+    assert labels_to_reach(np.array([10, 20]), np.array([0.5, 0.6]), 0.9) is None
+
+
+def _run(variant, strategy, seed, accs, per_class=(3, 3, 4)):
+    steps = np.array([10, 20, 30])
+    return RunData(run_id=f"{variant}{seed}", variant=variant, strategy=strategy, seed=seed,
+                   status="FINISHED", context={}, steps=steps,
+                   curves={"accuracy": np.array(accs), "balanced_accuracy": np.array(accs) - 0.05},
+                   labels_per_class=list(per_class),
+                   mask_profiles=[[{"layer": 0, "name": "a.weight", "size": 10, "selected": 5,
+                                    "fraction": 0.5},
+                                   {"layer": 1, "name": "fc.weight", "size": 4, "selected": 4,
+                                    "fraction": 1.0}]] if strategy == "fishermask" else [])
+
+
+def test_build_report_from_hand_made_runs(tmp_path):
+    runs = [_run("random", "random", s, [0.5, 0.6, 0.7 + 0.01 * s]) for s in range(3)]
+    runs += [_run("fishermask", "fishermask", s, [0.5, 0.7, 0.8 + 0.01 * s], (4, 3, 3))
+             for s in range(3)]
+    groups = group(runs)
+    assert list(groups) == ["random", "fishermask"]  # registry order
+    steps, mean, std = mean_curve(groups["fishermask"], "accuracy")
+    assert steps.tolist() == [10, 20, 30] and mean[-1] == pytest.approx(0.81)
+    res = build_report(runs, tmp_path, title="hand-made", target=0.75)
+    for name in ("learning_curves", "aubc", "class_balance", "mask_profile"):
+        assert res["files"][name].stat().st_size > 5000
+    text = (tmp_path / "summary.md").read_text()
+    fm = next(line for line in text.splitlines() if line.startswith("| fishermask | 3 |"))
+    assert "+0.0750 ± 0.0000 (paired, n=3)" in fm  # 0.1 better from 20 labels on: 1.5 / 20
+    assert "| random | 0/3 | not reached | not reached |" in text
+    assert "| fishermask | 3/3 | 30 ± 0 | 30 |" in text
+    assert "| fishermask | 4.0 | 3.0 | 3.0 | 0.75 |" in text
+    assert "fc.weight (1.000), a.weight (0.500)" in text
+
+
+def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", "--experiment", "tiny", "--out", str(out),
+                 "--tracking-uri", tiny_sweep.uri]) == 0
+    files = {p.name for p in out.iterdir()}
+    assert files == {"learning_curves.png", "aubc.png", "class_balance.png", "mask_profile.png",
+                     "summary.md"}
+    text = (out / "summary.md").read_text()
+    assert "4 finished runs in 2 variants" in text
+    table = [line for line in text.split("## Area under")[1].split("##")[0].splitlines()
+             if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| random", "| fishermask"]
+    assert "(paired, n=2)" in table[2]
+    balance = text.split("## Class balance")[1]
+    assert "| variant | 0 | 1 | 2 | 3 | min/max |" in balance
+    assert "classifier.weight (1.000)" in text  # FisherMask forces the last layer in
+    client = MlflowClient(tiny_sweep.uri)
+    logged = {a.path for a in client.list_artifacts(tiny_sweep.parent_run_id, "report")}
+    assert {"report/summary.md", "report/learning_curves.png", "report/mask_profile.png"} <= logged
+    # the same report by parent run id, and a clear error for an unknown experiment
+    assert main(["report", "--run", tiny_sweep.parent_run_id, "--out", str(tmp_path / "r2"),
+                 "--tracking-uri", tiny_sweep.uri, "--no-log"]) == 0
+    assert (tmp_path / "r2" / "summary.md").read_text() == text
+    assert main(["report", "--experiment", "nope", "--tracking-uri", tiny_sweep.uri]) == 2
+    assert "experiments there:" in capsys.readouterr().err

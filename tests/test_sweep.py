@@ -1,0 +1,185 @@
+"""Sweeps: grid expansion, the MLflow parent/child layout on a real server, a retried trial, and
+resume after SIGKILL of the driver's process group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fishermask.cli import main
+from fishermask.errors import ConfigError
+from fishermask.sweep_grid import absolute_tracking_uri, expand, load_sweep
+
+BASE = {"experiment": "g", "data": {"dataset": "digits", "class_counts": [12, 12, 12, 40]},
+        "budget": {"initial": 10, "query": 10, "rounds": 2}, "model": {"name": "cnn_small"},
+        "strategy": {"name": "fishermask", "sparsity": 0.05}}
+
+
+def _children(client, experiment, parent_id):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def _curve(client, run_id):
+    hist = client.get_metric_history(run_id, "accuracy")
+    return [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)]
+
+
+# ----------------------------------------------------------------------------- grid
+
+def test_grid_product_drops_foreign_params_and_dedupes():
+    raw = dict(BASE, sweep={"strategy.name": ["random", "fishermask"],
+                            "strategy.sparsity": [0.05, 0.1], "seed": [0, 1]})
+    trials, points, notes = expand(raw)
+    assert points == 8
+    labels = sorted(t.label for t in trials)  # random ignores sparsity: 2 random + 4 fishermask
+    assert labels == ["fishermask sparsity=0.05 seed=0", "fishermask sparsity=0.05 seed=1",
+                      "fishermask sparsity=0.1 seed=0", "fishermask sparsity=0.1 seed=1",
+                      "random seed=0", "random seed=1"]
+    assert any("random: ignores sparsity" in n for n in notes)
+    rnd = next(t for t in trials if t.label == "random seed=0")
+    assert "sparsity" not in rnd.config["strategy"] and rnd.variant == "random"
+    assert Path(rnd.config["data"]["data_dir"]).is_absolute()  # trials run in Tune's folders
+    again, _, _ = expand(raw)
+    assert [t.key for t in again] == [t.key for t in trials]  # stable keys
+
+
+def test_grid_mapping_values_merge_into_the_section():
+    raw = dict(BASE, sweep={"strategy": [{"name": "bait"}, {"sparsity": 0.1}]})
+    trials, _, _ = expand(raw)
+    assert [t.config["strategy"]["name"] for t in trials] == ["bait", "fishermask"]
+    assert trials[1].config["strategy"]["sparsity"] == 0.1
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"seed": 3}, "non-empty list"),
+    ({"seed": []}, "non-empty list"),
+    ({"strategy.name": ["random", "nope"]}, "unknown strategy"),
+    ({"train.lr": [-1]}, "train.lr"),
+])
+def test_grid_errors_name_the_point(grid, message):
+    with pytest.raises(ConfigError, match=message):
+        expand(dict(BASE, sweep=grid))
+
+
+def test_quickstart_grid_and_tracking_uris(tmp_path, monkeypatch):
+    from fishermask.strategies import STRATEGIES
+
+    sweep = load_sweep(Path(__file__).parents[1] / "sweeps" / "quickstart.yaml")
+    names = {t.config["strategy"]["name"] for t in sweep.trials}
+    assert names == set(STRATEGIES) - {"fishermask_authors"}
+    assert len(sweep.trials) == 3 * len(names) and sweep.name == "quickstart"
+    monkeypatch.chdir(tmp_path)
+    assert absolute_tracking_uri("sqlite:///m.db") == f"sqlite:///{tmp_path.resolve()}/m.db"
+    assert absolute_tracking_uri("http://h:5000") == "http://h:5000"
+
+
+def test_dry_run_lists_trials(tmp_path, capsys, make_tiny_sweep):
+    path = make_tiny_sweep(tmp_path)
+    assert main(["sweep", str(path), "--dry-run", "--set", "sweep.seed=[0,1,2]"]) == 0
+    out = capsys.readouterr().out
+    assert "6 trials (6 grid points)" in out and "fishermask seed=2" in out
+
+
+# ----------------------------------------------------------------------------- real sweeps
+
+def test_parent_child_runs_and_retry(tiny_sweep):
+    assert tiny_sweep.code == 0
+    assert not tiny_sweep.fault_marker.exists(), "the injected fault never fired"
+    client = MlflowClient(tiny_sweep.uri)
+    parent = client.get_run(tiny_sweep.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["fishermask.role"] == "sweep"
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/tiny.yaml", "sweep/summary.md", "sweep/trials.json"} <= arts
+    exp = client.get_experiment_by_name("tiny")
+    assert len(client.search_runs([exp.experiment_id], "tags.`fishermask.role` = 'sweep'")) == 1
+    kids = _children(client, "tiny", parent.info.run_id)
+    labels = sorted(r.info.run_name for r in kids)
+    assert labels == ["fishermask seed=0", "fishermask seed=1", "random seed=0", "random seed=1"]
+    for r in kids:  # one run per trial, even for the retried one; every round once
+        assert r.info.status == "FINISHED"
+        assert [s for s, _ in _curve(client, r.info.run_id)] == [10, 20, 30]
+        assert r.data.params["strategy.name"] in ("random", "fishermask")
+
+
+def test_rerun_without_resume_is_refused(tiny_sweep, capsys):
+    args = ["sweep", str(tiny_sweep.path), "--tracking-uri", tiny_sweep.uri,
+            "--storage", str(tiny_sweep.storage)]
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    other = tiny_sweep.work / "nothing"
+    assert main(args[:-1] + [str(other), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def _uninterrupted_curve(sweep_file: Path, label: str, folder: Path):
+    """The same trial run in-process without Ray or MLflow (1 thread, as in a trial)."""
+    import torch
+
+    from fishermask.config import from_dict
+    from fishermask.loop import ActiveLearningLoop
+
+    spec = next(t for t in load_sweep(sweep_file).trials if t.label == label)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        recs = ActiveLearningLoop(from_dict(spec.config), checkpoint_dir=folder / label,
+                                  progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
+    return [(r.n_labels, r.accuracy) for r in recs]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_of_the_driver(tiny_sweep, tmp_path, make_tiny_sweep):
+    """Kill `fishermask sweep` (its own local Ray included) once a trial has checkpointed a
+    round; --resume finishes every trial under the same parent with no duplicated runs."""
+    path = make_tiny_sweep(tmp_path, experiment="killed")
+    storage = tmp_path / "storage"
+    cmd = [sys.executable, "-m", "fishermask", "sweep", str(path), "--tracking-uri",
+           tiny_sweep.uri, "--storage", str(storage), "--address", "local"]
+    env = dict(os.environ, FISHERMASK_FAULT_DIR="")
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    exp_dir = storage / "killed-tiny"
+    deadline = time.monotonic() + 150
+    while not list(exp_dir.glob("trial_*/checkpoint_*")):
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()
+        assert time.monotonic() < deadline, "no trial reported a round in time"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+
+    client = MlflowClient(tiny_sweep.uri)
+    exp = client.get_experiment_by_name("killed")
+    parents = client.search_runs([exp.experiment_id], "tags.`fishermask.role` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "RUNNING"  # the kill left it so
+    parent_id = parents[0].info.run_id
+
+    res = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    parents = client.search_runs([exp.experiment_id], "tags.`fishermask.role` = 'sweep'")
+    assert [p.info.run_id for p in parents] == [parent_id]
+    assert parents[0].info.status == "FINISHED"
+    kids = _children(client, "killed", parent_id)
+    assert sorted(r.info.run_name for r in kids) == ["fishermask seed=0", "fishermask seed=1",
+                                                     "random seed=0", "random seed=1"]
+    assert all(r.info.status == "FINISHED" for r in kids)
+    reference = {r.info.run_name: _curve(client, r.info.run_id)
+                 for r in _children(client, "tiny", tiny_sweep.parent_run_id)}
+    for r in kids:  # equal to the uninterrupted sweep's curves, each round logged once
+        assert _curve(client, r.info.run_id) == reference[r.info.run_name]
+    for label in ("random seed=0", "fishermask seed=1"):
+        steps, accs = zip(*_uninterrupted_curve(path, label, tmp_path))
+        assert [s for s, _ in reference[label]] == list(steps)
+        assert [a for _, a in reference[label]] == pytest.approx(accs, abs=1e-6)
