@@ -100,6 +100,96 @@ def cat_outputs(parts: list[Any]) -> Any:
     return torch.cat(parts)
 
 
+# ---------------------------------------------------------------- canonical float64 reductions
+# Sums over the pool (``sum``, the target F) are defined as a fixed pairwise tree over "leaves"
+# (one batch of ``sum``; FISHER_BLOCK rows of F), whatever the number of shards: a shard that owns
+# the contiguous leaves [p, q) sends the values of the maximal tree nodes inside [p, q)
+# (:func:`tree_cover`, at most 2·log₂(leaves) of them) and :func:`tree_combine` finishes the tree.
+# Every float64 addition then happens in the same order, so results are bit-identical for any
+# sharding (the leaves themselves are computed on the same rows in the same batches).
+
+FISHER_BLOCK = 128
+"""Rows of V per leaf of the target-Fisher sum (candidates first, then the other pool rows)."""
+
+
+def add_values(a: Any, b: Any) -> Any:
+    """a + b for tensors or dicts of tensors (the combine step of the reduction tree)."""
+    if isinstance(a, dict):
+        return {key: add_values(a[key], b[key]) for key in a}
+    return a + b
+
+
+class TreeSum:
+    """Streaming pairwise tree sum of leaves 0, 1, 2, …: node (l, i) = node (l−1, 2i) + node
+    (l−1, 2i+1) over leaves [i·2ˡ, (i+1)·2ˡ) clipped to the leaves present (a node whose right
+    child is empty is its left child).  Holds at most log₂(leaves) partial sums."""
+
+    def __init__(self):
+        self._stack: list[tuple[int, Any]] = []
+
+    def add(self, leaf: Any) -> None:
+        level, value = 0, leaf
+        while self._stack and self._stack[-1][0] == level:
+            _, left = self._stack.pop()
+            level, value = level + 1, add_values(left, value)
+        self._stack.append((level, value))
+
+    def result(self) -> Any:
+        """The root over the leaves added so far (None if none)."""
+        if not self._stack:
+            return None
+        acc = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            acc = add_values(left, acc)
+        return acc
+
+
+def _tree_levels(n_leaves: int) -> int:
+    return max(0, (n_leaves - 1).bit_length())
+
+
+def tree_cover(p: int, q: int, n_leaves: int) -> list[tuple[int, int]]:
+    """The maximal nodes (level, index) of the tree over ``n_leaves`` leaves that lie inside the
+    leaves [p, q), left to right; node (l, i) covers [i·2ˡ, min((i+1)·2ˡ, n_leaves))."""
+    out: list[tuple[int, int]] = []
+
+    def visit(level: int, i: int) -> None:
+        start = i << level
+        stop = min(start + (1 << level), n_leaves)
+        if stop <= p or start >= q or start >= n_leaves:
+            return
+        if p <= start and stop <= q:
+            out.append((level, i))
+            return
+        visit(level - 1, 2 * i)
+        visit(level - 1, 2 * i + 1)
+
+    if n_leaves > 0 and q > p:
+        visit(_tree_levels(n_leaves), 0)
+    return out
+
+
+def tree_node_range(node: tuple[int, int], n_leaves: int) -> range:
+    level, i = node
+    return range(i << level, min((i + 1) << level, n_leaves))
+
+
+def tree_combine(nodes: dict, n_leaves: int) -> Any:
+    """The root of the tree over ``n_leaves`` leaves from node values that cover every leaf
+    (as from :func:`tree_cover` of disjoint ranges); equal to :class:`TreeSum` over all leaves."""
+    def value(level: int, i: int):
+        if (level, i) in nodes:
+            return nodes[(level, i)]
+        if level == 0:
+            raise KeyError(f"leaf {i} of the reduction tree is missing")
+        left = value(level - 1, 2 * i)
+        if (2 * i + 1) << (level - 1) >= n_leaves:
+            return left
+        return add_values(left, value(level - 1, 2 * i + 1))
+
+    return value(_tree_levels(n_leaves), 0) if n_leaves > 0 else None
+
+
 def gram_sum(V: torch.Tensor, fisher_target: str) -> torch.Tensor:
     """Σ_x V_xᵀV_x over the rows of ``V`` [n, C, k] in float64: dense ``[k, k]`` or its diagonal."""
     V64 = V.to(torch.float64)
@@ -107,3 +197,23 @@ def gram_sum(V: torch.Tensor, fisher_target: str) -> torch.Tensor:
         return (V64 * V64).sum(dim=(0, 1))
     flat = V64.reshape(-1, V64.shape[-1])
     return flat.T @ flat
+
+
+def fisher_leaves(V: torch.Tensor, fisher_target: str):
+    """The leaves of the target-Fisher sum over the rows of ``V`` (FISHER_BLOCK rows each)."""
+    for start in range(0, len(V), FISHER_BLOCK):
+        yield gram_sum(V[start:start + FISHER_BLOCK], fisher_target)
+
+
+def rows_of(wanted: np.ndarray, parts: list[tuple[np.ndarray, torch.Tensor]], shape,
+            dtype=torch.float32) -> torch.Tensor:
+    """Rows for the pool indices ``wanted`` from (sorted pool indices, rows) pairs that together
+    hold every wanted index; ``shape`` = (C, k) of one row."""
+    out = torch.zeros(len(wanted), *shape, dtype=dtype)
+    for idx, rows in parts:
+        if not len(idx) or not len(wanted):
+            continue
+        pos = np.clip(np.searchsorted(idx, wanted), 0, len(idx) - 1)
+        hit = np.flatnonzero(idx[pos] == wanted)
+        out[torch.as_tensor(hit)] = rows[torch.as_tensor(pos[hit])].to(out.dtype)
+    return out

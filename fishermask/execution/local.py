@@ -7,8 +7,9 @@ import time
 import numpy as np
 import torch
 
-from fishermask.execution.base import (BatchFn, PoolExecutor, add_outputs, cat_outputs,
-                                       check_memory, gram_sum, greedy_memory_gb, resolve_device)
+from fishermask.execution.base import (BatchFn, PoolExecutor, TreeSum, add_outputs, cat_outputs,
+                                       check_memory, fisher_leaves, greedy_memory_gb,
+                                       resolve_device, rows_of)
 
 
 def _to_cpu(out):
@@ -44,10 +45,14 @@ class LocalExecutor(PoolExecutor):
         return cat_outputs([_to_cpu(out) for out in self._batches(fn, indices)])
 
     def sum(self, fn: BatchFn, indices: np.ndarray):
-        acc = None
+        tree = TreeSum()  # canonical pairwise order over batches: sharded sums are bit-identical
         for out in self._batches(fn, indices):
-            acc = add_outputs(acc, out)
-        return acc
+            tree.add(add_outputs(None, out))
+        return tree.result()
+
+    def _embed(self, embed_fn, indices, C, k):
+        V = self.map(embed_fn, indices)
+        return V if len(indices) else torch.zeros(0, C, k)
 
     def fisher_greedy(self, embed_fn, *, candidates, labeled, n, fisher_target="dense", lam=1.0,
                       oversample=1, weighting="bait"):
@@ -59,16 +64,21 @@ class LocalExecutor(PoolExecutor):
         C, k = self.pool.num_classes, int(embed_fn.k)
         need = greedy_memory_gb(N, len(candidates), C, k, fisher_target)
         check_memory(need, self.max_memory_gb, what=f"the Fisher greedy (pool {N} × C {C} × k {k})")
+        rest = np.setdiff1d(np.arange(N), candidates)
         t0 = time.perf_counter()
-        V = self.map(embed_fn, np.arange(N))
+        # canonical layout (reproduced by the Ray shards): candidates, then the other pool rows
+        V_c = self._embed(embed_fn, candidates, C, k)
+        V_r = self._embed(embed_fn, rest, C, k)
         t1 = time.perf_counter()
-        F = None
-        for start in range(0, N, 1024):
-            part = gram_sum(V[start:start + 1024], fisher_target)
-            F = part if F is None else F + part
-        F = (F / N).to(torch.float32)
+        tree = TreeSum()
+        for V in (V_c, V_r):
+            for leaf in fisher_leaves(V, fisher_target):
+                tree.add(leaf)
+        F = (tree.result() / N).to(torch.float32)
         t2 = time.perf_counter()
-        picks = fisher_greedy(V[candidates], V[labeled], F, n, lam=lam, oversample=oversample,
+        V_lab = rows_of(labeled, [(candidates, V_c), (rest, V_r)], (C, k), V_c.dtype)
+        del V_r
+        picks = fisher_greedy(V_c, V_lab, F, n, lam=lam, oversample=oversample,
                               weighting=weighting)
         t3 = time.perf_counter()
         info = {"gradients_seconds": t1 - t0, "fisher_seconds": t2 - t1,
