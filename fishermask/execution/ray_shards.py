@@ -1,0 +1,442 @@
+"""Ray pool-shard executor (DESIGN §4): ``execution.shards`` actors do the per-sample work of a round.
+
+* ``bind(pool)`` puts the pool in the object store once per run (numpy: shared zero-copy by all
+  actors of a node) and starts the actors; ``set_model`` puts the architecture once and the weights
+  once per round, each as one reference the actors fetch when it changes.
+* ``map``/``sum`` split the caller's index list into contiguous, batch-aligned runs, one per actor,
+  so every batch holds exactly the rows it holds in :class:`LocalExecutor`; sums are combined in the
+  canonical tree order of :mod:`fishermask.execution.base`.  Results are identical to the local ones.
+* ``fisher_greedy`` is the distributed greedy: each actor embeds its CHUNK-aligned range of the
+  sorted candidates (and a share of the other pool rows), sends the tree nodes of the target F and
+  its labeled rows, keeps Ṽ/Z/W resident, and answers one call per step (apply the last winner's
+  update, report its best candidate with its rows); the driver runs ``drive_greedy``'s logic.
+* An actor that dies is restarted by Ray (``max_restarts=-1``); the driver re-sends the failed call,
+  re-initialising a greedy shard from the round's inputs and replaying the updates so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from fishermask.errors import FishermaskError
+from fishermask.execution.base import (FISHER_BLOCK, BatchFn, PoolExecutor, cat_outputs,
+                                       check_memory, greedy_memory_gb, tree_combine)
+from fishermask.execution.shard_actor import PoolShard, ShardStateLost, pool_payload
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 600.0
+"""How long bind() waits for the actors to be scheduled and started before giving up."""
+RESTART_TIMEOUT_S = 300.0
+"""How long the driver waits for Ray to restart a dead shard actor."""
+
+
+def trial_resources(execution, strategy: str = "PACK"):
+    """The Ray Tune resource request of one trial running with these ``execution.*`` settings:
+    a {"CPU": 1} bundle for the trial (the AL loop, the driver) plus one bundle per shard actor
+    ({"CPU": cpus_per_shard, "GPU": gpus_per_shard}); without Ray shards, one bundle for the trial
+    doing the work itself.  Shard actors created inside the trial land in these bundles."""
+    from ray.tune import PlacementGroupFactory
+
+    def bundle(cpus: float, gpus: float) -> dict:
+        return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+
+    if not execution.use_ray:
+        return PlacementGroupFactory([bundle(max(1.0, execution.cpus_per_shard),
+                                             execution.gpus_per_shard)], strategy=strategy)
+    shard = bundle(execution.cpus_per_shard, execution.gpus_per_shard)
+    return PlacementGroupFactory([{"CPU": 1}] + [dict(shard) for _ in range(execution.shards)],
+                                 strategy=strategy)
+
+
+def _actor_errors():
+    from ray.exceptions import RayActorError
+
+    return (RayActorError, ShardStateLost)
+
+
+class RayExecutor(PoolExecutor):
+    """Runs per-sample work on ``cfg.shards`` Ray actors (see the module docstring)."""
+
+    max_attempts = 5
+    """Failed calls per shard and operation before giving up."""
+
+    def __init__(self, cfg):
+        import ray
+
+        self.cfg = cfg
+        self.shards = int(cfg.shards)
+        self.batch_size = int(cfg.batch_size)
+        self.threads = int(cfg.threads or max(1, int(cfg.cpus_per_shard)))
+        self.max_memory_gb = cfg.max_memory_gb
+        self.pool = self.model = None
+        self.actors: list = []
+        self.actor_info: list[dict] = []
+        self.recoveries = 0
+        self.hook: Optional[Callable[[str, int], None]] = None  # tests: hook(event, step)
+        self._pool_ref = self._arch_ref = self._weights_ref = self._arch_sig = None
+        self._started_ray = False
+        if not ray.is_initialized():
+            self._start_ray()
+
+    # --------------------------------------------------------------------------- lifecycle
+    def _start_ray(self) -> None:
+        import ray
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if self.cfg.address:
+            kwargs: dict[str, Any] = {"address": self.cfg.address}
+        else:
+            need = math.ceil(self.shards * self.cfg.cpus_per_shard)
+            kwargs = {"num_cpus": max(os.cpu_count() or 1, need), "include_dashboard": False}
+        try:
+            ray.init(**kwargs)
+        except Exception:  # start-up races on a loaded machine: try once more
+            log.warning("ray.init failed; retrying once", exc_info=True)
+            time.sleep(2.0)
+            ray.init(**kwargs)
+        self._started_ray = True
+
+    def _check_resources(self) -> None:
+        import ray
+        from ray.util import get_current_placement_group
+
+        if get_current_placement_group() is not None:
+            return  # inside a Tune trial: its placement group holds the shards' bundles
+        total = ray.cluster_resources()
+        for name, per in (("CPU", self.cfg.cpus_per_shard), ("GPU", self.cfg.gpus_per_shard)):
+            if per > 0 and total.get(name, 0) + 1e-9 < per * self.shards:
+                raise FishermaskError(
+                    f"execution.shards={self.shards} × {per:g} {name} per shard needs "
+                    f"{per * self.shards:g} {name}, but the Ray cluster has "
+                    f"{total.get(name, 0):g}; lower execution.shards or "
+                    f"execution.{name.lower()}s_per_shard, or add nodes")
+
+    def bind(self, pool) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError
+        from ray.util import get_current_placement_group
+
+        self._kill_actors()
+        self._check_resources()
+        self.pool = pool
+        self._pool_ref = ray.put(pool_payload(pool))
+        opts: dict[str, Any] = dict(num_cpus=self.cfg.cpus_per_shard,
+                                    num_gpus=self.cfg.gpus_per_shard,
+                                    max_restarts=-1, max_task_retries=0)
+        if get_current_placement_group() is None and self.shards > 1:
+            opts["scheduling_strategy"] = "SPREAD"  # in a Tune trial: stay in its placement group
+        remote = ray.remote(PoolShard)
+        self.actors = [remote.options(**opts).remote(j, self.threads, self.cfg.device,
+                                                     self.batch_size)
+                       for j in range(self.shards)]
+        try:
+            self.actor_info = ray.get([a.info.remote() for a in self.actors],
+                                      timeout=READY_TIMEOUT_S)
+            ray.get([a.load_pool.remote([self._pool_ref]) for a in self.actors])
+        except GetTimeoutError:
+            self._kill_actors()
+            raise FishermaskError(
+                f"the {self.shards} shard actors were not all running after {READY_TIMEOUT_S:g} s; "
+                "the cluster may lack the CPUs/GPUs execution.* asks for (inside a Tune trial, "
+                "request them with fishermask.execution.ray_shards.trial_resources)") from None
+
+    def set_model(self, model: torch.nn.Module) -> None:
+        import ray
+
+        state = model.state_dict()
+        sig = (type(model).__module__, type(model).__qualname__,
+               tuple((k, tuple(v.shape), str(v.dtype)) for k, v in state.items()))
+        if sig != self._arch_sig:
+            self._arch_ref = ray.put(copy.deepcopy(model).cpu().eval())
+            self._arch_sig = sig
+        self._weights_ref = ray.put({k: np.ascontiguousarray(v.detach().cpu().numpy())
+                                     for k, v in state.items()})
+        self.model = model
+
+    def close(self) -> None:
+        import ray
+
+        self._kill_actors()
+        self._pool_ref = self._arch_ref = self._weights_ref = self._arch_sig = None
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._started_ray = False
+
+    def _kill_actors(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone
+                pass
+        self.actors, self.actor_info = [], []
+
+    # --------------------------------------------------------------------------- plumbing
+    def _refs(self) -> list:
+        if not self.actors or self._weights_ref is None:
+            raise RuntimeError("call bind(pool) and set_model(model) first")
+        # nested in a list: each actor fetches a reference only when it changed (or it restarted)
+        return [self._pool_ref, self._arch_ref, self._weights_ref]
+
+    def _gather(self, submit: Callable[[int], Any], shards, restore=None) -> list:
+        """``submit(j)`` → ObjectRef for every shard j; results in shard order.  A shard whose call
+        fails because its actor died (or lost its state) is restored (``restore(j)``, blocking)
+        once Ray has restarted it, and its call submitted again."""
+        import ray
+
+        shards = list(shards)
+        pending = {j: submit(j) for j in shards}
+        out = {}
+        for j in shards:
+            attempts = 0
+            while j not in out:
+                try:
+                    if pending[j] is None:
+                        if restore is not None:
+                            restore(j)
+                        pending[j] = submit(j)
+                    out[j] = ray.get(pending[j])
+                except _actor_errors() as exc:
+                    attempts += 1
+                    if attempts >= self.max_attempts:
+                        raise FishermaskError(f"shard actor {j} failed {attempts} times in a row; "
+                                              f"last error: {exc}") from exc
+                    self.recoveries += 1
+                    log.warning("shard %d failed (%s); re-running its part once it is back", j,
+                                type(exc).__name__)
+                    pending[j] = None
+                    self._wait_alive(j)
+        return [out[j] for j in shards]
+
+    def _wait_alive(self, j: int) -> None:
+        """Block until Ray has restarted actor j (calls fail with ActorUnavailableError meanwhile)."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while True:
+            try:
+                self.actor_info[j] = ray.get(self.actors[j].info.remote(), timeout=30)
+                return
+            except (RayActorError, GetTimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise FishermaskError(f"shard actor {j} did not come back within "
+                                          f"{RESTART_TIMEOUT_S:g} s after a failure: {exc}") from exc
+                time.sleep(0.5)
+
+    def _split(self, total: int, unit: int) -> list[tuple[int, int]]:
+        from fishermask.greedy_state import shard_bounds
+
+        return shard_bounds(total, self.shards, chunk=unit)
+
+    # --------------------------------------------------------------------------- map / sum
+    def map(self, fn: BatchFn, indices: np.ndarray):
+        import ray
+
+        idx = np.asarray(indices, dtype=np.int64)
+        refs = self._refs()
+        bounds = [(j, a, b) for j, (a, b) in enumerate(self._split(len(idx), self.batch_size))
+                  if b > a]
+        if not bounds:
+            return cat_outputs([])
+        fn_ref = ray.put(fn)
+        ranges = {j: (a, b) for j, a, b in bounds}
+        parts = self._gather(lambda j: self.actors[j].map.remote(
+            refs, fn_ref, idx[ranges[j][0]:ranges[j][1]]), ranges)
+        return cat_outputs(parts)
+
+    def sum(self, fn: BatchFn, indices: np.ndarray):
+        import ray
+
+        idx = np.asarray(indices, dtype=np.int64)
+        refs = self._refs()
+        n_leaves = -(-len(idx) // self.batch_size)
+        if n_leaves == 0:
+            return None
+        # whole subtrees per shard (at most 2·log₂(batches / unit) nodes each); ≤ 1/8 imbalance
+        unit = 1 << max(0, int(math.log2(max(1.0, n_leaves / (8 * self.shards)))))
+        ranges = {j: (a, b) for j, (a, b) in enumerate(self._split(n_leaves, unit)) if b > a}
+        fn_ref = ray.put(fn)
+        B = self.batch_size
+        parts = self._gather(lambda j: self.actors[j].sum_nodes.remote(
+            refs, fn_ref, idx[ranges[j][0] * B:ranges[j][1] * B], *ranges[j], n_leaves), ranges)
+        return tree_combine({k: v for p in parts for k, v in p.items()}, n_leaves)
+
+    # --------------------------------------------------------------------------- greedy
+    def fisher_greedy(self, embed_fn, *, candidates, labeled, n, fisher_target="dense", lam=1.0,
+                      oversample=1, weighting="bait"):
+        from fishermask.greedy_state import check_options
+
+        cand = np.sort(np.asarray(candidates, dtype=np.int64))
+        lab = np.sort(np.asarray(labeled, dtype=np.int64))
+        _check_args(n, oversample, len(cand))
+        check_options(lam, weighting)
+        N, C, k = len(self.pool), self.pool.num_classes, int(embed_fn.k)
+        rest = np.setdiff1d(np.arange(N), cand)
+        unit = _lcm(FISHER_BLOCK, self.batch_size)
+        if unit > 16 * FISHER_BLOCK:  # odd batch sizes: give up batch alignment, keep balance
+            unit = FISHER_BLOCK
+        c_rng, r_rng = self._split(len(cand), unit), self._split(len(rest), unit)
+        need = max(greedy_memory_gb((cb - ca) + (rb - ra), cb - ca, C, k, fisher_target)
+                   for (ca, cb), (ra, rb) in zip(c_rng, r_rng))
+        check_memory(need, self.max_memory_gb, shards=self.shards,
+                     what=f"the Fisher greedy over {self.shards} shards (largest shard "
+                          f"{max(b - a for a, b in c_rng)} candidates × C {C} × k {k})")
+        info = {"gradients_seconds": 0.0, "fisher_seconds": 0.0, "greedy_seconds": 0.0,
+                "memory_estimate_gb": need, "k": k, "shards": self.shards}
+        if n == 0:
+            return np.zeros(0, dtype=np.int64), info
+        recoveries0 = self.recoveries
+        run = _GreedyRound(self, embed_fn, cand, rest, lab, c_rng, r_rng, fisher_target)
+        try:
+            t0 = time.perf_counter()
+            v_lab = run.embed(C, k)
+            t1 = time.perf_counter()
+            F = run.fisher(N)
+            t2 = time.perf_counter()
+            order = run.greedy(v_lab, F, int(n), int(oversample), lam, weighting, C, k)
+            t3 = time.perf_counter()
+        finally:
+            run.end()
+        info.update(gradients_seconds=t1 - t0, fisher_seconds=t2 - t1, greedy_seconds=t3 - t2,
+                    recoveries=self.recoveries - recoveries0)
+        return cand[np.asarray(order, dtype=np.int64)], info
+
+
+class _GreedyRound:
+    """The driver's side of one distributed greedy (all it needs to restore a restarted shard)."""
+
+    def __init__(self, ex: RayExecutor, embed_fn, cand, rest, lab, c_rng, r_rng, target):
+        import ray
+
+        self.ex, self.cand, self.rest, self.lab = ex, cand, rest, lab
+        self.c_rng, self.r_rng, self.target = c_rng, r_rng, target
+        self.key = uuid.uuid4().hex
+        self.refs = ex._refs()
+        self.fn_ref = ray.put(embed_fn)
+        self.init_ref = None
+        self.updates: list = []
+        self.active = [j for j, (a, b) in enumerate(c_rng) if b > a]
+
+    def _hook(self, event: str, step: int = -1) -> None:
+        if self.ex.hook is not None:
+            self.ex.hook(event, step)
+
+    def _embed_call(self, j: int, with_rest: bool = True):
+        (ca, cb), (ra, rb) = self.c_rng[j], self.r_rng[j]
+        rest = self.rest[ra:rb] if with_rest else self.rest[:0]
+        return self.ex.actors[j].greedy_embed.remote(self.key, self.refs, self.fn_ref,
+                                                     self.cand[ca:cb], rest, self.lab)
+
+    def _restore_embed(self, j: int, with_rest: bool = True) -> None:
+        import ray
+
+        ray.get(self._embed_call(j, with_rest))
+
+    def _restore_state(self, j: int) -> None:
+        """Bring a restarted shard back to the state after the updates applied so far."""
+        import ray
+
+        ray.get(self._embed_call(j, with_rest=False))
+        actor = self.ex.actors[j]
+        ray.get(actor.greedy_start.remote(self.key, self.init_ref, self.c_rng[j][0]))
+        if self.updates:
+            ray.get(actor.greedy_replay.remote(self.key, ray.put(self.updates)))
+
+    def embed(self, C: int, k: int) -> torch.Tensor:
+        """Every shard embeds its rows; returns the labeled rows [L, C, k]."""
+        pending = {j: self._embed_call(j) for j in range(self.ex.shards)}
+        self._hook("embed")
+        parts = self.ex._gather(lambda j: pending.pop(j) if j in pending else self._embed_call(j),
+                                range(self.ex.shards))
+        rows = [p["labeled_rows"] for p in parts if p["labeled_rows"] is not None]
+        dtype = rows[0].dtype if rows else torch.float32
+        v_lab = torch.zeros(len(self.lab), C, k, dtype=dtype)
+        for p in parts:
+            if p["labeled_rows"] is not None:
+                v_lab[torch.tensor(p["labeled_pos"], dtype=torch.long)] = p["labeled_rows"]
+        return v_lab
+
+    def fisher(self, N: int) -> torch.Tensor:
+        """F = (1/N) Σ_pool V_xᵀV_x from the shards' tree nodes (canonical order), float32."""
+        n_c = -(-len(self.cand) // FISHER_BLOCK)
+        n_leaves = n_c + -(-len(self.rest) // FISHER_BLOCK)
+
+        def leaves(a: int, b: int, offset: int) -> tuple[int, int]:
+            first = offset + a // FISHER_BLOCK
+            return first, (offset + -(-b // FISHER_BLOCK)) if b > a else first
+
+        parts = self.ex._gather(
+            lambda j: self.ex.actors[j].greedy_fisher.remote(
+                self.key, self.target, leaves(*self.c_rng[j], 0), leaves(*self.r_rng[j], n_c),
+                n_leaves),
+            range(self.ex.shards), restore=self._restore_embed)
+        total = tree_combine({key: v for p in parts for key, v in p["nodes"].items()}, n_leaves)
+        return (total / N).to(torch.float32)
+
+    def greedy(self, v_lab, F, n: int, oversample: int, lam, weighting, C: int, k: int) -> list:
+        """``drive_greedy`` over the shards: one round trip per step."""
+        import ray
+
+        from fishermask.selection import _global_best, greedy_init, greedy_steps
+
+        init = greedy_init(v_lab, F, n, lam=lam, weighting=weighting, num_classes=C, dim=k)
+        self.init_ref = ray.put(init)
+        ex = self.ex
+        ex._gather(lambda j: ex.actors[j].greedy_start.remote(self.key, self.init_ref,
+                                                              self.c_rng[j][0]),
+                   self.active, restore=lambda j: self._restore_embed(j, with_rest=False))
+        n_fwd, n_bwd = greedy_steps(len(self.cand), n, oversample)
+        order: list[int] = []
+        for step in range(n_fwd + n_bwd):
+            forward = step < n_fwd
+            update = self.updates[-1] if self.updates else None
+            reports = ex._gather(lambda j: ex.actors[j].greedy_step.remote(
+                self.key, step, update, forward), self.active, restore=self._restore_state)
+            _, g, owner = _global_best([best for best, _ in reports])
+            v, z, w = reports[owner][1]
+            self.updates.append((g, v, z, w, 1 if forward else -1))
+            if forward:
+                order.append(g)
+            else:
+                order.remove(g)
+            self._hook("step", step)
+        return order
+
+    def end(self) -> None:
+        import ray
+
+        try:
+            ray.get([self.ex.actors[j].greedy_end.remote(self.key)
+                     for j in range(self.ex.shards)], timeout=60)
+        except Exception:  # a dead actor has nothing to free
+            pass
+
+
+def _check_args(n, oversample, num_candidates: int) -> None:
+    import numbers
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if n > num_candidates:
+        raise ValueError(f"cannot select n={n} points from {num_candidates} candidates")
+    if isinstance(oversample, bool) or not isinstance(oversample, numbers.Integral) or oversample < 1:
+        raise ValueError(f"oversample must be an integer >= 1, got {oversample!r}")
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+__all__ = ["RayExecutor", "trial_resources"]
