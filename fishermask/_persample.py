@@ -18,10 +18,9 @@ is ever formed and the backward stops at the earliest recorded module.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,58 +29,6 @@ from torch import Tensor, nn
 CHUNK_ELEMS = 1 << 23  # elements per temporary in the chunked paths (32 MB in float32)
 CACHE_ELEMS = 1 << 27  # elements of class-independent factors kept per run (512 MB in float32)
 DENSE_FACTOR = 16  # dense bmm for a masked block when (#rows · #cols) <= DENSE_FACTOR · #entries
-
-_BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
-
-
-def module_kind(module: nn.Module, name: str) -> str:
-    """``linear``, ``conv2d``, ``bn`` (closed forms) or ``generic`` (torch.func)."""
-    forward = type(module).forward
-    if forward is nn.Linear.forward:
-        return "linear"
-    if forward is nn.Conv2d.forward:
-        return "conv2d"
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        if module.training or module.running_mean is None:
-            raise NotImplementedError(
-                f"{type(module).__name__} {name!r} normalises with batch statistics "
-                "(track_running_stats=False): per-sample gradients are not defined; "
-                "use running statistics")
-        if forward is _BN_FORWARD:
-            return "bn"
-    return "generic"
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every module in eval mode; restore each module's own previous mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-def owners(model: nn.Module, names: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """Group parameter names by the module that owns them: ``{module: [(local, full), ...]}``
-    in ``named_parameters()`` order."""
-    aliases: dict[int, list[str]] = {}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(p), []).append(n)
-    params = dict(model.named_parameters())
-    out: dict[str, list[tuple[str, str]]] = {}
-    for full in names:
-        if len(aliases[id(params[full])]) > 1:
-            raise NotImplementedError(
-                f"parameter {full!r} is shared by several modules "
-                f"({', '.join(aliases[id(params[full])])}); per-sample gradients of tied "
-                "parameters are not supported")
-        mod, _, local = full.rpartition(".")
-        out.setdefault(mod, []).append((local, full))
-    return out
-
 
 @dataclass
 class Call:
@@ -117,11 +64,15 @@ def _hook(records: dict, budget: list, name: str, module: nn.Module, args, kwarg
     return out.clone()  # in-place ops after the module (e.g. ReLU(inplace)) act on the clone
 
 
-def class_vjps(model: nn.Module, inputs: Tensor, modules: list[str], sqrt_p: bool):
-    """Forward ``inputs`` with the listed modules recorded, then yield, for each class c,
-    ``(c, probs, records, grads)`` where ``grads[module][i]`` is the grad-output of the i-th call
-    of the module for the scalar Σ_n w_n·log p_c(x_n), w_n = √p_c(x_n) if ``sqrt_p`` else 1
-    (``None`` when the output does not reach the logits). Call inside :func:`eval_mode`."""
+def class_vjps(model: nn.Module, inputs: Tensor, modules: list[str], sqrt_p: bool,
+               skip_top: bool = False):
+    """Forward ``inputs`` with the listed modules recorded, then yield, per backward pass,
+    ``(cls, probs, records, grads)``: ``cls`` [B] is the class of each sample in this pass and
+    ``grads[module][i]`` the grad-output of the i-th call of the module for the scalar
+    Σ_n w_n·log p_{cls_n}(x_n), w_n = √p_{cls_n}(x_n) if ``sqrt_p`` else 1 (``None`` when the
+    output does not reach the logits). C passes, class c in pass c; with ``skip_top``, C − 1
+    passes that leave out each sample's most probable class (recover its row from
+    Σ_c p_c ∇log p_c = 0). Call inside an eval-mode context."""
     records: dict[str, list[Call]] = {n: [] for n in modules}
     budget = [CACHE_ELEMS]
     handles = [model.get_submodule(n).register_forward_hook(partial(_hook, records, budget, n),
@@ -137,22 +88,22 @@ def class_vjps(model: nn.Module, inputs: Tensor, modules: list[str], sqrt_p: boo
     _check_uncalled(model, logits, [n for n in modules if not records[n]])
     probs = torch.softmax(logits.detach(), dim=1)
     targets = [call.out for n in modules for call in records[n]]
-    C = logits.shape[1]
-    for c in range(C):
-        grads: dict[str, list] = {n: [] for n in modules}
+    B, C = logits.shape
+    rows, top = torch.arange(B, device=probs.device), probs.argmax(1)
+    passes = C - 1 if skip_top else C
+    for c in range(passes):
+        cls = c + (c >= top).long() if skip_top else torch.full_like(top, c)
+        grads = {n: [None] * len(records[n]) for n in modules}
         if targets and logits.requires_grad:
             go = -probs.clone()
-            go[:, c] += 1.0
+            go[rows, cls] += 1.0
             if sqrt_p:
-                go *= probs[:, c:c + 1].sqrt()
-            flat = torch.autograd.grad(logits, targets, go, retain_graph=c < C - 1,
+                go *= probs[rows, cls].sqrt()[:, None]
+            flat = torch.autograd.grad(logits, targets, go, retain_graph=c < passes - 1,
                                        allow_unused=True)
             it = iter(flat)
-            for n in modules:
-                grads[n] = [next(it) for _ in records[n]]
-        else:
-            grads = {n: [None] * len(records[n]) for n in modules}
-        yield c, probs, records, grads
+            grads = {n: [next(it) for _ in records[n]] for n in modules}
+        yield cls, probs, records, grads
 
 
 def _check_uncalled(model: nn.Module, logits: Tensor, uncalled: list[str]) -> None:
@@ -185,12 +136,21 @@ def _rows(x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     return x.reshape(B, -1, x.shape[-1]), g.reshape(B, -1, g.shape[-1])
 
 
-def _unfold(m: nn.Conv2d, x: Tensor) -> Tensor:
+def _unfold(m: nn.Conv2d, x: Tensor, rows: Tensor | None = None) -> Tensor:
+    """``F.unfold`` of the conv's input, [B, in·kh·kw, L] (only ``rows`` of it if given), as
+    one gather from the padded input (faster than im2col on CPU)."""
     pad = m._reversed_padding_repeated_twice
     if any(pad):
-        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-        x = F.pad(x, pad, mode=mode)
-    return F.unfold(x, m.kernel_size, dilation=m.dilation, stride=m.stride)  # [B, in*kk, L]
+        x = F.pad(x, pad, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
+    (B, C, H, W), (kh, kw), (sh, sw), (dh, dw) = x.shape, m.kernel_size, m.stride, m.dilation
+    if rows is None:
+        rows = torch.arange(C * kh * kw, device=x.device)
+    ho = torch.arange((H - dh * (kh - 1) - 1) // sh + 1, device=x.device) * (sh * W)
+    wo = torch.arange((W - dw * (kw - 1) - 1) // sw + 1, device=x.device) * sw
+    c, ki, kj = rows // (kh * kw), rows % (kh * kw) // kw, rows % kw
+    base = c * (H * W) + ki * (dh * W) + kj * dw
+    idx = base[:, None] + (ho[:, None] + wo[None, :]).reshape(1, -1)  # [rows, L]
+    return x.reshape(B, -1).index_select(1, idx.reshape(-1)).view(B, rows.numel(), -1)
 
 
 def _bn_xhat(m: nn.Module, x: Tensor, channels: Tensor | None = None) -> Tensor:
@@ -276,34 +236,83 @@ def full_grads(kind: str, call: Call, g: Tensor, local: str, lo: int, hi: int,
     return _generic_full(call, _batch_slice(call, lo, hi, B), g, [local])[local]
 
 
-def sq_sum(kind: str, calls: list[Call], gs: list, local: str, shape) -> Tensor | None:
-    """Σ_n (per-sample gradient of ``local`` for sample n)², summed over the module's calls
-    before squaring; ``None`` if no call reaches the logits."""
-    pairs = [(c, g) for c, g in zip(calls, gs) if g is not None]
-    if not pairs:
-        return None
-    if kind == "linear" and local == "weight" and len(pairs) == 1:
-        x, g = _rows(pairs[0][0].inputs()[0], pairs[0][1])
-        if x.shape[1] == 1:  # Σ_n g_no² a_ni²: one matmul
-            return g[:, 0].square().T @ x[:, 0].square()
-    B = pairs[0][1].shape[0]
-    numel = 1
-    for s in shape:
-        numel *= s
-    step = max(1, CHUNK_ELEMS // max(1, numel))
-    # one reused workspace: fresh multi-MB CPU allocations page-fault on every chunk
-    buf = pairs[0][1].new_empty(min(step, B), *shape) if len(shape) > 1 else None
-    acc = None
-    for lo in range(0, B, step):
-        hi = min(B, lo + step)
-        full = None
-        for c, g in pairs:
-            part = full_grads(kind, c, g, local, lo, hi,
-                              out=None if full is not None or buf is None else buf[: hi - lo])
-            full = part if full is None else full.add_(part)
-        part = full.square_().sum(0)
-        acc = part if acc is None else acc.add_(part)
-    return acc
+class SqSum:
+    """Σ_n Σ_c (per-sample gradient of one parameter)², accumulated class by class.
+
+    Conv weights with few output positions (L ≤ 2C − 1, e.g. the 4×4 last stage of a CIFAR
+    ResNet) use the Gram form Σ_c (Σ_l G_c[o,l] A[j,l])² = Σ_{l≤l'} w K[o,l,l'] A[j,l] A[j,l'],
+    K = Σ_c G_c G_cᵀ (w = 1 on the diagonal, 2 off it): one GEMM of inner size B·L(L+1)/2 at
+    the end instead of C output-bound per-sample products of inner size L.
+    """
+
+    def __init__(self, kind: str, local: str, shape):
+        self.kind, self.local, self.shape = kind, local, tuple(shape)
+        self.acc = self.gram = self.call = self.use_gram = None
+
+    def _gram_ok(self, pairs, classes: int) -> bool:
+        call, g = pairs[0]
+        if self.kind != "conv2d" or self.local != "weight" or len(pairs) != 1 \
+                or call.module.groups != 1 or g[0, 0].numel() > 2 * classes - 1:
+            return False
+        need = g.numel() * g[0, 0].numel()
+        if need > call.budget[0]:
+            return False
+        call.budget[0] -= need
+        return True
+
+    def add(self, calls: list[Call], gs: list, classes: int) -> None:
+        pairs = [(c, g) for c, g in zip(calls, gs) if g is not None]
+        if not pairs:
+            return
+        if self.use_gram is None:
+            self.use_gram = self._gram_ok(pairs, classes)
+        if self.use_gram:
+            self.call, G = pairs[0][0], pairs[0][1].flatten(2)
+            k = G.unsqueeze(3) * G.unsqueeze(2)  # [B, out, L, L]
+            self.gram = k if self.gram is None else self.gram.add_(k)
+            return
+        part = self._direct(pairs)
+        self.acc = part if self.acc is None else self.acc.add_(part)
+
+    def _direct(self, pairs) -> Tensor:
+        """Σ_n (per-sample gradient)² for one class, the calls summed before squaring."""
+        kind, local, shape = self.kind, self.local, self.shape
+        if kind == "linear" and local == "weight" and len(pairs) == 1:
+            x, g = _rows(pairs[0][0].inputs()[0], pairs[0][1])
+            if x.shape[1] == 1:  # Σ_n g_no² a_ni²: one matmul
+                return g[:, 0].square().T @ x[:, 0].square()
+        B = pairs[0][1].shape[0]
+        step = max(1, CHUNK_ELEMS // max(1, math.prod(shape)))
+        # one reused workspace: fresh multi-MB CPU allocations page-fault on every chunk
+        buf = pairs[0][1].new_empty(min(step, B), *shape) if len(shape) > 1 else None
+        acc = None
+        for lo in range(0, B, step):
+            hi = min(B, lo + step)
+            full = None
+            for c, g in pairs:
+                dst = None if full is not None or buf is None else buf[: hi - lo]
+                part = full_grads(kind, c, g, local, lo, hi, out=dst)
+                full = part if full is None else full.add_(part)
+            part = full.square_().sum(0)
+            acc = part if acc is None else acc.add_(part)
+        return acc
+
+    def result(self) -> Tensor | None:
+        if self.gram is None:
+            return self.acc
+        K = self.gram
+        B, out, L, _ = K.shape
+        li, lj = torch.triu_indices(L, L, device=K.device)
+        Kp = K[:, :, li, lj] * torch.where(li == lj, 1.0, 2.0).to(K.dtype)  # [B, out, P]
+        J = self.shape[1] * self.shape[2] * self.shape[3]
+        acc = K.new_zeros(out, J)
+        step = max(1, CHUNK_ELEMS // max(1, J * li.numel()))
+        for lo in range(0, B, step):
+            hi = min(B, lo + step)
+            At = _factor(self.call, "conv2d", lo, hi).transpose(1, 2)  # [b, L, J]
+            AA = (At[:, li] * At[:, lj]).reshape(-1, J)  # [b·P, J]
+            acc.addmm_(Kp[lo:hi].permute(1, 0, 2).reshape(out, -1), AA)
+        return acc.clamp_(min=0).view(self.shape)  # rounding can leave tiny negatives
 
 
 class PairDot:
@@ -355,10 +364,7 @@ class MaskedBlock:
             o = self.idx // in_g_kk
             row = (o // (m.out_channels // m.groups)) * in_g_kk + self.idx % in_g_kk
             urow, rpos = torch.unique(row, return_inverse=True)
-            B = x.shape[0]
-            step = max(1, CHUNK_ELEMS // max(1, m.groups * in_g_kk * x[0, 0].numel()))
-            A = torch.cat([_unfold(m, x[s:s + step])[:, urow] for s in range(0, B, step)])
-            self.cache[i] = PairDot(o, rpos, A, call.budget)
+            self.cache[i] = PairDot(o, rpos, _unfold(m, x, urow), call.budget)
         elif self.kind == "linear" and self.local == "weight":
             xr = x.reshape(x.shape[0], -1, x.shape[-1])
             o, i_ = self.idx // xr.shape[-1], self.idx % xr.shape[-1]

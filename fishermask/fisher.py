@@ -5,15 +5,18 @@ the score vector g_{x,c} = ∇_θ log p_c(x). Gradients are always taken with th
 mode (BatchNorm uses its running statistics); each kernel restores every module's previous
 mode on exit and never touches ``.grad``.
 
-Cost: one forward pass plus C vector-Jacobian products per batch. The VJPs only ask autograd
-for the outputs of the modules that own parameters of interest; per-sample gradients then come
-in closed form from each module's recorded input and grad-output (``_persample``), restricted to
-the masked entries for the embeddings. Nothing is ever done per (sample, class).
+Cost: one forward pass plus C vector-Jacobian products per batch (C − 1 for the embeddings:
+since Σ_c p_c g_{x,c} = 0, the row of each sample's most probable class follows from the
+others). The VJPs only ask autograd for the outputs of the modules that own parameters of
+interest; per-sample gradients then come in closed form from each module's recorded input and
+grad-output (``_persample``), restricted to the masked entries for the embeddings. Nothing is
+ever done per (sample, class).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +24,58 @@ from torch import Tensor, nn
 from fishermask import _persample as ps
 
 __all__ = ["fisher_diagonal", "top_k_mask", "masked_embeddings", "last_layer_embeddings"]
+
+
+_BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
+
+
+def _module_kind(module: nn.Module, name: str) -> str:
+    """``linear``, ``conv2d``, ``bn`` (closed forms) or ``generic`` (torch.func)."""
+    forward = type(module).forward
+    if forward is nn.Linear.forward:
+        return "linear"
+    if forward is nn.Conv2d.forward:
+        return "conv2d"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if module.training or module.running_mean is None:
+            raise NotImplementedError(
+                f"{type(module).__name__} {name!r} normalises with batch statistics "
+                "(track_running_stats=False): per-sample gradients are not defined; "
+                "use running statistics")
+        if forward is _BN_FORWARD:
+            return "bn"
+    return "generic"
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every module in eval mode; restore each module's own previous mode afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _owners(model: nn.Module, names: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Group parameter names by the module that owns them: ``{module: [(local, full), ...]}``
+    in ``named_parameters()`` order."""
+    aliases: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(n)
+    params = dict(model.named_parameters())
+    out: dict[str, list[tuple[str, str]]] = {}
+    for full in names:
+        if len(aliases[id(params[full])]) > 1:
+            raise NotImplementedError(
+                f"parameter {full!r} is shared by several modules "
+                f"({', '.join(aliases[id(params[full])])}); per-sample gradients of tied "
+                "parameters are not supported")
+        mod, _, local = full.rpartition(".")
+        out.setdefault(mod, []).append((local, full))
+    return out
 
 
 def fisher_diagonal(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
@@ -37,18 +92,24 @@ def fisher_diagonal(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
     B = inputs.shape[0]
     if B == 0:
         raise ValueError("fisher_diagonal needs at least one input")
-    groups = ps.owners(model, [n for n, _ in named])
-    shapes = {n: p.shape for n, p in named}
-    acc = {n: torch.zeros_like(p, memory_format=torch.contiguous_format) for n, p in named}
-    with ps.eval_mode(model):
-        kinds = {mod: ps.module_kind(model.get_submodule(mod), mod) for mod in groups}
-        for _, _, records, grads in ps.class_vjps(model, inputs, list(groups), sqrt_p=True):
-            for mod, params in groups.items():
-                for local, full in params:
-                    part = ps.sq_sum(kinds[mod], records[mod], grads[mod], local, shapes[full])
-                    if part is not None:
-                        acc[full] += part.reshape(shapes[full]).to(acc[full].dtype)
-    return {n: a.div_(B) for n, a in acc.items()}
+    groups = _owners(model, [n for n, _ in named])
+    params = dict(named)
+    out: dict[str, Tensor] = {}
+    with _eval_mode(model):
+        sums = {}
+        for mod, plist in groups.items():
+            kind = _module_kind(model.get_submodule(mod), mod)
+            for local, full in plist:
+                sums[full] = ps.SqSum(kind, local, params[full].shape)
+        for _, probs, records, grads in ps.class_vjps(model, inputs, list(groups), sqrt_p=True):
+            for mod, plist in groups.items():
+                for _, full in plist:
+                    sums[full].add(records[mod], grads[mod], classes=probs.shape[1])
+        for n, p in named:
+            total = sums[n].result()
+            out[n] = (torch.zeros_like(p) if total is None else
+                      total.reshape(p.shape).to(p.dtype).div_(B))
+    return out
 
 
 def top_k_mask(diag: Mapping[str, Tensor], k: int, *,
@@ -136,7 +197,8 @@ def masked_embeddings(model: nn.Module, inputs: Tensor, mask: Mapping[str, Tenso
     ``{parameter name: flat indices}`` (as from :func:`top_k_mask`); the k columns follow
     ``model.named_parameters()`` order, then ascending flat index. Frozen parameters may be
     masked too. Returns ``[B, C, k]`` in float32 (float64 for a float64 model). Cost: one
-    forward, C VJPs down to the earliest masked layer, per-sample work only on masked entries.
+    forward, C − 1 VJPs down to the earliest masked layer (the most probable class's row is
+    −Σ_{c≠t} (p_c/p_t)^{1/2 or 1} row_c), per-sample work only on masked entries.
     """
     entries = _check_mask(model, mask)
     B = inputs.shape[0]
@@ -145,21 +207,18 @@ def masked_embeddings(model: nn.Module, inputs: Tensor, mask: Mapping[str, Tenso
     for n, idx in entries:
         offsets[n] = k
         k += idx.numel()
-    groups = ps.owners(model, [n for n, _ in entries_nz])
+    groups = _owners(model, [n for n, _ in entries_nz])
     idx_of = dict(entries_nz)
     out = None
-    with ps.eval_mode(model):
-        if not groups:
-            with torch.no_grad():
-                logits = model(inputs)
-            return logits.new_zeros(B, logits.shape[1], 0).to(_out_dtype(logits.dtype))
+    with _eval_mode(model):
         blocks = {}
         for mod, params in groups.items():
-            kind = ps.module_kind(model.get_submodule(mod), mod)
+            kind = _module_kind(model.get_submodule(mod), mod)
             blocks[mod] = [(ps.MaskedBlock(kind, local, idx_of[full]), offsets[full])
                            for local, full in params]
-        vjps = ps.class_vjps(model, inputs, list(groups), sqrt_p=prob_scaling)
-        for c, probs, records, grads in vjps:
+        probs, rows = None, torch.arange(B, device=inputs.device)
+        vjps = ps.class_vjps(model, inputs, list(groups), sqrt_p=prob_scaling, skip_top=True)
+        for cls, probs, records, grads in vjps:
             if out is None:
                 out = torch.zeros(B, probs.shape[1], k, dtype=_out_dtype(probs.dtype),
                                   device=probs.device)
@@ -168,7 +227,19 @@ def masked_embeddings(model: nn.Module, inputs: Tensor, mask: Mapping[str, Tenso
                     if g is None:
                         continue
                     for block, off in mblocks:
-                        out[:, c, off:off + block.idx.numel()] += block(call, i, g)
+                        out[rows, cls, off:off + block.idx.numel()] += block(call, i, g)
+        if out is None:  # nothing masked, or a single class (log p = 0): no backward ran
+            with torch.no_grad():
+                logits = model(inputs)
+            return torch.zeros(B, logits.shape[1], k, dtype=_out_dtype(logits.dtype),
+                               device=logits.device)
+    # the skipped (most probable) class t: Σ_c p_c g_c = 0 gives, for rows √p_c·g_c or g_c,
+    # row_t = −Σ_{c≠t} (p_c/p_t)^e row_c with e = 1/2 or 1; p_t ≥ 1/C keeps it well conditioned
+    top = probs.argmax(1)
+    coef = (probs / probs[rows, top][:, None]).to(out.dtype)
+    coef = coef.sqrt() if prob_scaling else coef
+    coef[rows, top] = 0.0
+    out[rows, top] = -torch.einsum("bc,bck->bk", coef, out)
     return out
 
 

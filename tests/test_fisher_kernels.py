@@ -18,9 +18,19 @@ from fishermask.models import build_model
 TOL64 = dict(rtol=1e-9, atol=1e-12)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small problems: one thread is as fast and far steadier on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Tiny(nn.Module):
-    """Linear + Conv2d (bias, stride, dilation, groups, reflect padding) + BatchNorm2d, a 1×1 conv called
-    twice, a Linear over extra leading dims, in-place ReLUs and a LayerNorm (torch.func path)."""
+    """Linear + Conv2d (bias, stride, dilation, groups, reflect padding) + BatchNorm2d, a 1×1
+    conv called twice, a Linear over extra leading dims, in-place ReLUs and a LayerNorm (the
+    torch.func path)."""
 
     def __init__(self, num_classes: int = 3):
         super().__init__()
@@ -57,7 +67,7 @@ def _randomise_bn(model: nn.Module) -> nn.Module:
 
 
 def brute_force(model: nn.Module, x: torch.Tensor):
-    """G[n, c] = ∇_θ log p_c(x_n), flattened in named_parameters() order, one call per (n, c)."""
+    """G[n, c] = ∇_θ log p_c(x_n) flattened in named_parameters() order, one call per (n, c)."""
     model.eval()
     params = [p for _, p in model.named_parameters()]
     logp = torch.log_softmax(model(x), dim=1)
@@ -139,6 +149,19 @@ def test_fisher_diagonal_matches_brute_force(case, request):
     _check_diag(*request.getfixturevalue(case))
 
 
+def test_fisher_diagonal_gram_form(narrow, monkeypatch):
+    """On 16×16 inputs the last stages have L ≤ 2C − 1 output positions: the Gram form runs
+    there (and the per-class form elsewhere); both must match brute force."""
+    import fishermask._persample as ps
+
+    used = []
+    orig = ps.SqSum._gram_ok
+    monkeypatch.setattr(ps.SqSum, "_gram_ok",
+                        lambda self, pairs, c: used.append(orig(self, pairs, c)) or used[-1])
+    _check_diag(*narrow)
+    assert any(used) and not all(used)
+
+
 @pytest.mark.parametrize("prob_scaling", [True, False])
 @pytest.mark.parametrize("case", ["cnn", "tiny", "narrow"])
 def test_masked_embeddings_match_brute_force(case, prob_scaling, request):
@@ -157,6 +180,10 @@ def test_masked_embeddings_dense_and_edge_masks(tiny):
     _check_masked(model, x, G, p, {n: i.flip(0) for n, i in reordered.items()}, False)
     empty = masked_embeddings(model, x, {n: torch.empty(0, dtype=torch.long) for n in full})
     assert empty.shape == (3, 3, 0)
+    for classes in (1, 2):  # one class: log p = 0; two: a single backward pass
+        lin = nn.Sequential(nn.Flatten(), nn.Linear(72, classes)).double()
+        G2, p2 = brute_force(lin, x)
+        _check_masked(lin, x, G2, p2, {"1.weight": torch.arange(0, 72 * classes, 5)}, True)
 
 
 @pytest.mark.parametrize("case", ["cnn", "narrow"])  # classifier with and without bias
