@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Any, Optional
@@ -261,14 +262,17 @@ def cmd_sweep(args) -> int:
         results = build_tuner(sweep, ctx, storage, args, restore).fit()
         wall = time.perf_counter() - t0
         children = _finish_children(client, sweep.experiment, parent_id)
-        text, ok = summarize(results, wall, children, ray.cluster_resources())
+        text, ok = summarize(results, wall, children, ray.cluster_resources(),
+                             {t.key: t.label for t in sweep.trials}, resumed=bool(args.resume))
         print("\n" + text)
         client.log_text(parent_id, text, "sweep/summary.md")
         client.log_metric(parent_id, "sweep_wall_seconds", wall)
         status, code = ("FINISHED", 0) if ok else ("FAILED", 1)
         if not ok:
-            print(f"some trials did not finish; continue with: fishermask sweep {args.file} "
-                  f"--resume", file=sys.stderr)
+            again = sys.argv[1:] if sys.argv[1:2] == ["sweep"] else ["sweep", args.file]
+            again = [a for a in again if a not in ("--resume", "--restart")] + ["--resume"]
+            print(f"some trials did not finish; continue with: fishermask "
+                  f"{' '.join(shlex.quote(a) for a in again)}", file=sys.stderr)
         print(f"report: fishermask report --run {parent_id} --out report/"
               + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
                  else ""))

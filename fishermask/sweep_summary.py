@@ -11,6 +11,7 @@ Overhead is measured two ways:
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 
@@ -19,6 +20,8 @@ def _slots(results, cluster: dict[str, float]) -> int:
 
     need = []
     for r in results:
+        if not r.config:
+            continue
         try:
             need.append(trial_resources(r.config).required_resources.get("CPU", 1) or 1)
         except Exception:
@@ -32,12 +35,19 @@ def _num(x: Any, fmt: str = "{:.4f}") -> str:
     return fmt.format(x) if isinstance(x, (int, float)) and not math.isnan(x) else "–"
 
 
-def summarize(results, wall: float, children: dict[str, int],
-              cluster: dict[str, float]) -> tuple[str, bool]:
-    """Markdown summary and whether every trial finished."""
+def _label(result, labels: dict[str, str]) -> str:
+    if result.config:
+        return result.config["trial"]["label"]
+    key = os.path.basename(str(result.path or "")).removeprefix("trial_")  # never started
+    return labels.get(key, key or "?")
+
+
+def summarize(results, wall: float, children: dict[str, int], cluster: dict[str, float],
+              labels: dict[str, str], resumed: bool = False) -> tuple[str, bool]:
+    """Markdown summary and whether every trial finished (``labels``: trial key -> label)."""
     rows, trial_s, loop_s, inside = [], [], [], []
     ok = True
-    for r in sorted(results, key=lambda r: r.config["trial"]["label"]):
+    for r in sorted(results, key=lambda r: _label(r, labels)):
         m = r.metrics or {}
         done = bool(m.get("done")) and r.error is None
         ok &= done
@@ -47,7 +57,7 @@ def summarize(results, wall: float, children: dict[str, int],
             trial_s.append(t)
             loop_s.append(lp)
             inside.append(t - lp)
-        rows.append(f"| {r.config['trial']['label']} | {status} | {m.get('n_labels', '–')} | "
+        rows.append(f"| {_label(r, labels)} | {status} | {m.get('n_labels', '–')} | "
                     f"{_num(m.get('accuracy'))} | {_num(m.get('balanced_accuracy'))} | "
                     f"{_num(t, '{:.1f}')} | {_num(lp, '{:.1f}')} | `{m.get('run_id', '–')}` |")
     n = len(rows)
@@ -64,10 +74,10 @@ def summarize(results, wall: float, children: dict[str, int],
         lines.append(f"Overhead in a trial (imports, MLflow, Tune reports and checkpoints): "
                      f"{mean_in:.2f} s per trial = {100 * mean_in / mean_t:.1f} % of trial time "
                      f"({mean_t:.1f} s).")
-        if len(loop_s) == n:
+        if len(loop_s) == n and not resumed:
             per = (wall * slots - sum(loop_s)) / n
             mean_l = sum(loop_s) / n
             lines.append(f"Overhead over the sweep (adds actor start-up, scheduling, idle slots): "
                          f"{per:.2f} s per trial = {100 * per / (mean_l + per):.1f} % of trial "
-                         f"time (uninterrupted sweeps only).")
+                         f"time.")
     return "\n".join(lines) + "\n", ok

@@ -65,30 +65,18 @@ def ray_local(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real ``mlflow server`` (sqlite backend, proxied artifacts) on a free local port."""
+def mlflow_process(tmp_path_factory):
+    """``mlflow server`` (sqlite backend, proxied artifacts) on a free local port, started but not
+    yet waited on (so that Ray can start meanwhile); use ``mlflow_server``."""
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
          f"sqlite:///{root / 'db'}", "--artifacts-destination", str(root / "artifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"mlflow server did not come up:\n{(root / 'server.log').read_text()}")
-        time.sleep(0.5)
-    yield SimpleNamespace(uri=uri, root=root)
+    yield SimpleNamespace(uri=f"http://127.0.0.1:{port}", root=root, proc=proc)
     proc.terminate()
     try:
         proc.wait(10)
@@ -98,7 +86,24 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_sweep(ray_local, mlflow_server, tmp_path_factory):
+def mlflow_server(mlflow_process):
+    """A real MLflow tracking server, once /health answers (7-15 s on an idle 2-core box)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{mlflow_process.uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    return mlflow_process
+        except OSError:
+            pass
+        if mlflow_process.proc.poll() is not None or time.monotonic() > deadline:
+            log = (mlflow_process.root / "server.log").read_text()
+            raise RuntimeError(f"mlflow server did not come up:\n{log}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(mlflow_process, ray_local, mlflow_server, tmp_path_factory):
     """The tiny sweep run once in-process on the session Ray, logging to the MLflow server; the
     first trial reaching round 1 crashes once (Tune retries it from its round-0 checkpoint)."""
     from fishermask.cli import main
