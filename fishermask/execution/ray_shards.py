@@ -19,9 +19,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 import os
 import time
-import uuid
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -30,7 +30,8 @@ import torch
 from fishermask.errors import FishermaskError
 from fishermask.execution.base import (FISHER_BLOCK, BatchFn, PoolExecutor, cat_outputs,
                                        check_memory, greedy_memory_gb, tree_combine)
-from fishermask.execution.shard_actor import PoolShard, ShardStateLost, pool_payload
+from fishermask.execution.shard_actor import (GreedyRound, PoolShard, ShardStateLost,
+                                              pool_payload)
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,6 @@ def trial_resources(execution, strategy: str = "PACK"):
     shard = bundle(execution.cpus_per_shard, execution.gpus_per_shard)
     return PlacementGroupFactory([{"CPU": 1}] + [dict(shard) for _ in range(execution.shards)],
                                  strategy=strategy)
-
-
-def _actor_errors():
-    from ray.exceptions import RayActorError
-
-    return (RayActorError, ShardStateLost)
 
 
 class RayExecutor(PoolExecutor):
@@ -110,8 +105,8 @@ class RayExecutor(PoolExecutor):
         import ray
         from ray.util import get_current_placement_group
 
-        if get_current_placement_group() is not None:
-            return  # inside a Tune trial: its placement group holds the shards' bundles
+        if get_current_placement_group() is not None or self.cfg.address:
+            return  # a Tune trial's placement group holds the bundles; a cluster may autoscale
         total = ray.cluster_resources()
         for name, per in (("CPU", self.cfg.cpus_per_shard), ("GPU", self.cfg.gpus_per_shard)):
             if per > 0 and total.get(name, 0) + 1e-9 < per * self.shards:
@@ -194,6 +189,7 @@ class RayExecutor(PoolExecutor):
         fails because its actor died (or lost its state) is restored (``restore(j)``, blocking)
         once Ray has restarted it, and its call submitted again."""
         import ray
+        from ray.exceptions import RayActorError
 
         shards = list(shards)
         pending = {j: submit(j) for j in shards}
@@ -207,7 +203,7 @@ class RayExecutor(PoolExecutor):
                             restore(j)
                         pending[j] = submit(j)
                     out[j] = ray.get(pending[j])
-                except _actor_errors() as exc:
+                except (RayActorError, ShardStateLost) as exc:
                     attempts += 1
                     if attempts >= self.max_attempts:
                         raise FishermaskError(f"shard actor {j} failed {attempts} times in a row; "
@@ -284,7 +280,7 @@ class RayExecutor(PoolExecutor):
         check_options(lam, weighting)
         N, C, k = len(self.pool), self.pool.num_classes, int(embed_fn.k)
         rest = np.setdiff1d(np.arange(N), cand)
-        unit = _lcm(FISHER_BLOCK, self.batch_size)
+        unit = math.lcm(FISHER_BLOCK, self.batch_size)
         if unit > 16 * FISHER_BLOCK:  # odd batch sizes: give up batch alignment, keep balance
             unit = FISHER_BLOCK
         c_rng, r_rng = self._split(len(cand), unit), self._split(len(rest), unit)
@@ -298,7 +294,7 @@ class RayExecutor(PoolExecutor):
         if n == 0:
             return np.zeros(0, dtype=np.int64), info
         recoveries0 = self.recoveries
-        run = _GreedyRound(self, embed_fn, cand, rest, lab, c_rng, r_rng, fisher_target)
+        run = GreedyRound(self, embed_fn, cand, rest, lab, c_rng, r_rng, fisher_target)
         try:
             t0 = time.perf_counter()
             v_lab = run.embed(C, k)
@@ -314,129 +310,17 @@ class RayExecutor(PoolExecutor):
         return cand[np.asarray(order, dtype=np.int64)], info
 
 
-class _GreedyRound:
-    """The driver's side of one distributed greedy (all it needs to restore a restarted shard)."""
-
-    def __init__(self, ex: RayExecutor, embed_fn, cand, rest, lab, c_rng, r_rng, target):
-        import ray
-
-        self.ex, self.cand, self.rest, self.lab = ex, cand, rest, lab
-        self.c_rng, self.r_rng, self.target = c_rng, r_rng, target
-        self.key = uuid.uuid4().hex
-        self.refs = ex._refs()
-        self.fn_ref = ray.put(embed_fn)
-        self.init_ref = None
-        self.updates: list = []
-        self.active = [j for j, (a, b) in enumerate(c_rng) if b > a]
-
-    def _hook(self, event: str, step: int = -1) -> None:
-        if self.ex.hook is not None:
-            self.ex.hook(event, step)
-
-    def _embed_call(self, j: int, with_rest: bool = True):
-        (ca, cb), (ra, rb) = self.c_rng[j], self.r_rng[j]
-        rest = self.rest[ra:rb] if with_rest else self.rest[:0]
-        return self.ex.actors[j].greedy_embed.remote(self.key, self.refs, self.fn_ref,
-                                                     self.cand[ca:cb], rest, self.lab)
-
-    def _restore_embed(self, j: int, with_rest: bool = True) -> None:
-        import ray
-
-        ray.get(self._embed_call(j, with_rest))
-
-    def _restore_state(self, j: int) -> None:
-        """Bring a restarted shard back to the state after the updates applied so far."""
-        import ray
-
-        ray.get(self._embed_call(j, with_rest=False))
-        actor = self.ex.actors[j]
-        ray.get(actor.greedy_start.remote(self.key, self.init_ref, self.c_rng[j][0]))
-        if self.updates:
-            ray.get(actor.greedy_replay.remote(self.key, ray.put(self.updates)))
-
-    def embed(self, C: int, k: int) -> torch.Tensor:
-        """Every shard embeds its rows; returns the labeled rows [L, C, k]."""
-        pending = {j: self._embed_call(j) for j in range(self.ex.shards)}
-        self._hook("embed")
-        parts = self.ex._gather(lambda j: pending.pop(j) if j in pending else self._embed_call(j),
-                                range(self.ex.shards))
-        rows = [p["labeled_rows"] for p in parts if p["labeled_rows"] is not None]
-        dtype = rows[0].dtype if rows else torch.float32
-        v_lab = torch.zeros(len(self.lab), C, k, dtype=dtype)
-        for p in parts:
-            if p["labeled_rows"] is not None:
-                v_lab[torch.tensor(p["labeled_pos"], dtype=torch.long)] = p["labeled_rows"]
-        return v_lab
-
-    def fisher(self, N: int) -> torch.Tensor:
-        """F = (1/N) Σ_pool V_xᵀV_x from the shards' tree nodes (canonical order), float32."""
-        n_c = -(-len(self.cand) // FISHER_BLOCK)
-        n_leaves = n_c + -(-len(self.rest) // FISHER_BLOCK)
-
-        def leaves(a: int, b: int, offset: int) -> tuple[int, int]:
-            first = offset + a // FISHER_BLOCK
-            return first, (offset + -(-b // FISHER_BLOCK)) if b > a else first
-
-        parts = self.ex._gather(
-            lambda j: self.ex.actors[j].greedy_fisher.remote(
-                self.key, self.target, leaves(*self.c_rng[j], 0), leaves(*self.r_rng[j], n_c),
-                n_leaves),
-            range(self.ex.shards), restore=self._restore_embed)
-        total = tree_combine({key: v for p in parts for key, v in p["nodes"].items()}, n_leaves)
-        return (total / N).to(torch.float32)
-
-    def greedy(self, v_lab, F, n: int, oversample: int, lam, weighting, C: int, k: int) -> list:
-        """``drive_greedy`` over the shards: one round trip per step."""
-        import ray
-
-        from fishermask.selection import _global_best, greedy_init, greedy_steps
-
-        init = greedy_init(v_lab, F, n, lam=lam, weighting=weighting, num_classes=C, dim=k)
-        self.init_ref = ray.put(init)
-        ex = self.ex
-        ex._gather(lambda j: ex.actors[j].greedy_start.remote(self.key, self.init_ref,
-                                                              self.c_rng[j][0]),
-                   self.active, restore=lambda j: self._restore_embed(j, with_rest=False))
-        n_fwd, n_bwd = greedy_steps(len(self.cand), n, oversample)
-        order: list[int] = []
-        for step in range(n_fwd + n_bwd):
-            forward = step < n_fwd
-            update = self.updates[-1] if self.updates else None
-            reports = ex._gather(lambda j: ex.actors[j].greedy_step.remote(
-                self.key, step, update, forward), self.active, restore=self._restore_state)
-            _, g, owner = _global_best([best for best, _ in reports])
-            v, z, w = reports[owner][1]
-            self.updates.append((g, v, z, w, 1 if forward else -1))
-            if forward:
-                order.append(g)
-            else:
-                order.remove(g)
-            self._hook("step", step)
-        return order
-
-    def end(self) -> None:
-        import ray
-
-        try:
-            ray.get([self.ex.actors[j].greedy_end.remote(self.key)
-                     for j in range(self.ex.shards)], timeout=60)
-        except Exception:  # a dead actor has nothing to free
-            pass
-
-
 def _check_args(n, oversample, num_candidates: int) -> None:
-    import numbers
+    """The checks (and messages) of ``selection.fisher_greedy``, before any work."""
+    def bad(v, low):
+        return isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low
 
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+    if bad(n, 0):
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     if n > num_candidates:
         raise ValueError(f"cannot select n={n} points from {num_candidates} candidates")
-    if isinstance(oversample, bool) or not isinstance(oversample, numbers.Integral) or oversample < 1:
+    if bad(oversample, 1):
         raise ValueError(f"oversample must be an integer >= 1, got {oversample!r}")
-
-
-def _lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
 
 
 __all__ = ["RayExecutor", "trial_resources"]

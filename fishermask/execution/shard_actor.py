@@ -1,4 +1,5 @@
-"""One pool-shard actor of :class:`~fishermask.execution.ray_shards.RayExecutor` (made remote there).
+"""The pool-shard actor of :class:`~fishermask.execution.ray_shards.RayExecutor` (made remote
+there) and :class:`GreedyRound`, the driver's side of one distributed greedy.
 
 The actor holds the whole pool (one object-store reference per run; numpy arrays are shared
 zero-copy by every actor on a node), the round's model (architecture once, weights per round,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 import warnings
 from typing import Any
 
@@ -22,8 +24,8 @@ import numpy as np
 import torch
 
 from fishermask.errors import FishermaskError
-from fishermask.execution.base import (TreeSum, add_outputs, cat_outputs, fisher_leaves,
-                                       tree_cover, tree_node_range)
+from fishermask.execution.base import (FISHER_BLOCK, TreeSum, add_outputs, cat_outputs,
+                                       fisher_leaves, tree_combine, tree_cover, tree_node_range)
 
 
 class ShardStateLost(RuntimeError):
@@ -230,6 +232,116 @@ class PoolShard:
         return os.getpid()
 
 
+class GreedyRound:
+    """The driver's side of one distributed greedy (all it needs to restore a restarted shard)."""
+
+    def __init__(self, ex, embed_fn, cand, rest, lab, c_rng, r_rng, target):
+        import ray
+
+        self.ex, self.cand, self.rest, self.lab = ex, cand, rest, lab
+        self.c_rng, self.r_rng, self.target = c_rng, r_rng, target
+        self.key = uuid.uuid4().hex
+        self.refs = ex._refs()
+        self.fn_ref = ray.put(embed_fn)
+        self.init_ref = None
+        self.updates: list = []
+        self.active = [j for j, (a, b) in enumerate(c_rng) if b > a]
+
+    def _hook(self, event: str, step: int = -1) -> None:
+        if self.ex.hook is not None:
+            self.ex.hook(event, step)
+
+    def _embed_call(self, j: int, with_rest: bool = True):
+        (ca, cb), (ra, rb) = self.c_rng[j], self.r_rng[j]
+        rest = self.rest[ra:rb] if with_rest else self.rest[:0]
+        return self.ex.actors[j].greedy_embed.remote(self.key, self.refs, self.fn_ref,
+                                                     self.cand[ca:cb], rest, self.lab)
+
+    def _restore_embed(self, j: int, with_rest: bool = True) -> None:
+        import ray
+
+        ray.get(self._embed_call(j, with_rest))
+
+    def _restore_state(self, j: int) -> None:
+        """Bring a restarted shard back to the state after the updates applied so far."""
+        import ray
+
+        ray.get(self._embed_call(j, with_rest=False))
+        actor = self.ex.actors[j]
+        ray.get(actor.greedy_start.remote(self.key, self.init_ref, self.c_rng[j][0]))
+        if self.updates:
+            ray.get(actor.greedy_replay.remote(self.key, ray.put(self.updates)))
+
+    def embed(self, C: int, k: int) -> torch.Tensor:
+        """Every shard embeds its rows; returns the labeled rows [L, C, k]."""
+        pending = {j: self._embed_call(j) for j in range(self.ex.shards)}
+        self._hook("embed")
+        parts = self.ex._gather(lambda j: pending.pop(j) if j in pending else self._embed_call(j),
+                                range(self.ex.shards))
+        rows = [p["labeled_rows"] for p in parts if p["labeled_rows"] is not None]
+        dtype = rows[0].dtype if rows else torch.float32
+        v_lab = torch.zeros(len(self.lab), C, k, dtype=dtype)
+        for p in parts:
+            if p["labeled_rows"] is not None:
+                v_lab[torch.tensor(p["labeled_pos"], dtype=torch.long)] = p["labeled_rows"]
+        return v_lab
+
+    def fisher(self, N: int) -> torch.Tensor:
+        """F = (1/N) Σ_pool V_xᵀV_x from the shards' tree nodes (canonical order), float32."""
+        n_c = -(-len(self.cand) // FISHER_BLOCK)
+        n_leaves = n_c + -(-len(self.rest) // FISHER_BLOCK)
+
+        def leaves(a: int, b: int, offset: int) -> tuple[int, int]:
+            first = offset + a // FISHER_BLOCK
+            return first, (offset + -(-b // FISHER_BLOCK)) if b > a else first
+
+        parts = self.ex._gather(
+            lambda j: self.ex.actors[j].greedy_fisher.remote(
+                self.key, self.target, leaves(*self.c_rng[j], 0), leaves(*self.r_rng[j], n_c),
+                n_leaves),
+            range(self.ex.shards), restore=self._restore_embed)
+        total = tree_combine({key: v for p in parts for key, v in p["nodes"].items()}, n_leaves)
+        return (total / N).to(torch.float32)
+
+    def greedy(self, v_lab, F, n: int, oversample: int, lam, weighting, C: int, k: int) -> list:
+        """``drive_greedy`` over the shards: one round trip per step."""
+        import ray
+
+        from fishermask.selection import _global_best, greedy_init, greedy_steps
+
+        init = greedy_init(v_lab, F, n, lam=lam, weighting=weighting, num_classes=C, dim=k)
+        self.init_ref = ray.put(init)
+        ex = self.ex
+        ex._gather(lambda j: ex.actors[j].greedy_start.remote(self.key, self.init_ref,
+                                                              self.c_rng[j][0]),
+                   self.active, restore=lambda j: self._restore_embed(j, with_rest=False))
+        n_fwd, n_bwd = greedy_steps(len(self.cand), n, oversample)
+        order: list[int] = []
+        for step in range(n_fwd + n_bwd):
+            forward = step < n_fwd
+            update = ray.put(self.updates[-1]) if self.updates else None  # one copy for all
+            reports = ex._gather(lambda j: ex.actors[j].greedy_step.remote(
+                self.key, step, update, forward), self.active, restore=self._restore_state)
+            _, g, owner = _global_best([best for best, _ in reports])
+            v, z, w = reports[owner][1]
+            self.updates.append((g, v, z, w, 1 if forward else -1))
+            if forward:
+                order.append(g)
+            else:
+                order.remove(g)
+            self._hook("step", step)
+        return order
+
+    def end(self) -> None:
+        import ray
+
+        try:
+            ray.get([self.ex.actors[j].greedy_end.remote(self.key)
+                     for j in range(self.ex.shards)], timeout=60)
+        except Exception:  # a dead actor has nothing to free
+            pass
+
+
 def _nodes(cover, n_leaves: int, leaves) -> dict:
     """Values of the tree nodes ``cover`` (contiguous, left to right) from an iterator over
     their leaves in order."""
@@ -242,4 +354,4 @@ def _nodes(cover, n_leaves: int, leaves) -> dict:
     return out
 
 
-__all__ = ["PoolShard", "ShardStateLost", "pool_payload", "pool_from_payload"]
+__all__ = ["GreedyRound", "PoolShard", "ShardStateLost", "pool_payload", "pool_from_payload"]
