@@ -97,14 +97,14 @@ def run_trial(config: dict[str, Any]) -> None:
     cfg = from_dict(spec["config"])
     if not cfg.execution.threads:
         torch.set_num_threads(_threads())
-    overhead = _Timer()
+    mlflow_t, tune_t = _Timer(), _Timer()  # MLflow calls; Tune checkpoint restore + reports
     workdir = Path(tempfile.mkdtemp(prefix="fishermask-trial-"))
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         t0 = time.perf_counter()
         with ckpt.as_directory() as d:
             shutil.copytree(d, workdir, dirs_exist_ok=True)
-        overhead.seconds += time.perf_counter() - t0
+        tune_t.seconds += time.perf_counter() - t0
     tags = {"fishermask.trial_label": spec["label"], "fishermask.variant": spec["variant"],
             "fishermask.sweep": ctx["name"]}
     tags.update({f"sweep.{k}": str(v) for k, v in spec["axes"].items()})
@@ -112,13 +112,15 @@ def run_trial(config: dict[str, Any]) -> None:
                             run_name=spec["label"], parent_run_id=ctx["parent_run_id"],
                             run_key=f"{ctx['parent_run_id']}:{spec['key']}", tags=tags)
     for name in ("start", "log_round", "finish"):
-        setattr(tracker, name, overhead.wrap(getattr(tracker, name)))
-    t_loop, o_loop = time.perf_counter(), overhead.seconds
+        setattr(tracker, name, mlflow_t.wrap(getattr(tracker, name)))
+    t_loop, o_loop = time.perf_counter(), tune_t.seconds
 
     def timings(final: bool) -> dict[str, Any]:
         now = time.perf_counter()  # loop = the AL work: data, training, queries (no tracking)
-        return {"trial_seconds": now - t_enter, "overhead_seconds": overhead.seconds,
-                "loop_seconds": now - t_loop - (overhead.seconds - o_loop), "done": final}
+        inside = mlflow_t.seconds + tune_t.seconds - o_loop
+        return {"trial_seconds": now - t_enter, "mlflow_seconds": mlflow_t.seconds,
+                "tune_seconds": tune_t.seconds, "loop_seconds": now - t_loop - inside,
+                "done": final}
 
     def on_round(loop: ActiveLearningLoop, rec) -> None:
         _inject_fault(rec.round)
@@ -128,7 +130,7 @@ def run_trial(config: dict[str, Any]) -> None:
                    **timings(False)}
         t0 = time.perf_counter()
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(workdir)))
-        overhead.seconds += time.perf_counter() - t0
+        tune_t.seconds += time.perf_counter() - t0
 
     try:
         loop = ActiveLearningLoop(cfg, tracker=tracker, checkpoint_dir=workdir, progress=False,

@@ -4,6 +4,7 @@ tiny sweep run once and shared by the sweep and report tests."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,13 +76,15 @@ def mlflow_process(tmp_path_factory):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
          f"sqlite:///{root / 'db'}", "--artifacts-destination", str(root / "artifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))  # no job-runner pool
     yield SimpleNamespace(uri=f"http://127.0.0.1:{port}", root=root, proc=proc)
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGTERM)  # the server's own session: uvicorn workers included
     try:
-        proc.wait(10)
+        proc.wait(15)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     log.close()
 
 
