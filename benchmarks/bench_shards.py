@@ -9,7 +9,7 @@
 Prints markdown tables; asserts nothing.  Executor start-up (actors, pool to the object store) is
 reported apart: it happens once per run, not per round.
 
-    python benchmarks/bench_shards.py                                   # both, ~7 min on 2 cores
+    python benchmarks/bench_shards.py                                   # both, ~8 min on 2 cores
     python benchmarks/bench_shards.py --skip-curve --query 500          # the full-size round
     python benchmarks/bench_shards.py --skip-round --sizes 1000,2000,5000,10000,20000,50000
 """
@@ -142,6 +142,7 @@ def plot(rows, args) -> None:
     ax.set_yscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("pool size")
     ax.set_ylabel("seconds per selection round")
     ax.set_title(f"FisherMask round, {args.model}, query {args.curve_query}, 1 thread per shard",
@@ -160,15 +161,15 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--sparsity", type=float, default=None,
                    help="default: 0.002 (resnet18_narrow, k=1402) or 0.02 (cnn_small, k=1883)")
-    p.add_argument("--mask-samples", type=int, default=256)
+    p.add_argument("--mask-samples", type=int, default=1024, help="the strategy default")
     p.add_argument("--fisher-target", default="dense", choices=["dense", "diag"])
     p.add_argument("--labeled", type=float, default=0.1, help="labeled fraction of the pool")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--pool", type=int, default=6000)
     p.add_argument("--query", type=int, default=200)
-    p.add_argument("--sizes", default="1000,2000,5000",
+    p.add_argument("--sizes", default="1000,5000",
                    help="pool sizes of the curve (up to 1000,2000,5000,10000,20000,50000)")
-    p.add_argument("--curve-query", type=int, default=100)
+    p.add_argument("--curve-query", type=int, default=50)
     p.add_argument("--out", default="bench_shards.png", help="PNG of the curve ('' for none)")
     p.add_argument("--skip-round", action="store_true")
     p.add_argument("--skip-curve", action="store_true")

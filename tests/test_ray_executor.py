@@ -268,6 +268,8 @@ def test_impossible_resources_fail_fast(ray_session, problem):
 
     with pytest.raises(FishermaskError, match="GPU"):
         RayExecutor(ray_cfg(2, gpus_per_shard=1)).bind(problem[0])
+    with pytest.raises(FishermaskError, match="gpus_per_shard"):
+        RayExecutor(ExecutionConfig(shards=2, device="cuda")).bind(problem[0])
 
 
 def test_loop_with_two_shards_picks_what_one_shard_picks(ray_session, tmp_path):

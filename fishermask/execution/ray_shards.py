@@ -97,6 +97,8 @@ class RayExecutor(PoolExecutor):
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
             log.warning("ray.init failed; retrying once", exc_info=True)
+            if ray.is_initialized():
+                ray.shutdown()
             time.sleep(2.0)
             ray.init(**kwargs)
         self._started_ray = True
@@ -122,6 +124,10 @@ class RayExecutor(PoolExecutor):
         from ray.util import get_current_placement_group
 
         self._kill_actors()
+        if self.cfg.device == "cuda" and self.cfg.gpus_per_shard <= 0:
+            raise FishermaskError("execution.device is 'cuda' but execution.gpus_per_shard is 0: "
+                                  "the shard actors get no GPU; set execution.gpus_per_shard "
+                                  "(e.g. 1) or execution.device=auto")
         self._check_resources()
         self.pool = pool
         self._pool_ref = ray.put(pool_payload(pool))
