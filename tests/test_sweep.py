@@ -183,3 +183,15 @@ def test_resume_after_sigkill_of_the_driver(tiny_sweep, tmp_path, make_tiny_swee
         steps, accs = zip(*_uninterrupted_curve(path, label, tmp_path))
         assert [s for s, _ in reference[label]] == list(steps)
         assert [a for _, a in reference[label]] == pytest.approx(accs, abs=1e-6)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_committed_sweep_file_expands(path):
+    """Each sweep file validates for every grid point, names its experiment after itself (the
+    report command in its header uses that name) and compares at least two strategies."""
+    sweep = load_sweep(path)
+    assert sweep.name == path.stem and sweep.experiment == path.stem
+    assert 0 < len(sweep.trials) <= sweep.points  # equal configs collapse (e.g. random x sparsity)
+    assert len({t.config["strategy"]["name"] for t in sweep.trials}) >= 2
+    assert f"--experiment {path.stem}" in sweep.raw_text or path.stem == "quickstart"
