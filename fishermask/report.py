@@ -105,7 +105,9 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
         L.append(f"| {r['variant']} | {r['n']} | {_pm(*r['accuracy'])} | "
                  f"{_pm(*r['balanced_accuracy'])} | {dtxt} | {_pm(*r['final_accuracy'])} | "
                  f"{_pm(*r['final_balanced_accuracy'])} |")
-    L += ["", "![learning curves](learning_curves.png)", "", "![AUBC](aubc.png)", "",
+    L += ["", "![learning curves](learning_curves.png)", "", "![AUBC](aubc.png)", ""]
+    L += _versus_section(groups, scores, metric) + _budget_section(runs, metric)
+    L += [
           f"## Labels needed to reach {metric.replace('_', ' ')} {target:.4f}", "",
           "| variant | seeds reaching | labels (mean ± std over those) | labels on the mean curve |",
           "|---|---|---|---|"]
@@ -142,9 +144,66 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
             L.append(f"| {v} | {len(names)} | "
                      + ", ".join(f"{names[i]} ({mean[i]:.3f})" for i in top) + " |")
         L += ["", "![mask profile](mask_profile.png)", ""]
+    L += _time_section(runs)
     (out / "summary.md").write_text("\n".join(L) + "\n")
     files["summary"] = out / "summary.md"
     return {"files": files, "rows": rows, "target": target}
+
+
+def _versus_section(groups, scores, metric: str) -> list[str]:
+    """Each FisherMask variant against every other variant: paired AUBC differences."""
+    from fishermask.report_data import diff_ci
+
+    fm = [v for v, rs in groups.items() if rs[0].strategy.startswith("fishermask")]
+    if not fm or len(groups) < 2:
+        return []
+    L = ["## FisherMask against each strategy", "",
+         f"Δ = FisherMask's {metric.replace('_', ' ')} AUBC minus the other strategy's, ± 95 % "
+         "CI over seeds (paired by seed); wins = seeds where FisherMask's AUBC is higher.", "",
+         "| FisherMask variant | against | Δ AUBC | wins |", "|---|---|---|---|"]
+    for v in fm:
+        for other in groups:
+            if other == v:
+                continue
+            d = diff_ci(scores[v][metric], scores[other][metric])
+            common = sorted(set(scores[v][metric]) & set(scores[other][metric]))
+            wins = sum(scores[v][metric][s] > scores[other][metric][s] for s in common)
+            L.append(f"| {v} | {other} | {_pm(d['diff'], d['ci'], '{:+.4f}')} (n={d['n']}) | "
+                     f"{wins}/{len(common)} |")
+    return L + [""]
+
+
+def _budget_section(runs, metric: str) -> list[str]:
+    """Mean ± std accuracy over seeds at every label count (the curves as numbers)."""
+    from fishermask.report_data import accuracy_table
+
+    steps, table = accuracy_table(runs, metric)
+    if not steps:
+        return []
+    L = [f"## {metric.replace('_', ' ').capitalize()} at each budget", "",
+         "Mean ± std over seeds (test set), one column per number of labels.", "",
+         "| variant | " + " | ".join(str(t) for t in steps) + " |",
+         "|---|" + "---|" * len(steps)]
+    for v, cells in table.items():
+        L.append(f"| {v} | " + " | ".join(_pm(m, d, "{:.3f}") for m, d in cells) + " |")
+    return L + [""]
+
+
+def _time_section(runs) -> list[str]:
+    """Wall time per phase, mean over seeds of a run's total (all rounds)."""
+    from fishermask.report_data import phase_seconds
+
+    names, table = phase_seconds(runs)
+    if not names:
+        return []
+    L = ["## Wall time per phase", "",
+         "Seconds per run (all rounds summed), mean over seeds. `query` is the whole selection; "
+         "the `query:` columns are its parts (mask = the Fisher diagonal and top-k, gradients = "
+         "the masked embeddings of the pool, fisher = F, greedy = the selection itself).", "",
+         "| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for v, row in table.items():
+        L.append(f"| {v} | " + " | ".join(f"{row[k]:.1f}" for k in names) + " |")
+    return L + [""]
 
 
 def cmd_report(args) -> int:

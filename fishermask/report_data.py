@@ -36,6 +36,7 @@ class RunData:
     curves: dict[str, np.ndarray]     # metric -> values per round
     labels_per_class: list[float] = field(default_factory=list)   # at the end of the run
     mask_profiles: list[list[dict]] = field(default_factory=list)  # one per round (FisherMask)
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds summed over rounds
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -101,10 +102,18 @@ def load_run(client, run) -> RunData:
     context = {k[len("sweep."):]: v for k, v in tags.items()
                if k.startswith("sweep.") and k != "sweep.seed" and not k.startswith("sweep.strategy")}
     profiles = _mask_profiles(client, run.info.run_id) if "fishermask" in strategy else []
+    seconds = {_phase_name(k): float(sum(_history(client, run.info.run_id, k).values()))
+               for k in run.data.metrics if k.endswith("_seconds")}
     return RunData(run_id=run.info.run_id, variant=tags.get("fishermask.variant", strategy),
                    strategy=strategy, seed=int(params.get("seed", 0)), status=run.info.status,
                    context=context, steps=steps, curves=curves, labels_per_class=per_class,
-                   mask_profiles=profiles)
+                   mask_profiles=profiles, seconds=seconds)
+
+
+def _phase_name(metric: str) -> str:
+    """``train_seconds`` -> ``train``, ``phase_greedy_seconds`` -> ``query: greedy``."""
+    name = metric[:-len("_seconds")]
+    return "query: " + name[len("phase_"):] if name.startswith("phase_") else name
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -186,6 +195,28 @@ def baseline_for(variant_runs: list[RunData], groups: dict[str, list[RunData]],
     if same:
         return same[0]
     return cands[0] if len(cands) == 1 else None
+
+
+def phase_seconds(runs: list[RunData]) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Phases (train, query, then the query's sub-phases) and, per variant, the mean over seeds of
+    each phase's seconds summed over a run's rounds."""
+    by = group(runs)
+    names = sorted({k for r in runs for k in r.seconds},
+                   key=lambda k: ({"train": 0, "query": 1}.get(k, 2), k))
+    return names, {v: {k: float(np.mean([r.seconds.get(k, 0.0) for r in rs])) for k in names}
+                   for v, rs in by.items()}
+
+
+def accuracy_table(runs: list[RunData], metric: str) -> tuple[list[int], dict[str, list]]:
+    """Label counts shared by every run and, per variant, (mean, std) over seeds at each."""
+    by = group(runs)
+    steps = sorted(set.intersection(*(set(r.steps.tolist()) for r in runs))) if runs else []
+    table = {}
+    for v, rs in by.items():
+        s, mean, std = mean_curve(rs, metric)
+        at = {int(a): (float(m), float(d)) for a, m, d in zip(s, mean, std)}
+        table[v] = [at[t] for t in steps]
+    return steps, table
 
 
 def mask_layers(runs: list[RunData]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -37,8 +37,11 @@ def test_labels_to_reach():
 
 def _run(variant, strategy, seed, accs, per_class=(3, 3, 4)):
     steps = np.array([10, 20, 30])
+    seconds = {"train": 2.0 + seed, "query": 4.0}
+    if strategy == "fishermask":
+        seconds["query: greedy"] = 3.0
     return RunData(run_id=f"{variant}{seed}", variant=variant, strategy=strategy, seed=seed,
-                   status="FINISHED", context={}, steps=steps,
+                   status="FINISHED", context={}, steps=steps, seconds=seconds,
                    curves={"accuracy": np.array(accs), "balanced_accuracy": np.array(accs) - 0.05},
                    labels_per_class=list(per_class),
                    mask_profiles=[[{"layer": 0, "name": "a.weight", "size": 10, "selected": 5,
@@ -65,6 +68,14 @@ def test_build_report_from_hand_made_runs(tmp_path):
     assert "| fishermask | 3/3 | 30 ± 0 | 30 |" in text
     assert "| fishermask | 4.0 | 3.0 | 3.0 | 0.75 |" in text
     assert "fc.weight (1.000), a.weight (0.500)" in text
+    versus = text.split("## FisherMask against each strategy")[1].split("##")[0]
+    assert "| fishermask | random | +0.0750 ± 0.0000 (n=3) | 3/3 |" in versus
+    budget = text.split("at each budget")[1].split("##")[0]
+    assert "| variant | 10 | 20 | 30 |" in budget
+    assert "| fishermask | 0.500 ± 0.000 | 0.700 ± 0.000 | 0.810 ± 0.010 |" in budget
+    times = text.split("## Wall time per phase")[1]
+    assert "| variant | train | query | query: greedy |" in times
+    assert "| random | 3.0 | 4.0 | 0.0 |" in times and "| fishermask | 3.0 | 4.0 | 3.0 |" in times
 
 
 def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
@@ -83,6 +94,11 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
     balance = text.split("## Class balance")[1]
     assert "| variant | 0 | 1 | 2 | 3 | min/max |" in balance
     assert "classifier.weight (1.000)" in text  # FisherMask forces the last layer in
+    times = text.split("## Wall time per phase")[1].splitlines()
+    header = next(line for line in times if line.startswith("| variant"))
+    assert "| train | query |" in header and "query: greedy" in header and "query: mask" in header
+    fm_row = next(line for line in times if line.startswith("| fishermask"))
+    assert all(float(x) > 0 for x in fm_row.strip("| ").split(" | ")[1:])
     client = MlflowClient(tiny_sweep.uri)
     logged = {a.path for a in client.list_artifacts(tiny_sweep.parent_run_id, "report")}
     assert {"report/summary.md", "report/learning_curves.png", "report/mask_profile.png"} <= logged
