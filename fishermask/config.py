@@ -252,19 +252,30 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_dotted(raw: dict[str, Any], path: list[str], value: Any, *, where: str,
+               merge: bool = False) -> None:
+    """``raw[path[0]][path[1]]... = value`` in place, creating missing sections; with ``merge`` a
+    mapping value updates an existing mapping instead of replacing it. ``where`` names the
+    setting in the error raised when a prefix of ``path`` is a value, not a section."""
+    node = raw
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{where}: '{part}' is a value, not a section")
+        node = nxt
+    old = node.get(path[-1])
+    if merge and isinstance(value, dict) and isinstance(old, dict):
+        value = {**old, **value}
+    node[path[-1]] = copy.deepcopy(value)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     raw = copy.deepcopy(raw)
     for item in overrides or []:
         path, value = parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {item}: '{part}' is a value, not a section")
-            node = nxt
-        node[path[-1]] = value
+        set_dotted(raw, path, value, where=f"--set {item}")
     return raw
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fishermask.config import Config, apply_overrides, from_dict, read_yaml
+from fishermask.config import Config, apply_overrides, from_dict, read_yaml, set_dotted
 from fishermask.errors import ConfigError
 
 DEFAULT_STORAGE = ".fishermask/sweeps"
@@ -54,24 +54,6 @@ class Sweep:
     def digest(self) -> str:
         blob = json.dumps([t.key for t in self.trials])
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"sweep.{key}: '{part}' is a value, not a section")
-        node = nxt
-    old = node.get(parts[-1])
-    if isinstance(value, dict) and isinstance(old, dict):
-        merged = copy.deepcopy(old)
-        merged.update(copy.deepcopy(value))
-        value = merged
-    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _drop_foreign_strategy_params(raw: dict[str, Any]) -> list[str]:
@@ -144,7 +126,7 @@ def expand(raw: dict[str, Any]) -> tuple[list[TrialSpec], int, list[str]]:
         point = dict(zip(keys, combo))
         trial_raw = copy.deepcopy(raw)
         for k, v in point.items():
-            _set_dotted(trial_raw, k, v)
+            set_dotted(trial_raw, k.split("."), v, where=f"sweep.{k}", merge=True)
         dropped = _drop_foreign_strategy_params(trial_raw)
         _absolute_data_dir(trial_raw)
         where = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items()) or "the base config"

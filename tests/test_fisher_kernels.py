@@ -120,28 +120,26 @@ def _check_masked(model, x, G, p, mask, prob_scaling):
     torch.testing.assert_close(V, ref, rtol=1e-9, atol=1e-12 * ref.abs().max().item())
 
 
+def _case(seed: int, make_model, x_shape: tuple):
+    torch.manual_seed(seed)
+    model = _randomise_bn(make_model().double())
+    x = torch.randn(*x_shape, dtype=torch.float64)
+    return (model, x, *brute_force(model, x))
+
+
 @pytest.fixture(scope="module")
 def cnn():
-    torch.manual_seed(0)
-    model = _randomise_bn(build_model("cnn_small", 4, 1).double())
-    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
-    return (model, x, *brute_force(model, x))
+    return _case(0, lambda: build_model("cnn_small", 4, 1), (3, 1, 8, 8))
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(1)
-    model = _randomise_bn(Tiny(3).double())
-    x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
-    return (model, x, *brute_force(model, x))
+    return _case(1, lambda: Tiny(3), (3, 2, 6, 6))
 
 
 @pytest.fixture(scope="module")
 def narrow():
-    torch.manual_seed(2)
-    model = _randomise_bn(build_model("resnet18_narrow", 10, 3).double())
-    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    return (model, x, *brute_force(model, x))
+    return _case(2, lambda: build_model("resnet18_narrow", 10, 3), (2, 3, 16, 16))
 
 
 @pytest.mark.parametrize("case", ["cnn", "tiny", "narrow"])
