@@ -197,12 +197,17 @@ def _time_section(runs) -> list[str]:
     if not names:
         return []
     L = ["## Wall time per phase", "",
-         "Seconds per run (all rounds summed), mean over seeds. `query` is the whole selection; "
+         "Seconds per run (all rounds summed), mean over seeds; – = not a phase of that strategy. "
+         "`query` is the whole selection; "
          "the `query:` columns are its parts (mask = the Fisher diagonal and top-k, gradients = "
-         "the masked embeddings of the pool, fisher = F, greedy = the selection itself).", "",
+         "the pool's embeddings V_x (masked gradients for FisherMask, the last layer's closed "
+         "form for BAIT), fisher = F, greedy = the selection itself). `run (wall)` is the whole "
+         "run from start to end, evaluation and logging included (across a resume: the span).",
+         "",
          "| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for v, row in table.items():
-        L.append(f"| {v} | " + " | ".join(f"{row[k]:.1f}" for k in names) + " |")
+        L.append(f"| {v} | " + " | ".join("–" if math.isnan(row[k]) else f"{row[k]:.1f}"
+                                          for k in names) + " |")
     return L + [""]
 
 

@@ -104,6 +104,8 @@ def load_run(client, run) -> RunData:
     profiles = _mask_profiles(client, run.info.run_id) if "fishermask" in strategy else []
     seconds = {_phase_name(k): float(sum(_history(client, run.info.run_id, k).values()))
                for k in run.data.metrics if k.endswith("_seconds")}
+    if run.info.end_time and run.info.start_time:  # the whole run, evaluation and logging included
+        seconds["run (wall)"] = (run.info.end_time - run.info.start_time) / 1000.0
     return RunData(run_id=run.info.run_id, variant=tags.get("fishermask.variant", strategy),
                    strategy=strategy, seed=int(params.get("seed", 0)), status=run.info.status,
                    context=context, steps=steps, curves=curves, labels_per_class=per_class,
@@ -198,12 +200,15 @@ def baseline_for(variant_runs: list[RunData], groups: dict[str, list[RunData]],
 
 
 def phase_seconds(runs: list[RunData]) -> tuple[list[str], dict[str, dict[str, float]]]:
-    """Phases (train, query, then the query's sub-phases) and, per variant, the mean over seeds of
-    each phase's seconds summed over a run's rounds."""
+    """Phases in the order they run (train, query, then the query's parts) and, per variant, the
+    mean over seeds of each phase's seconds summed over a run's rounds (NaN: not a phase of it)."""
     by = group(runs)
+    order = ["run (wall)", "train", "query", "query: mask", "query: gradients", "query: fisher",
+             "query: greedy"]
     names = sorted({k for r in runs for k in r.seconds},
-                   key=lambda k: ({"train": 0, "query": 1}.get(k, 2), k))
-    return names, {v: {k: float(np.mean([r.seconds.get(k, 0.0) for r in rs])) for k in names}
+                   key=lambda k: (order.index(k) if k in order else len(order), k))
+    return names, {v: {k: (float(np.mean([r.seconds.get(k, 0.0) for r in rs]))
+                           if any(k in r.seconds for r in rs) else math.nan) for k in names}
                    for v, rs in by.items()}
 
 
