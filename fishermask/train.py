@@ -63,6 +63,24 @@ def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainCon
 
 
 @torch.no_grad()
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, data, indices: np.ndarray, *,
+                          device: torch.device = torch.device("cpu"), batch_size: int = 256) -> None:
+    """Replace every BatchNorm layer's running statistics by their plain average over the rows
+    ``indices`` of ``data`` (train-mode forward passes, no gradient step): μ = mean_x E[h(x)],
+    σ² = mean_x Var[h(x)] over the batches, instead of the momentum average of training."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.to(device).train()
+    indices = np.asarray(indices, dtype=np.int64)
+    for start in range(0, len(indices), batch_size):
+        model(data.inputs(indices[start:start + batch_size]).to(device))
+    for m in bns:
+        m.momentum = 0.1
+
+
 def evaluate(model: torch.nn.Module, data, *, device: torch.device, batch_size: int = 512) -> dict:
     """Accuracy, balanced accuracy (mean per-class recall) and per-class accuracy on ``data``."""
     model.to(device).eval()
