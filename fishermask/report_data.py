@@ -178,9 +178,14 @@ def group(runs: list[RunData]) -> dict[str, list[RunData]]:
     return {k: sorted(by[k], key=lambda r: r.seed) for k in keys}
 
 
+def shared_steps(runs: list[RunData]) -> list[int]:
+    """The label counts every run has a point at, ascending."""
+    return sorted(set.intersection(*(set(r.steps.tolist()) for r in runs))) if runs else []
+
+
 def mean_curve(runs: list[RunData], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps shared by all runs, mean and std (ddof=0 for one seed) over seeds."""
-    steps = sorted(set.intersection(*(set(r.steps.tolist()) for r in runs))) if runs else []
+    steps = shared_steps(runs)
     vals = np.array([[r.curves[metric][list(r.steps).index(s)] for s in steps] for r in runs])
     if not steps:
         return np.array([]), np.array([]), np.array([])
@@ -215,7 +220,7 @@ def phase_seconds(runs: list[RunData]) -> tuple[list[str], dict[str, dict[str, f
 def accuracy_table(runs: list[RunData], metric: str) -> tuple[list[int], dict[str, list]]:
     """Label counts shared by every run and, per variant, (mean, std) over seeds at each."""
     by = group(runs)
-    steps = sorted(set.intersection(*(set(r.steps.tolist()) for r in runs))) if runs else []
+    steps = shared_steps(runs)
     table = {}
     for v, rs in by.items():
         s, mean, std = mean_curve(rs, metric)
