@@ -102,6 +102,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     reinit: Literal["conv_linear", "all", "none"] = "conv_linear"
     eval_batch_size: int = Field(512, ge=1)
+    bn_recalibrate: bool = Field(False, description="after training, set every BatchNorm's "
+                                 "running statistics to their plain average over the labeled set")
 
 
 class StrategyConfig(BaseModel):
@@ -181,15 +183,43 @@ class Config(_Section):
         """Flat ``{dotted.key: value}`` view (MLflow params)."""
         return flatten(self.to_dict())
 
-    def result_key(self) -> str:
-        """Hash of everything that determines the results (not tracking or execution layout)."""
+    def fingerprint(self, *, drop: tuple[str, ...] = ()) -> str:
+        """SHA-1 of the settings that differ from their defaults (sections in ``drop`` and the
+        data's location left out).  Hashing only non-defaults keeps keys stable when a later
+        version adds an option whose default reproduces the old behaviour."""
         d = self.to_dict()
-        for k in ("tracking", "execution"):
-            d.pop(k)
-        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        for k in drop:
+            d.pop(k, None)
+        d["data"].pop("data_dir", None)  # where the files are, not what they are
+        d["data"].pop("download", None)
+        defaults = Config(strategy={"name": self.strategy.name}).to_dict()
+        minimal = _without_defaults(d, defaults)
+        minimal = {} if minimal is _DEFAULT else minimal
+        minimal.setdefault("strategy", {})["name"] = self.strategy.name
+        return hashlib.sha1(json.dumps(minimal, sort_keys=True).encode()).hexdigest()
+
+    def result_key(self) -> str:
+        """Key of everything that determines the results (not tracking or execution layout)."""
+        return self.fingerprint(drop=("tracking", "execution"))[:12]
 
 
 # ----------------------------------------------------------------------------- helpers
+
+_DEFAULT = object()
+
+
+def _without_defaults(value: Any, default: Any) -> Any:
+    """``value`` with every entry equal to ``default``'s dropped (recursively in mappings);
+    ``_DEFAULT`` when nothing is left."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        out = {}
+        for k, v in value.items():
+            v = _without_defaults(v, default[k]) if k in default else v
+            if v is not _DEFAULT:
+                out[k] = v
+        return out or _DEFAULT
+    return _DEFAULT if value == default else value
+
 
 
 def all_strategy_params() -> set[str]:

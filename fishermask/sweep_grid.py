@@ -81,10 +81,9 @@ def _absolute_data_dir(raw: dict[str, Any]) -> None:
         data["data_dir"] = str((Path.cwd() / path).resolve())
 
 
-def trial_key(config: dict[str, Any]) -> str:
-    """Stable key of a resolved trial config (tracking settings excluded)."""
-    d = {k: v for k, v in config.items() if k not in ("tracking", "sweep")}
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def trial_key(cfg: Config) -> str:
+    """Stable key of a validated trial config (tracking settings excluded)."""
+    return cfg.fingerprint(drop=("tracking",))[:16]
 
 
 def _fmt(value: Any) -> str:
@@ -137,7 +136,7 @@ def expand(raw: dict[str, Any]) -> tuple[list[TrialSpec], int, list[str]]:
         config = cfg.to_dict()
         axes = {k: v for k, v in point.items()
                 if not (k.startswith("strategy.") and k.split(".", 1)[1] in dropped)}
-        key = trial_key(config)
+        key = trial_key(cfg)
         if key in trials:
             continue
         if dropped:

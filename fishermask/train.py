@@ -26,7 +26,8 @@ def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainCon
     A fresh Adam(lr, weight_decay) per call; each epoch visits the rows in an order drawn from
     ``generator`` (augmentations too), clamps every gradient element to ±``grad_clamp`` when set,
     and stops after ``epochs`` epochs if given, else once the epoch's running train accuracy
-    reaches ``target_accuracy`` (or ``max_epochs``).
+    reaches ``target_accuracy`` (or ``max_epochs``).  With ``bn_recalibrate`` the BatchNorm
+    running statistics are then recomputed over the rows (:func:`recalibrate_batchnorm`).
     """
     t0 = time.perf_counter()
     model.to(device).train()
@@ -58,11 +59,12 @@ def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainCon
         acc = correct / max(seen, 1)
         if cfg.epochs is None and cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
             break
+    if cfg.bn_recalibrate:
+        recalibrate_batchnorm(model, data, indices, device=device, batch_size=cfg.eval_batch_size)
     model.eval()
     return TrainResult(epochs=epoch, train_accuracy=acc, seconds=time.perf_counter() - t0)
 
 
-@torch.no_grad()
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, data, indices: np.ndarray, *,
                           device: torch.device = torch.device("cpu"), batch_size: int = 256) -> None:

@@ -101,3 +101,16 @@ def test_cli_subprocess_unknown_strategy(tmp_path):
     assert "Traceback" not in proc.stderr
     for name in STRATEGIES:
         assert name in proc.stderr
+
+
+def test_result_key_hashes_only_what_differs_from_the_defaults():
+    base = from_dict({"strategy": {"name": "fishermask"}})
+    spelled_out = from_dict({"strategy": {"name": "fishermask", "sparsity": 0.002},
+                             "train": {"bn_recalibrate": False}, "data": {"data_dir": "/elsewhere"},
+                             "execution": {"shards": 4}})
+    assert spelled_out.result_key() == base.result_key()  # defaults, location, layout: same key
+    assert from_dict({"strategy": {"name": "random"}}).result_key() != base.result_key()
+    changed = [from_dict({"strategy": {"name": "fishermask", "sparsity": 0.01}}),
+               from_dict({"strategy": {"name": "fishermask"}, "train": {"bn_recalibrate": True}}),
+               from_dict({"strategy": {"name": "fishermask"}, "seed": 1})]
+    assert len({c.result_key() for c in changed} | {base.result_key()}) == 4

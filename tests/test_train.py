@@ -1,17 +1,18 @@
-"""Training helpers: BatchNorm recalibration."""
+"""Training helpers: BatchNorm recalibration, on its own and as ``train.bn_recalibrate``."""
 
 import numpy as np
 import torch
 
+from fishermask.config import TrainConfig
 from fishermask.models import build_model
-from fishermask.train import recalibrate_batchnorm
+from fishermask.train import recalibrate_batchnorm, train_model
 
 
 class _Rows:
-    def __init__(self, x):
-        self.x = x
+    def __init__(self, x, y=None):
+        self.x, self.targets = x, y
 
-    def inputs(self, idx):
+    def inputs(self, idx, augment=False, generator=None):
         return self.x[torch.as_tensor(idx)]
 
 
@@ -30,3 +31,24 @@ def test_recalibrated_batchnorm_holds_the_average_batch_statistics():
     assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 4
     model.eval()  # eval-mode outputs now use those statistics: finite and not the stale ones
     assert torch.isfinite(model(x)).all()
+
+
+def test_bn_recalibrate_option_ends_training_with_recalibrated_statistics():
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 1, 8, 8), torch.randint(0, 3, (48,))
+    rows = np.arange(0, 40)
+    runs = {}
+    for flag in (False, True):
+        torch.manual_seed(1)
+        model = build_model("cnn_small", 3, 1)
+        cfg = TrainConfig(epochs=2, batch_size=16, bn_recalibrate=flag)
+        train_model(model, _Rows(x, y), rows, cfg, augment=False, device=torch.device("cpu"),
+                    generator=torch.Generator().manual_seed(2))
+        runs[flag] = model
+    # same weights (recalibration takes no gradient step), different BatchNorm statistics ...
+    torch.testing.assert_close(runs[True].body[0].weight, runs[False].body[0].weight)
+    assert not torch.allclose(runs[True].body[1].running_var, runs[False].body[1].running_var)
+    # ... which are exactly what recalibrate_batchnorm computes from the trained model
+    recalibrate_batchnorm(runs[False], _Rows(x, y), rows, batch_size=512)
+    torch.testing.assert_close(runs[True].body[1].running_mean, runs[False].body[1].running_mean)
+    torch.testing.assert_close(runs[True].body[1].running_var, runs[False].body[1].running_var)
