@@ -218,13 +218,15 @@ def phase_seconds(runs: list[RunData]) -> tuple[list[str], dict[str, dict[str, f
 
 
 def accuracy_table(runs: list[RunData], metric: str) -> tuple[list[int], dict[str, list]]:
-    """Label counts shared by every run and, per variant, (mean, std) over seeds at each."""
+    """Label counts shared by every run and, per variant, (mean, std) over seeds at each (std
+    NaN for a single seed: there is no spread to report)."""
     by = group(runs)
     steps = shared_steps(runs)
     table = {}
     for v, rs in by.items():
         s, mean, std = mean_curve(rs, metric)
-        at = {int(a): (float(m), float(d)) for a, m, d in zip(s, mean, std)}
+        at = {int(a): (float(m), float(d) if len(rs) > 1 else math.nan)
+              for a, m, d in zip(s, mean, std)}
         table[v] = [at[t] for t in steps]
     return steps, table
 

@@ -78,6 +78,14 @@ def test_build_report_from_hand_made_runs(tmp_path):
     assert "| random | 3.0 | 4.0 | – |" in times and "| fishermask | 3.0 | 4.0 | 3.0 |" in times
 
 
+def test_one_seed_reports_no_spread(tmp_path):
+    runs = [_run("random", "random", 0, [0.5, 0.6, 0.7]),
+            _run("fishermask", "fishermask", 0, [0.5, 0.7, 0.8], (4, 3, 3))]
+    build_report(runs, tmp_path, title="one seed", target=0.75)
+    budget = (tmp_path / "summary.md").read_text().split("at each budget")[1].split("##")[0]
+    assert "| fishermask | 0.500 | 0.700 | 0.800 |" in budget and "±" not in budget.split("|---")[1]
+
+
 def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", "--experiment", "tiny", "--out", str(out),
