@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--metric", choices=["accuracy", "balanced_accuracy"], default="accuracy",
                    help="metric of the AUBC differences and the target (default accuracy)")
     p.add_argument("--baseline", default="random", help="strategy to compare with (default random)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="report only these seeds (e.g. the seeds every strategy has finished)")
     p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
 
 
@@ -228,6 +230,12 @@ def cmd_report(args) -> int:
         what = f"parent run {parent.info.run_id}" if parent else f"experiment {args.experiment}"
         raise FishermaskError(f"no finished runs under {what} at {uri} "
                               f"({len(children)} runs in all); nothing to report")
+    if args.seeds is not None:
+        seeds = {int(r.data.params.get("seed", 0)) for r in finished}
+        finished = [r for r in finished if int(r.data.params.get("seed", 0)) in args.seeds]
+        if not finished:
+            raise FishermaskError(f"no finished run has seed {' or '.join(map(str, args.seeds))}; "
+                                  f"the finished runs have seeds {sorted(seeds)}")
     runs = [load_run(client, r) for r in finished]
     title = (parent.data.tags.get("fishermask.sweep", parent.info.run_name) if parent
              else args.experiment)

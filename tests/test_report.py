@@ -116,3 +116,10 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
     assert (tmp_path / "r2" / "summary.md").read_text() == text
     assert main(["report", "--experiment", "nope", "--tracking-uri", tiny_sweep.uri]) == 2
     assert "experiments there:" in capsys.readouterr().err
+    # --seeds keeps only those seeds' runs; an absent seed is named with the ones there are
+    assert main(["report", "--run", tiny_sweep.parent_run_id, "--out", str(tmp_path / "r3"),
+                 "--tracking-uri", tiny_sweep.uri, "--no-log", "--seeds", "1"]) == 0  # of 0, 1
+    assert "2 finished runs in 2 variants" in (tmp_path / "r3" / "summary.md").read_text()
+    assert main(["report", "--run", tiny_sweep.parent_run_id, "--tracking-uri", tiny_sweep.uri,
+                 "--no-log", "--seeds", "99"]) == 2
+    assert "no finished run has seed 99; the finished runs have seeds [0, 1]" in capsys.readouterr().err
