@@ -221,7 +221,6 @@ def _without_defaults(value: Any, default: Any) -> Any:
     return _DEFAULT if value == default else value
 
 
-
 def all_strategy_params() -> set[str]:
     from fishermask.strategies import STRATEGIES
 
