@@ -11,7 +11,8 @@ Layout (DESIGN §5):
   working directory, made absolute; ``--storage s3://...`` or a shared path on clusters), next to
   ``fishermask_sweep.json`` (parent run id, tracking URI) which ``--resume`` reads back;
 * every trial reports a checkpoint per round, ``FailureConfig`` retries crashed trials from their
-  last round, and ``--resume`` restores the Tuner (finished trials are not rerun).
+  last round, and ``--resume`` restores the Tuner (finished trials are not rerun; unfinished
+  ones first, then the rest in grid order).
 """
 
 from __future__ import annotations
@@ -89,6 +90,40 @@ def remove_experiment(exp_path: str) -> None:
         fs.delete_dir(p)
 
 
+def order_saved_trials(exp_path: str) -> bool:
+    """Put the trials of Tune's newest experiment state back in grid order; True if rewritten.
+
+    Tune saves its trial list from a set, so a restored sweep would start its pending trials in
+    an arbitrary order and an interrupted sweep would leave scattered trials rather than whole
+    seeds.  Trial ids end in the grid index (``<run>_00017``); Tune requeues restored trials by
+    their last result time with a stable sort, so after this the unfinished ones resume first and
+    the rest follow the grid.  A state file of another layout is left as it is."""
+    import fnmatch
+
+    import pyarrow.fs
+
+    fs, p = _fs(exp_path)
+    names = [i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(p))
+             if fnmatch.fnmatch(i.base_name, "experiment_state-*.json")]
+    if not names:
+        return False
+    path = f"{p}/{max(names)}"
+    with fs.open_input_stream(path) as f:
+        state = json.loads(f.read().decode())
+    try:
+        index = [int(json.loads(entry[0])["trial_id"].rsplit("_", 1)[1])
+                 for entry in state["trial_data"]]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False
+    if index == sorted(index):
+        return False
+    state["trial_data"] = [e for _, e in sorted(zip(index, state["trial_data"]),
+                                                key=lambda pair: pair[0])]
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(state).encode())
+    return True
+
+
 # ----------------------------------------------------------------------------- MLflow parent
 
 def create_parent(client, sweep, exp_path: str) -> str:
@@ -159,6 +194,7 @@ def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
     trainable = tune.with_resources(run_trial, trial_resources)
     exp_path = f"{storage}/{sweep.name}"
     if restore:
+        order_saved_trials(exp_path)
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
     return tune.Tuner(

@@ -137,6 +137,39 @@ def _uninterrupted_curve(sweep_file: Path, label: str, folder: Path):
     return [(r.n_labels, r.accuracy) for r in recs]
 
 
+def test_resume_puts_saved_trials_back_in_grid_order(tiny_sweep, tmp_path):
+    """Tune saves its trials from a set; --resume rewrites its newest state in grid order (the
+    labels of the sweep file's trial list) so that an interrupted sweep continues seed by seed."""
+    import json
+    import shutil
+
+    from ray import tune
+
+    from fishermask.sweep import order_saved_trials
+
+    exp = tmp_path / "tiny"
+    shutil.copytree(tiny_sweep.storage / "tiny", exp)
+    state_file = max(exp.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    entries = state["trial_data"]
+    ids = [json.loads(e[0])["trial_id"] for e in entries]
+    state["trial_data"] = sorted(entries, key=lambda e: json.loads(e[0])["trial_id"], reverse=True)
+    state_file.write_text(json.dumps(state))
+
+    assert order_saved_trials(str(exp)) is True
+    fixed = json.loads(state_file.read_text())
+    labels = [json.loads(e[0])["config"]["trial"]["label"] for e in fixed["trial_data"]]
+    assert labels == [t.label for t in load_sweep(tiny_sweep.path).trials]
+    assert sorted(map(tuple, fixed["trial_data"])) == sorted(map(tuple, entries))
+    assert {k: v for k, v in fixed.items() if k != "trial_data"} == \
+        {k: v for k, v in state.items() if k != "trial_data"}
+    assert sorted(json.loads(e[0])["trial_id"] for e in fixed["trial_data"]) == sorted(ids)
+    assert order_saved_trials(str(exp)) is False  # already in order: not rewritten
+    assert tune.Tuner.can_restore(str(exp))
+    (tmp_path / "empty").mkdir()
+    assert order_saved_trials(str(tmp_path / "empty")) is False  # nothing saved yet
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_of_the_driver(tiny_sweep, tmp_path, make_tiny_sweep):
     """Kill `fishermask sweep` (its own local Ray included) once a trial has checkpointed a
