@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from fishermask.errors import FishermaskError
+from fishermask.kernels.embeddings import FisherEmbeddings
 
 BatchFn = Callable[[torch.nn.Module, torch.Tensor], Any]
 
 
 class PoolExecutor(ABC):
     """Runs per-sample work over the pool.  Lifecycle: ``bind(pool)`` once per run,
-    ``set_model(model)`` once per round, then any number of ``map``/``sum``/``fisher_greedy``."""
+    ``set_model(model)`` once per round, then any number of ``map``/``sum``/``embed_resident``."""
 
     @abstractmethod
     def bind(self, pool) -> None:
@@ -34,13 +35,10 @@ class PoolExecutor(ABC):
         """Sum over the rows ``indices`` of ``fn``'s per-batch outputs (float64 accumulation)."""
 
     @abstractmethod
-    def fisher_greedy(self, embed_fn: BatchFn, *, candidates: np.ndarray, labeled: np.ndarray,
-                      n: int, fisher_target: str = "dense", lam: float = 1.0,
-                      oversample: int = 1, weighting: str = "bait") -> tuple[np.ndarray, dict]:
-        """Embed the whole pool with ``embed_fn`` (``[B, C, k]``, attribute ``k``), build the
-        target F over the pool (dense or diagonal), and run the greedy of DESIGN §2 picking ``n``
-        of ``candidates``.  Returns (picked pool indices in order of addition, info with phase
-        seconds)."""
+    def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray):
+        """Embed the pool rows ``indices`` (sorted) with ``embed_fn`` and keep them where they were
+        computed, split into CHUNK-aligned shards; returns a group with ``call(method, *args)``
+        over the :class:`~fishermask.execution.resident.ResidentShard` s and ``close()``."""
 
     def close(self) -> None:
         """Release resources (actors, memory)."""
@@ -61,14 +59,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def greedy_memory_gb(pool_size: int, n_candidates: int, num_classes: int, k: int,
+def greedy_memory_gb(rows: int, row_bytes: int, num_classes: int, k: int,
                      fisher_target: str) -> float:
-    """Bytes (in GB) the greedy phase holds: the pool's embeddings V (float32), the candidates'
-    Ṽ, Z and W (W only for a dense target), and k×k matrices (F, A and a work copy)."""
-    per_row = num_classes * k * 4
-    arrays = pool_size * per_row + n_candidates * per_row * (3 if fisher_target == "dense" else 2)
-    square = (3 * k * k * 8) if fisher_target == "dense" else (k * k * 8)
-    return (arrays + square) / 1e9
+    """GB one process holds for the Fisher greedy: ``rows`` resident embeddings of ``row_bytes``
+    each with their C×C state (P, Q in float64), and the driver's k×k float64 matrices (F, M, A and
+    a work copy; k-vectors for a diagonal F)."""
+    per_row = row_bytes + 2 * num_classes * num_classes * 8 + 16
+    square = (4 * k * k * 8) if fisher_target == "dense" else (3 * k * k * 8)
+    return (rows * per_row + square) / 1e9
 
 
 def check_memory(need_gb: float, limit_gb: float, *, what: str, shards: int = 1) -> None:
@@ -97,7 +95,18 @@ def cat_outputs(parts: list[Any]) -> Any:
         return torch.zeros(0)
     if isinstance(parts[0], dict):
         return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    if isinstance(parts[0], FisherEmbeddings):
+        return FisherEmbeddings.cat(parts)
     return torch.cat(parts)
+
+
+def to_cpu(out):
+    """A batch function's output (tensor, dict of tensors or FisherEmbeddings) on the CPU."""
+    if isinstance(out, dict):
+        return {k: v.detach().cpu() for k, v in out.items()}
+    if isinstance(out, FisherEmbeddings):
+        return out.to("cpu")
+    return out.detach().cpu()
 
 
 # ---------------------------------------------------------------- canonical float64 reductions
@@ -188,32 +197,3 @@ def tree_combine(nodes: dict, n_leaves: int) -> Any:
         return add_values(left, value(level - 1, 2 * i + 1))
 
     return value(_tree_levels(n_leaves), 0) if n_leaves > 0 else None
-
-
-def gram_sum(V: torch.Tensor, fisher_target: str) -> torch.Tensor:
-    """Σ_x V_xᵀV_x over the rows of ``V`` [n, C, k] in float64: dense ``[k, k]`` or its diagonal."""
-    V64 = V.to(torch.float64)
-    if fisher_target == "diag":
-        return (V64 * V64).sum(dim=(0, 1))
-    flat = V64.reshape(-1, V64.shape[-1])
-    return flat.T @ flat
-
-
-def fisher_leaves(V: torch.Tensor, fisher_target: str):
-    """The leaves of the target-Fisher sum over the rows of ``V`` (FISHER_BLOCK rows each)."""
-    for start in range(0, len(V), FISHER_BLOCK):
-        yield gram_sum(V[start:start + FISHER_BLOCK], fisher_target)
-
-
-def rows_of(wanted: np.ndarray, parts: list[tuple[np.ndarray, torch.Tensor]], shape,
-            dtype=torch.float32) -> torch.Tensor:
-    """Rows for the pool indices ``wanted`` from (sorted pool indices, rows) pairs that together
-    hold every wanted index; ``shape`` = (C, k) of one row."""
-    out = torch.zeros(len(wanted), *shape, dtype=dtype)
-    for idx, rows in parts:
-        if not len(idx) or not len(wanted):
-            continue
-        pos = np.clip(np.searchsorted(idx, wanted), 0, len(idx) - 1)
-        hit = np.flatnonzero(idx[pos] == wanted)
-        out[torch.as_tensor(hit)] = rows[torch.as_tensor(pos[hit])].to(out.dtype)
-    return out

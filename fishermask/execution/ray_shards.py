@@ -6,12 +6,10 @@
 * ``map``/``sum`` split the caller's index list into contiguous, batch-aligned runs, one per actor,
   so every batch holds exactly the rows it holds in :class:`LocalExecutor`; sums are combined in the
   canonical tree order of :mod:`fishermask.execution.base`.  Results are identical to the local ones.
-* ``fisher_greedy`` is the distributed greedy: each actor embeds its CHUNK-aligned range of the
-  sorted candidates (and a share of the other pool rows), sends the tree nodes of the target F and
-  its labeled rows, keeps Ṽ/Z/W resident, and answers one call per step (apply the last winner's
-  update, report its best candidate with its rows); the driver runs ``drive_greedy``'s logic.
+* ``embed_resident`` keeps embeddings on the actors (a CHUNK-aligned range each) for the strategy's
+  greedy, which talks to them through one call per step (:mod:`fishermask.execution.ray_group`).
 * An actor that dies is restarted by Ray (``max_restarts=-1``); the driver re-sends the failed call,
-  re-initialising a greedy shard from the round's inputs and replaying the updates so far.
+  re-embedding a resident shard and replaying the calls that changed its state.
 """
 
 from __future__ import annotations
@@ -28,10 +26,9 @@ import numpy as np
 import torch
 
 from fishermask.errors import FishermaskError
-from fishermask.execution.base import (FISHER_BLOCK, BatchFn, PoolExecutor, cat_outputs,
-                                       check_memory, greedy_memory_gb, tree_combine)
-from fishermask.execution.shard_actor import (GreedyRound, PoolShard, ShardStateLost,
-                                              pool_payload)
+from fishermask.execution.base import BatchFn, PoolExecutor, cat_outputs, tree_combine
+from fishermask.execution.shard_actor import PoolShard, ShardStateLost, pool_payload
+from fishermask.kernels.greedy_shard import CHUNK, shard_bounds
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +181,10 @@ class RayExecutor(PoolExecutor):
         self.actors, self.actor_info = [], []
 
     # --------------------------------------------------------------------------- plumbing
+    def _hook(self, event: str, step: int) -> None:
+        if self.hook is not None:
+            self.hook(event, step)
+
     def _refs(self) -> list:
         if not self.actors or self._weights_ref is None:
             raise RuntimeError("call bind(pool) and set_model(model) first")
@@ -238,8 +239,6 @@ class RayExecutor(PoolExecutor):
                 time.sleep(0.5)
 
     def _split(self, total: int, unit: int) -> list[tuple[int, int]]:
-        from fishermask.greedy_state import shard_bounds
-
         return shard_bounds(total, self.shards, chunk=unit)
 
     # --------------------------------------------------------------------------- map / sum
@@ -275,58 +274,17 @@ class RayExecutor(PoolExecutor):
             refs, fn_ref, idx[ranges[j][0] * B:ranges[j][1] * B], *ranges[j], n_leaves), ranges)
         return tree_combine({k: v for p in parts for k, v in p.items()}, n_leaves)
 
-    # --------------------------------------------------------------------------- greedy
-    def fisher_greedy(self, embed_fn, *, candidates, labeled, n, fisher_target="dense", lam=1.0,
-                      oversample=1, weighting="bait"):
-        from fishermask.greedy_state import check_options
+    # --------------------------------------------------------------------------- resident
+    def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray):
+        """Each actor embeds its CHUNK-aligned (and, when it can be, batch-aligned) range of the
+        sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray_group.RayGroup`."""
+        from fishermask.execution.ray_group import RayGroup
 
-        cand = np.sort(np.asarray(candidates, dtype=np.int64))
-        lab = np.sort(np.asarray(labeled, dtype=np.int64))
-        _check_args(n, oversample, len(cand))
-        check_options(lam, weighting)
-        N, C, k = len(self.pool), self.pool.num_classes, int(embed_fn.k)
-        rest = np.setdiff1d(np.arange(N), cand)
-        unit = math.lcm(FISHER_BLOCK, self.batch_size)
-        if unit > 16 * FISHER_BLOCK:  # odd batch sizes: give up batch alignment, keep balance
-            unit = FISHER_BLOCK
-        c_rng, r_rng = self._split(len(cand), unit), self._split(len(rest), unit)
-        need = max(greedy_memory_gb((cb - ca) + (rb - ra), cb - ca, C, k, fisher_target)
-                   for (ca, cb), (ra, rb) in zip(c_rng, r_rng))
-        check_memory(need, self.max_memory_gb, shards=self.shards,
-                     what=f"the Fisher greedy over {self.shards} shards (largest shard "
-                          f"{max(b - a for a, b in c_rng)} candidates × C {C} × k {k})")
-        info = {"gradients_seconds": 0.0, "fisher_seconds": 0.0, "greedy_seconds": 0.0,
-                "memory_estimate_gb": need, "k": k, "shards": self.shards}
-        if n == 0:
-            return np.zeros(0, dtype=np.int64), info
-        recoveries0 = self.recoveries
-        run = GreedyRound(self, embed_fn, cand, rest, lab, c_rng, r_rng, fisher_target)
-        try:
-            t0 = time.perf_counter()
-            v_lab = run.embed(C, k)
-            t1 = time.perf_counter()
-            F = run.fisher(N)
-            t2 = time.perf_counter()
-            order = run.greedy(v_lab, F, int(n), int(oversample), lam, weighting, C, k)
-            t3 = time.perf_counter()
-        finally:
-            run.end()
-        info.update(gradients_seconds=t1 - t0, fisher_seconds=t2 - t1, greedy_seconds=t3 - t2,
-                    recoveries=self.recoveries - recoveries0)
-        return cand[np.asarray(order, dtype=np.int64)], info
-
-
-def _check_args(n, oversample, num_candidates: int) -> None:
-    """The checks (and messages) of ``selection.fisher_greedy``, before any work."""
-    def bad(v, low):
-        return isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low
-
-    if bad(n, 0):
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    if n > num_candidates:
-        raise ValueError(f"cannot select n={n} points from {num_candidates} candidates")
-    if bad(oversample, 1):
-        raise ValueError(f"oversample must be an integer >= 1, got {oversample!r}")
+        idx = np.asarray(indices, dtype=np.int64)
+        unit = math.lcm(CHUNK, self.batch_size)
+        if unit > 8 * CHUNK:  # odd batch sizes: give up batch alignment, keep balance
+            unit = CHUNK
+        return RayGroup(self, embed_fn, idx, self._split(len(idx), unit))
 
 
 __all__ = ["RayExecutor", "trial_resources"]

@@ -1,22 +1,20 @@
 """The pool-shard actor of :class:`~fishermask.execution.ray_shards.RayExecutor` (made remote
-there) and :class:`GreedyRound`, the driver's side of one distributed greedy.
+there).
 
 The actor holds the whole pool (one object-store reference per run; numpy arrays are shared
 zero-copy by every actor on a node), the round's model (architecture once, weights per round,
 both as references it fetches only when they change), and during a Fisher greedy the candidates'
-arrays of its shard in a :class:`~fishermask.greedy_state.GreedyState`.
+embeddings of its shard in a :class:`~fishermask.execution.resident.ResidentShard`.
 
 Every method is idempotent given its arguments: ``map``/``sum_nodes`` carry the model references
-and reload them when needed, so a restarted actor answers them as before; the greedy methods carry
-a round key and a step number, and raise :class:`ShardStateLost` when a restart erased the state,
-so that the driver re-initialises the shard from the round's inputs and replays the updates.
+and reload them when needed, so a restarted actor answers them as before; the resident methods carry
+a round key and raise :class:`ShardStateLost` when a restart erased the state, so that the driver
+re-embeds the shard and replays the calls that changed it.
 """
 
 from __future__ import annotations
 
 import os
-import time
-import uuid
 import warnings
 from typing import Any
 
@@ -24,8 +22,9 @@ import numpy as np
 import torch
 
 from fishermask.errors import FishermaskError
-from fishermask.execution.base import (FISHER_BLOCK, TreeSum, add_outputs, cat_outputs,
-                                       fisher_leaves, tree_combine, tree_cover, tree_node_range)
+from fishermask.execution.base import (TreeSum, add_outputs, cat_outputs, to_cpu, tree_cover,
+                                       tree_node_range)
+from fishermask.execution.resident import ResidentShard, cat_embeddings
 
 
 class ShardStateLost(RuntimeError):
@@ -55,12 +54,6 @@ def pool_from_payload(payload: dict):
     return ImageData(images, targets, payload["classes"], payload["mean"], payload["std"])
 
 
-def _to_cpu(out):
-    if isinstance(out, dict):
-        return {k: v.detach().cpu() for k, v in out.items()}
-    return out.detach().cpu()
-
-
 def _cpu_tree(value):
     if isinstance(value, dict):
         return {k: v.cpu() for k, v in value.items()}
@@ -87,7 +80,7 @@ class PoolShard:
         self.batch_size = int(batch_size)
         self.pool = self.model = None
         self._pool_key = self._arch_key = self._weights_key = None
-        self._round: dict[str, Any] = {}
+        self._resident: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------ plumbing
     def info(self) -> dict:
@@ -136,7 +129,7 @@ class PoolShard:
     # ------------------------------------------------------------------------------ map / sum
     def map(self, refs, fn, indices):
         model = self._use_model(refs)
-        return cat_outputs([_to_cpu(out) for out in self._batches(model, fn, indices)])
+        return cat_outputs([to_cpu(out) for out in self._batches(model, fn, indices)])
 
     def sum_nodes(self, refs, fn, indices, first: int, last: int, n_leaves: int) -> dict:
         """Tree nodes over the batches (leaves) [first, last) of a sum of n_leaves batches;
@@ -145,201 +138,38 @@ class PoolShard:
         leaves = (add_outputs(None, out) for out in self._batches(model, fn, indices))
         return _nodes(tree_cover(first, last, n_leaves), n_leaves, leaves)
 
-    # ------------------------------------------------------------------------------ greedy
-    def _embed(self, model, fn, indices, k: int) -> torch.Tensor:
-        parts = [out.detach() for out in self._batches(model, fn, indices)]
-        if not parts:
-            return torch.zeros(0, self.pool.num_classes, k, device=self.device)
-        return torch.cat(parts)
-
-    def greedy_embed(self, key: str, refs, fn, cand, rest, labeled) -> dict:
-        """Embed this shard's candidates and other pool rows; return the labeled rows among them."""
-        from fishermask.greedy_state import _check_finite
-
-        t0 = time.perf_counter()
+    # ------------------------------------------------------------------------------ resident
+    def resident_embed(self, key: str, refs, fn, indices, offset: int) -> int:
+        """Embed the rows ``indices`` (global positions [offset, offset + len)) and keep them."""
         model = self._use_model(refs)
-        v_c, v_r = self._embed(model, fn, cand, fn.k), self._embed(model, fn, rest, fn.k)
-        _check_finite(v_c, "candidates")
-        self._round = {"key": key, "v_c": v_c, "v_r": v_r}
-        pos, rows = [], []
-        for idx, v in ((np.asarray(cand), v_c), (np.asarray(rest), v_r)):
-            if len(idx) and len(labeled):
-                p = np.clip(np.searchsorted(idx, labeled), 0, len(idx) - 1)
-                hit = np.flatnonzero(idx[p] == labeled)
-                pos.append(hit)
-                rows.append(v[torch.as_tensor(p[hit], device=v.device)].cpu())
-        return {"labeled_pos": np.concatenate(pos) if pos else np.zeros(0, dtype=np.int64),
-                "labeled_rows": torch.cat(rows) if rows else None,
-                "seconds": time.perf_counter() - t0}
+        parts = [out for out in self._batches(model, fn, indices)]
+        self._resident = {"key": key, "shard": ResidentShard(cat_embeddings(parts), int(offset))}
+        return len(indices)
 
-    def _state(self, key: str, what: str):
-        if self._round.get("key") != key or what not in self._round:
-            raise ShardStateLost(f"shard {self.shard} has no {what} for greedy round {key}")
-        return self._round[what]
+    def _shard(self, key: str) -> ResidentShard:
+        if self._resident.get("key") != key:
+            raise ShardStateLost(f"shard {self.shard} holds no resident rows for round {key}")
+        return self._resident["shard"]
 
-    def greedy_fisher(self, key: str, target: str, cand_leaves, rest_leaves, n_leaves: int) -> dict:
-        """Tree nodes of Σ V_xᵀV_x over this shard's leaves (candidate leaves, then the others')."""
-        t0 = time.perf_counter()
-        nodes = {}
-        for (first, last), v in ((cand_leaves, self._state(key, "v_c")),
-                                 (rest_leaves, self._state(key, "v_r"))):
-            nodes.update(_nodes(tree_cover(first, last, n_leaves), n_leaves,
-                                fisher_leaves(v, target)))
-        self._round.pop("v_r")
-        return {"nodes": nodes, "seconds": time.perf_counter() - t0}
+    def resident_call(self, key: str, method: str, args):
+        return getattr(self._shard(key), method)(*args)
 
-    def greedy_start(self, key: str, init, offset: int) -> None:
-        from fishermask.greedy_state import GreedyState
+    def resident_replay(self, key: str, log) -> None:
+        """Re-apply the state-changing calls of the round, in order (after a restart)."""
+        import ray
 
-        v_c = self._state(key, "v_c")
-        self._round["state"] = GreedyState(v_c, int(offset), init)
-        self._round["applied"] = 0
-        del self._round["v_c"]
+        shard = self._shard(key)
+        for method, ref in log:
+            getattr(shard, method)(*ray.get(ref))
 
-    def _apply(self, state, update) -> None:
-        g, v, z, w, sign = update
-        if state.owns(g):
-            state.mark(g, sign > 0)
-        state.apply(v, z, w, sign)
-
-    def greedy_replay(self, key: str, updates) -> None:
-        state = self._state(key, "state")
-        for update in updates[self._round["applied"]:]:
-            self._apply(state, update)
-        self._round["applied"] = max(self._round["applied"], len(updates))
-
-    def greedy_step(self, key: str, step: int, update, forward: bool):
-        """Apply the previous step's winner (``update``, the step-1-th update), then report the
-        local best of this step's direction and that candidate's rows."""
-        state = self._state(key, "state")
-        applied = self._round["applied"]
-        if update is not None and applied == step - 1:
-            self._apply(state, update)
-            self._round["applied"] = applied = step
-        if applied != step:
-            raise ShardStateLost(f"shard {self.shard} applied {applied} updates, step {step}")
-        best = state.best_forward() if forward else state.best_backward()
-        rows = None if best is None else tuple(r.cpu() for r in state.rows(best[1]))
-        return best, rows
-
-    def greedy_end(self, key: str) -> None:
-        if self._round.get("key") == key:
-            self._round = {}
+    def resident_end(self, key: str) -> None:
+        if self._resident.get("key") == key:
+            self._resident = {}
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def pid(self) -> int:
         return os.getpid()
-
-
-class GreedyRound:
-    """The driver's side of one distributed greedy (all it needs to restore a restarted shard)."""
-
-    def __init__(self, ex, embed_fn, cand, rest, lab, c_rng, r_rng, target):
-        import ray
-
-        self.ex, self.cand, self.rest, self.lab = ex, cand, rest, lab
-        self.c_rng, self.r_rng, self.target = c_rng, r_rng, target
-        self.key = uuid.uuid4().hex
-        self.refs = ex._refs()
-        self.fn_ref = ray.put(embed_fn)
-        self.init_ref = None
-        self.updates: list = []
-        self.active = [j for j, (a, b) in enumerate(c_rng) if b > a]
-
-    def _hook(self, event: str, step: int = -1) -> None:
-        if self.ex.hook is not None:
-            self.ex.hook(event, step)
-
-    def _embed_call(self, j: int, with_rest: bool = True):
-        (ca, cb), (ra, rb) = self.c_rng[j], self.r_rng[j]
-        rest = self.rest[ra:rb] if with_rest else self.rest[:0]
-        return self.ex.actors[j].greedy_embed.remote(self.key, self.refs, self.fn_ref,
-                                                     self.cand[ca:cb], rest, self.lab)
-
-    def _restore_embed(self, j: int, with_rest: bool = True) -> None:
-        import ray
-
-        ray.get(self._embed_call(j, with_rest))
-
-    def _restore_state(self, j: int) -> None:
-        """Bring a restarted shard back to the state after the updates applied so far."""
-        import ray
-
-        ray.get(self._embed_call(j, with_rest=False))
-        actor = self.ex.actors[j]
-        ray.get(actor.greedy_start.remote(self.key, self.init_ref, self.c_rng[j][0]))
-        if self.updates:
-            ray.get(actor.greedy_replay.remote(self.key, ray.put(self.updates)))
-
-    def embed(self, C: int, k: int) -> torch.Tensor:
-        """Every shard embeds its rows; returns the labeled rows [L, C, k]."""
-        pending = {j: self._embed_call(j) for j in range(self.ex.shards)}
-        self._hook("embed")
-        parts = self.ex._gather(lambda j: pending.pop(j) if j in pending else self._embed_call(j),
-                                range(self.ex.shards))
-        rows = [p["labeled_rows"] for p in parts if p["labeled_rows"] is not None]
-        dtype = rows[0].dtype if rows else torch.float32
-        v_lab = torch.zeros(len(self.lab), C, k, dtype=dtype)
-        for p in parts:
-            if p["labeled_rows"] is not None:
-                v_lab[torch.tensor(p["labeled_pos"], dtype=torch.long)] = p["labeled_rows"]
-        return v_lab
-
-    def fisher(self, N: int) -> torch.Tensor:
-        """F = (1/N) Σ_pool V_xᵀV_x from the shards' tree nodes (canonical order), float32."""
-        n_c = -(-len(self.cand) // FISHER_BLOCK)
-        n_leaves = n_c + -(-len(self.rest) // FISHER_BLOCK)
-
-        def leaves(a: int, b: int, offset: int) -> tuple[int, int]:
-            first = offset + a // FISHER_BLOCK
-            return first, (offset + -(-b // FISHER_BLOCK)) if b > a else first
-
-        parts = self.ex._gather(
-            lambda j: self.ex.actors[j].greedy_fisher.remote(
-                self.key, self.target, leaves(*self.c_rng[j], 0), leaves(*self.r_rng[j], n_c),
-                n_leaves),
-            range(self.ex.shards), restore=self._restore_embed)
-        total = tree_combine({key: v for p in parts for key, v in p["nodes"].items()}, n_leaves)
-        return (total / N).to(torch.float32)
-
-    def greedy(self, v_lab, F, n: int, oversample: int, lam, weighting, C: int, k: int) -> list:
-        """``drive_greedy`` over the shards: one round trip per step."""
-        import ray
-
-        from fishermask.selection import _global_best, greedy_init, greedy_steps
-
-        init = greedy_init(v_lab, F, n, lam=lam, weighting=weighting, num_classes=C, dim=k)
-        self.init_ref = ray.put(init)
-        ex = self.ex
-        ex._gather(lambda j: ex.actors[j].greedy_start.remote(self.key, self.init_ref,
-                                                              self.c_rng[j][0]),
-                   self.active, restore=lambda j: self._restore_embed(j, with_rest=False))
-        n_fwd, n_bwd = greedy_steps(len(self.cand), n, oversample)
-        order: list[int] = []
-        for step in range(n_fwd + n_bwd):
-            forward = step < n_fwd
-            update = ray.put(self.updates[-1]) if self.updates else None  # one copy for all
-            reports = ex._gather(lambda j: ex.actors[j].greedy_step.remote(
-                self.key, step, update, forward), self.active, restore=self._restore_state)
-            _, g, owner = _global_best([best for best, _ in reports])
-            v, z, w = reports[owner][1]
-            self.updates.append((g, v, z, w, 1 if forward else -1))
-            if forward:
-                order.append(g)
-            else:
-                order.remove(g)
-            self._hook("step", step)
-        return order
-
-    def end(self) -> None:
-        import ray
-
-        try:
-            ray.get([self.ex.actors[j].greedy_end.remote(self.key)
-                     for j in range(self.ex.shards)], timeout=60)
-        except Exception:  # a dead actor has nothing to free
-            pass
 
 
 def _nodes(cover, n_leaves: int, leaves) -> dict:
@@ -354,4 +184,4 @@ def _nodes(cover, n_leaves: int, leaves) -> dict:
     return out
 
 
-__all__ = ["GreedyRound", "PoolShard", "ShardStateLost", "pool_payload", "pool_from_payload"]
+__all__ = ["PoolShard", "ShardStateLost", "pool_payload", "pool_from_payload"]

@@ -1,6 +1,6 @@
 """Fisher-information strategies: BAIT (last layer, closed form) and FisherMask (masked weights).
 
-Both minimise tr(M_S⁻¹ F) greedily (DESIGN §2) through the executor's ``fisher_greedy``; they
+Both minimise tr(M_S⁻¹ F) greedily (:func:`~fishermask.strategies.fisher_round.fisher_round`); they
 differ only in the embedding V_x: BAIT uses the classifier's weights, FisherMask the top-k
 weights of the whole network by Fisher diagonal (the classifier forced in by default).
 """
@@ -17,7 +17,19 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from fishermask import fisher
+from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings
 from fishermask.strategies.base import Selection, SelectionContext, Strategy
+from fishermask.strategies.fisher_round import fisher_round
+
+STORAGE_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def classifier_weight_name(model: torch.nn.Module) -> str:
+    """Name in ``model.named_parameters()`` of ``model.classifier.weight`` (the C×d matrix W)."""
+    for name, param in model.named_parameters():
+        if param is model.classifier.weight:
+            return name
+    raise ValueError("model.classifier.weight is not among model.named_parameters()")
 
 
 class GreedyParams(BaseModel):
@@ -26,6 +38,8 @@ class GreedyParams(BaseModel):
     oversample: int = Field(1, ge=1, description="r: r·K forward steps, (r−1)·K backward steps")
     weighting: Literal["bait", "uniform"] = "bait"
     fisher_target: Literal["dense", "diag"] = "dense"
+    storage_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of the stored embeddings (bfloat16 halves memory)")
 
 
 class BaitParams(GreedyParams):
@@ -41,28 +55,52 @@ class FisherMaskParams(GreedyParams):
     prob_scaling: bool = True
 
 
-class LastLayerEmbedding:
-    """Batch fn: BAIT's V_x from one forward pass (closed form, no autograd)."""
+def _features_probs(model, x):
+    h = model.features(x).float()
+    return h, F.softmax(model.classifier(h).float(), dim=1)
 
-    def __init__(self, num_classes: int, d: int):
-        self.num_classes, self.k = num_classes, num_classes * d
+
+class LastLayerEmbedding:
+    """Batch fn: BAIT's V_x in factored form (h, p): one forward pass, no autograd."""
+
+    def __init__(self, num_classes: int, d: int, storage_dtype: str = "float32"):
+        self.num_classes, self.d, self.k = num_classes, d, num_classes * d
+        self.storage_dtype = storage_dtype
+        self.row_bytes = d * STORAGE_BYTES[storage_dtype] + num_classes * 4
 
     @torch.no_grad()
     def __call__(self, model, x):
-        h = model.features(x).float()
-        p = F.softmax(model.classifier(h).float(), dim=1)
-        return fisher.last_layer_embeddings(h, p)
+        h, p = _features_probs(model, x)
+        return FisherEmbeddings(features=h, probs=p).to(storage_dtype=STORAGE_DTYPES[self.storage_dtype])
 
 
 class MaskedEmbedding:
-    """Batch fn: FisherMask's V_x on the mask."""
+    """Batch fn: FisherMask's V_x on the mask.  When the mask holds the whole classifier weight,
+    that block is kept factored (h, p) and only the rest is dense."""
 
-    def __init__(self, mask: dict, num_classes: int, prob_scaling: bool):
-        self.mask, self.num_classes, self.prob_scaling = mask, num_classes, prob_scaling
-        self.k = int(sum(len(v) for v in mask.values()))
+    def __init__(self, mask: dict, num_classes: int, prob_scaling: bool, classifier_weight: str,
+                 d: int, storage_dtype: str = "float32"):
+        self.num_classes, self.prob_scaling = num_classes, prob_scaling
+        self.storage_dtype = storage_dtype
+        w_idx = mask.get(classifier_weight)
+        self.factored = w_idx is not None and len(w_idx) == num_classes * d
+        self.dense_mask = {n: i for n, i in mask.items()
+                           if not (self.factored and n == classifier_weight) and len(i)}
+        self.k_dense = int(sum(len(v) for v in self.dense_mask.values()))
+        self.k = self.k_dense + (num_classes * d if self.factored else 0)
+        size = STORAGE_BYTES[storage_dtype]
+        self.row_bytes = (self.k_dense * num_classes * size
+                          + ((d * size + num_classes * 4) if self.factored else 0))
 
     def __call__(self, model, x):
-        return fisher.masked_embeddings(model, x, self.mask, prob_scaling=self.prob_scaling)
+        dense = (fisher.masked_embeddings(model, x, self.dense_mask, prob_scaling=self.prob_scaling)
+                 if self.k_dense else None)
+        h = p = None
+        if self.factored:
+            with torch.no_grad():
+                h, p = _features_probs(model, x)
+        emb = FisherEmbeddings(features=h, probs=p, dense=dense, prob_scaling=self.prob_scaling)
+        return emb.to(storage_dtype=STORAGE_DTYPES[self.storage_dtype])
 
 
 class FisherDiagonalSum:
@@ -83,10 +121,9 @@ def mask_profile(model: torch.nn.Module, mask: dict) -> list[dict]:
 class _FisherGreedyStrategy(Strategy):
     def _greedy(self, ctx: SelectionContext, n: int, embed) -> tuple[np.ndarray, dict]:
         p = self.params
-        return ctx.executor.fisher_greedy(
-            embed, candidates=ctx.unlabeled, labeled=ctx.labeled, n=n,
-            fisher_target=p.fisher_target, lam=p.lam, oversample=p.oversample,
-            weighting=p.weighting)
+        return fisher_round(ctx.executor, embed, candidates=ctx.unlabeled, labeled=ctx.labeled,
+                            n=n, fisher_target=p.fisher_target, lam=p.lam,
+                            oversample=p.oversample, weighting=p.weighting)
 
 
 class Bait(_FisherGreedyStrategy):
@@ -96,7 +133,8 @@ class Bait(_FisherGreedyStrategy):
     Params = BaitParams
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
-        embed = LastLayerEmbedding(ctx.num_classes, ctx.model.classifier.in_features)
+        embed = LastLayerEmbedding(ctx.num_classes, ctx.model.classifier.in_features,
+                                   self.params.storage_dtype)
         picks, info = self._greedy(ctx, n, embed)
         return Selection(picks, diagnostics=info, metrics=_phase_metrics(info))
 
@@ -120,7 +158,7 @@ class FisherMask(_FisherGreedyStrategy):
         diag = {name: (v / m).to(torch.float32) for name, v in sums.items()}
         n_params = sum(v.numel() for v in diag.values())
         k = math.floor(p.sparsity * n_params)
-        force = [ctx.model.classifier_weight_name] if p.include_last_layer else []
+        force = [classifier_weight_name(ctx.model)] if p.include_last_layer else []
         try:
             mask = fisher.top_k_mask(diag, k, force=force)
         except ValueError as exc:
@@ -130,7 +168,9 @@ class FisherMask(_FisherGreedyStrategy):
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         mask, mask_seconds = self.build_mask(ctx)
-        embed = MaskedEmbedding(mask, ctx.num_classes, self.params.prob_scaling)
+        embed = MaskedEmbedding(mask, ctx.num_classes, self.params.prob_scaling,
+                                classifier_weight_name(ctx.model),
+                                ctx.model.classifier.in_features, self.params.storage_dtype)
         picks, info = self._greedy(ctx, n, embed)
         info["mask_seconds"] = mask_seconds
         profile = mask_profile(ctx.model, mask)

@@ -1,0 +1,238 @@
+"""Fisher embeddings in structured form: a factored last-layer block and a dense block.
+
+A Fisher embedding V_x ∈ R^{C×k} (row c = √p_c · g_{x,c} restricted to k weights) is stored as
+
+    V_x = [ D(p_x) ⊗ h_xᵀ  |  R_x ]
+
+* the **factored block** (k_f = C·d columns, class-major: column c'·d + j ↔ W[c', j] of the
+  classifier weight W ∈ R^{C×d}): since ∇_W log p_c = (e_c − p) h(x)ᵀ, its row c is
+  D[c, :] ⊗ h with D(p) = diag(√p)(I − 1pᵀ) (``prob_scaling``) or I − 1pᵀ (without √p).
+  Stored as h (d numbers) and p (C numbers) instead of C·C·d;
+* the **dense block** R_x ∈ R^{C×k_d}: any other masked weights (FisherMask's mask outside the
+  classifier weight), stored as is in the storage dtype (float32 or bfloat16).
+
+Either block may be absent.  Every product is taken in a compute dtype (float64 by default) on the
+fly, one row block at a time, so the big arrays exist once.  :func:`fishermask.fisher.last_layer_embeddings`
+is ``to_dense()`` of an embedding with only the factored block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def factored_coefficients(probs: Tensor, prob_scaling: bool = True) -> Tensor:
+    """D(p) [n, C, C]: D[c, c'] = √p_c (δ_cc' − p_c') (or δ_cc' − p_c' without √p)."""
+    n, c = probs.shape
+    eye = torch.eye(c, dtype=probs.dtype, device=probs.device)
+    coef = eye[None] - probs[:, None, :]
+    return probs.sqrt()[:, :, None] * coef if prob_scaling else coef
+
+
+@dataclass(frozen=True)
+class FisherEmbeddings:
+    """n embeddings V_x = [D(p_x) ⊗ h_xᵀ | R_x] (see the module docstring).
+
+    ``features`` h [n, d] and ``probs`` p [n, C] give the factored block (both or neither),
+    ``dense`` R [n, C, k_d] the dense block.  Column order: factored block first, then dense.
+    """
+
+    features: Optional[Tensor] = None
+    probs: Optional[Tensor] = None
+    dense: Optional[Tensor] = None
+    prob_scaling: bool = True
+
+    def __post_init__(self):
+        if (self.features is None) != (self.probs is None):
+            raise ValueError("features and probs come together (the factored block needs both)")
+        if self.features is None and self.dense is None:
+            raise ValueError("an embedding needs a factored block (features, probs) or a dense block")
+        if self.features is not None:
+            if self.features.dim() != 2 or self.probs.dim() != 2 \
+                    or len(self.features) != len(self.probs):
+                raise ValueError(f"expected features [n, d] and probs [n, C], got "
+                                 f"{tuple(self.features.shape)} and {tuple(self.probs.shape)}")
+        if self.dense is not None:
+            if self.dense.dim() != 3:
+                raise ValueError(f"dense must have shape [n, C, k], got {tuple(self.dense.shape)}")
+            if self.probs is not None and (len(self.dense), self.dense.shape[1]) != tuple(self.probs.shape):
+                raise ValueError(f"dense {tuple(self.dense.shape)} does not match probs "
+                                 f"{tuple(self.probs.shape)} in n and C")
+
+    # ------------------------------------------------------------------ shape
+    def __len__(self) -> int:
+        return len(self.dense) if self.dense is not None else len(self.features)
+
+    @property
+    def num_classes(self) -> int:
+        return self.dense.shape[1] if self.dense is not None else self.probs.shape[1]
+
+    @property
+    def d(self) -> int:
+        return 0 if self.features is None else self.features.shape[1]
+
+    @property
+    def k_factored(self) -> int:
+        return self.num_classes * self.d
+
+    @property
+    def k_dense(self) -> int:
+        return 0 if self.dense is None else self.dense.shape[2]
+
+    @property
+    def k(self) -> int:
+        return self.k_factored + self.k_dense
+
+    @property
+    def device(self) -> torch.device:
+        return (self.dense if self.dense is not None else self.features).device
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.features, self.probs, self.dense)
+                   if t is not None)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dense(cls, v: Tensor) -> "FisherEmbeddings":
+        return cls(dense=v)
+
+    def _map(self, fn) -> "FisherEmbeddings":
+        f = lambda t: None if t is None else fn(t)  # noqa: E731
+        return replace(self, features=f(self.features), probs=f(self.probs), dense=f(self.dense))
+
+    def rows(self, index) -> "FisherEmbeddings":
+        """The rows ``index`` (a slice, or an index tensor)."""
+        return self._map(lambda t: t[index])
+
+    def to(self, device=None, storage_dtype: Optional[torch.dtype] = None) -> "FisherEmbeddings":
+        """Moved to ``device``; features and the dense block cast to ``storage_dtype`` (probs stay
+        in float32 or better)."""
+        def move(t: Tensor, is_probs: bool = False) -> Tensor:
+            dt = t.dtype if storage_dtype is None else storage_dtype
+            if is_probs:
+                dt = torch.promote_types(dt, torch.float32)
+            return t.to(device=device or t.device, dtype=dt)
+
+        return replace(self, features=None if self.features is None else move(self.features),
+                       probs=None if self.probs is None else move(self.probs, True),
+                       dense=None if self.dense is None else move(self.dense))
+
+    @staticmethod
+    def cat(parts: Sequence["FisherEmbeddings"]) -> "FisherEmbeddings":
+        parts = list(parts)
+        first = parts[0]
+        cat = lambda name: None if getattr(first, name) is None else torch.cat(  # noqa: E731
+            [getattr(p, name) for p in parts])
+        return FisherEmbeddings(cat("features"), cat("probs"), cat("dense"), first.prob_scaling)
+
+    def empty_like(self) -> "FisherEmbeddings":
+        return self.rows(slice(0, 0))
+
+    def check_finite(self, name: str) -> None:
+        for t in (self.features, self.probs, self.dense):
+            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or infinite values")
+
+    # ------------------------------------------------------------------ products
+    def coefficients(self, dtype=torch.float64) -> Tensor:
+        """D(p) of every row, [n, C, C]."""
+        return factored_coefficients(self.probs.to(dtype), self.prob_scaling)
+
+    def to_dense(self, dtype=torch.float32) -> Tensor:
+        """V as a dense [n, C, k] tensor (factored columns first)."""
+        parts = []
+        if self.features is not None:
+            coef = self.coefficients(dtype)
+            h = self.features.to(dtype)
+            parts.append((coef[..., None] * h[:, None, None, :]).reshape(len(self), self.num_classes, -1))
+        if self.dense is not None:
+            parts.append(self.dense.to(dtype))
+        return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """V_x X for every row: X [k, m] → [n, C, m], in X's dtype.
+
+        Factored block: (D ⊗ hᵀ) X_f = D · T with T[c', μ] = Σ_j h_j X_f[c'·d + j, μ].
+        """
+        n, c, dt = len(self), self.num_classes, x.dtype
+        out = None
+        if self.features is not None:
+            d, m = self.d, x.shape[1]
+            xf = x[: c * d].reshape(c, d, m).permute(1, 0, 2).reshape(d, c * m)
+            t = (self.features.to(dt) @ xf).reshape(n, c, m)
+            out = torch.bmm(self.coefficients(dt), t)
+        if self.dense is not None:
+            r = self.dense.to(dt)
+            dense = (r.reshape(n * c, -1) @ x[self.k_factored:]).reshape(n, c, -1)
+            out = dense if out is None else out + dense
+        return out
+
+    def rowdot(self, z: Tensor) -> Tensor:
+        """Z_x V_xᵀ for every row: Z [n, C', k] (one matrix per row) → [n, C', C], in Z's dtype."""
+        dt, c = z.dtype, self.num_classes
+        out = None
+        if self.features is not None:
+            n, cz = z.shape[:2]
+            zf = z[..., : self.k_factored].reshape(n, cz, c, self.d)
+            t = torch.einsum("nacj,nj->nac", zf, self.features.to(dt))       # Σ_j Z[a, c'·d+j] h_j
+            out = torch.bmm(t, self.coefficients(dt).transpose(1, 2))        # · D(p)ᵀ
+        if self.dense is not None:
+            dense = torch.bmm(z[..., self.k_factored:], self.dense.to(dt).transpose(1, 2))
+            out = dense if out is None else out + dense
+        return out
+
+    def gram(self, diagonal: bool = False, dtype=torch.float64) -> Tensor:
+        """Σ_x V_xᵀV_x over the rows: dense [k, k], or its diagonal [k] (``diagonal=True``).
+
+        Factored block: Σ_x (D_xᵀD_x)[c', c''] h_x h_xᵀ; cross block Σ_x h_x ⊗ (D_xᵀR_x).
+        """
+        c, d, kf = self.num_classes, self.d, self.k_factored
+        parts = []
+        if self.features is not None:
+            coef = self.coefficients(dtype)
+            g = torch.bmm(coef.transpose(1, 2), coef)                       # D_xᵀD_x [n, C, C]
+            h = self.features.to(dtype)
+            if diagonal:
+                parts.append(torch.einsum("nc,nj->cj", g.diagonal(dim1=1, dim2=2), h * h).reshape(-1))
+            else:
+                gh = (g.reshape(len(self), c * c, 1) * h[:, None, :]).reshape(len(self), -1)
+                ff = (gh.T @ h).reshape(c, c, d, d).permute(0, 2, 1, 3).reshape(kf, kf)
+        if self.dense is not None:
+            r = self.dense.to(dtype)
+            if diagonal:
+                parts.append((r * r).sum(dim=(0, 1)))
+            else:
+                flat = r.reshape(-1, r.shape[2])
+                dd = flat.T @ flat
+        if diagonal:
+            return torch.cat(parts) if len(parts) > 1 else parts[0]
+        if self.features is None:
+            return dd
+        if self.dense is None:
+            return ff
+        cross = torch.einsum("nj,nck->cjk", h, torch.bmm(coef.transpose(1, 2), r)).reshape(kf, -1)
+        return torch.cat([torch.cat([ff, cross], 1), torch.cat([cross.T, dd], 1)], 0)
+
+
+def as_embeddings(v, name: str) -> FisherEmbeddings:
+    """A FisherEmbeddings, or a dense [n, C, k] tensor-like wrapped as one (no copy for float32)."""
+    if isinstance(v, FisherEmbeddings):
+        return v
+    if not isinstance(v, Tensor):
+        v = torch.as_tensor(v)
+    if v.is_complex():
+        raise ValueError(f"{name} must be real, got dtype {v.dtype}")
+    if not v.is_floating_point():
+        v = v.to(torch.float32)
+    if v.dim() != 3:
+        raise ValueError(f"{name} must have shape [n, C, k], got {tuple(v.shape)}")
+    return FisherEmbeddings(dense=v)
+
+
+__all__ = ["FisherEmbeddings", "STORAGE_DTYPES", "as_embeddings", "factored_coefficients"]

@@ -1,0 +1,195 @@
+"""One shard of the greedy's candidates: their embeddings (stored once) and C×C state each.
+
+The objective is tr(M_S⁻¹ F), M_S = λI + w_L Σ_L V_xᵀV_x + w_S Σ_S V_xᵀV_x.  With A = M⁻¹ and
+Ṽ_x = √w_S V_x, every candidate keeps only (float64)
+
+    P_x = Ṽ_x A Ṽ_xᵀ,   Q_x = Ṽ_x A F A Ṽ_xᵀ,   score(x) = tr((±I + P_x)⁻¹ Q_x)
+
+(+I: the decrease of tr(AF) when x is added; −I: when a selected x is removed, ≤ 0).  After the
+driver adds (+) or removes (−) a point s it sends X = √w_S [a | b] with a = A Ṽ_sᵀ, b = A F a,
+S⁻¹ for S = ±I + Ṽ_s a, and K = aᵀFa; then for every candidate, with [g | h] = V_x X,
+
+    P_x ← P_x − g S⁻¹ gᵀ,   Q_x ← Q_x − g S⁻¹ hᵀ − h S⁻¹ gᵀ + g S⁻¹ K S⁻¹ gᵀ,
+
+one streaming product of the stored embeddings with a k×2C matrix per step (O(C²·k) flops per
+candidate), computed in float64 block by block.  After the first removal only selected rows are
+kept current (the backward phase looks at nothing else).
+
+**Sharding rule (bitwise determinism).**  Every per-candidate number is computed inside a block of
+``chunk`` rows whose boundaries are multiples of ``chunk`` in *global* index, so it does not depend
+on which other candidates share the shard: ``offset`` is a multiple of ``chunk`` and every shard but
+the last has a multiple of ``chunk`` rows (:func:`shard_bounds`).  Then any sharding picks exactly
+what one shard picks (same chunk, device type, dtypes and BLAS threading).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fishermask.kernels.embeddings import FisherEmbeddings
+
+CHUNK = 256
+"""Rows per processing block; block boundaries are multiples of CHUNK in global index."""
+
+
+def shard_bounds(total: int, shards: int, chunk: int = CHUNK) -> list[tuple[int, int]]:
+    """Split range(total) into ``shards`` contiguous [start, stop) ranges whose boundaries are
+    multiples of ``chunk`` (the last stop is ``total``); chunks are spread as evenly as possible and
+    trailing ranges may be empty when there are fewer chunks than shards."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    n_chunks = -(-total // chunk)
+    base, extra = divmod(n_chunks, shards)
+    bounds, start = [], 0
+    for i in range(shards):
+        stop = min(total, start + (base + (i < extra)) * chunk)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def trace_solve(s: Tensor, q: Tensor) -> Tensor:
+    """tr(S⁻¹ Q) for batches of C×C matrices (float64); −inf where S is singular."""
+    sol, info = torch.linalg.solve_ex(s, q)
+    out = sol.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return torch.where(info == 0, out, torch.full_like(out, float("-inf")))
+
+
+class GreedyShard:
+    """Candidates [offset, offset + m) of one greedy run (see the module docstring).
+
+    Protocol (driven by :func:`fishermask.kernels.greedy.run_greedy`, any number of shards):
+    ``reset(A, rows)`` builds P, Q from A; ``advance(update, forward)`` applies the last winner's
+    update and reports ``(score, global index, embedding row)`` of the best local candidate (or
+    None); ``override(g, score, forward)`` replaces one maintained score by an exact one.
+    """
+
+    def __init__(self, emb: FisherEmbeddings, offset: int, fisher: Tensor, w_s: float, *,
+                 chunk: int = CHUNK, compute_dtype=torch.float64):
+        if chunk < 1 or offset < 0 or offset % chunk:
+            raise ValueError(f"offset ({offset}) must be a non-negative multiple of chunk ({chunk})")
+        self.emb, self.offset, self.size, self.chunk = emb, int(offset), len(emb), int(chunk)
+        self.device, self.dtype = emb.device, compute_dtype
+        self.fisher = fisher.to(device=self.device, dtype=compute_dtype)
+        self.root_w = float(w_s) ** 0.5
+        c = emb.num_classes
+        self.p = torch.zeros(self.size, c, c, dtype=compute_dtype, device=self.device)
+        self.q = torch.zeros_like(self.p)
+        self.selected = torch.zeros(self.size, dtype=torch.bool, device=self.device)
+        self.scores = torch.full((self.size,), float("-inf"), dtype=compute_dtype, device=self.device)
+        self.sign = 1
+        self.removing = False  # after the first removal only selected rows are current
+
+    # ------------------------------------------------------------------ helpers
+    def _blocks(self, only_selected: bool):
+        """(local row index or slice, embedding rows) per chunk-aligned block."""
+        for start in range(0, self.size, self.chunk):
+            sl = slice(start, min(start + self.chunk, self.size))
+            if only_selected:
+                idx = torch.nonzero(self.selected[sl]).flatten()
+                if idx.numel():
+                    idx = idx + start
+                    yield idx, self.emb.rows(idx)
+            else:
+                yield sl, self.emb.rows(sl)
+
+    def _local(self, g: int) -> int:
+        i = int(g) - self.offset
+        if not 0 <= i < self.size:
+            raise IndexError(f"global index {g} is not in this shard [{self.offset}, "
+                             f"{self.offset + self.size})")
+        return i
+
+    def owns(self, g: int) -> bool:
+        return 0 <= int(g) - self.offset < self.size
+
+    def _score_rows(self, idx) -> None:
+        s = self.p[idx].clone()
+        s.diagonal(dim1=1, dim2=2).add_(float(self.sign))
+        self.scores[idx] = trace_solve(s, self.q[idx])
+
+    def _rescore(self) -> None:
+        self.scores.fill_(float("-inf"))
+        for idx, _ in self._blocks(self.removing):
+            self._score_rows(idx)
+
+    # ------------------------------------------------------------------ protocol
+    def reset(self, a_mat: Tensor, forward: bool) -> tuple | None:
+        """P_x = Ṽ_x A Ṽ_xᵀ and Q_x = Ṽ_x A F A Ṽ_xᵀ from A (all rows, or only the selected ones
+        once removals started), then the best candidate of direction ``forward``."""
+        a_mat = a_mat.to(device=self.device, dtype=self.dtype)
+        w = self.root_w ** 2
+        diag = self.fisher.dim() == 1
+        for idx, rows in self._blocks(self.removing):
+            z = rows.matmul(a_mat)                                           # V_x A, [n, C, k]
+            self.p[idx] = w * rows.rowdot(z)
+            zf = z * self.fisher if diag else (z.reshape(-1, z.shape[2]) @ self.fisher).reshape(z.shape)
+            self.q[idx] = w * torch.bmm(zf, z.transpose(1, 2))
+        self.sign = 1 if forward else -1
+        self._rescore()
+        return self.best(forward)
+
+    def advance(self, update, forward: bool):
+        """Apply ``update`` (None, or (g, sign, X, S⁻¹, K) from the driver) and report the best."""
+        if update is not None:
+            self.apply(*update)
+        want = 1 if forward else -1
+        if want != self.sign:
+            if forward and self.removing:
+                raise RuntimeError("forward scores are unavailable after a removal step")
+            self.sign = want
+            self._rescore()
+        return self.best(forward)
+
+    def apply(self, g: int, sign: int, x: Tensor, s_inv: Tensor, k_mat: Tensor) -> None:
+        """Add (sign +1) or remove (−1) the winner g: mark it, update P, Q and the scores."""
+        self.mark(g, sign)
+        self.sign = sign
+        dt, dev = self.dtype, self.device
+        x = x.to(device=dev, dtype=dt)
+        s_inv, k_mat = s_inv.to(device=dev, dtype=dt), k_mat.to(device=dev, dtype=dt)
+        c = s_inv.shape[0]
+        self.scores.fill_(float("-inf"))
+        for idx, rows in self._blocks(self.removing):
+            gh = rows.matmul(x)                                                # [n, C, 2C]
+            gg, hh = gh[..., :c], gh[..., c:]
+            gs = gg @ s_inv                                                    # g S⁻¹
+            self.p[idx] -= gs @ gg.transpose(1, 2)
+            cross = gs @ hh.transpose(1, 2)
+            self.q[idx] += (gs @ k_mat) @ gs.transpose(1, 2) - cross - cross.transpose(1, 2)
+            self._score_rows(idx)
+
+    def best(self, forward: bool):
+        """(score, global index, embedding row) of the best eligible candidate; ties → lowest
+        index.  None when no candidate is eligible."""
+        eligible = ~self.selected if forward else self.selected
+        if not bool(eligible.any()):
+            return None
+        scores = torch.where(eligible, self.scores, torch.full_like(self.scores, float("-inf")))
+        top = scores.max()
+        hits = torch.nonzero((scores == top) & eligible).flatten()
+        if not hits.numel():  # every eligible score is NaN
+            hits = torch.nonzero(eligible).flatten()
+        i = int(hits[0])
+        return float(top), self.offset + i, self.emb.rows(slice(i, i + 1)).to("cpu")
+
+    def mark(self, g: int, sign: int) -> None:
+        """Mark g as added (sign +1) or removed (−1) without updating P, Q (a reset follows)."""
+        if self.owns(g):
+            self.selected[self._local(g)] = sign > 0
+        if sign < 0:
+            self.removing = True
+
+    def override(self, g: int, score: float, forward: bool):
+        """Replace the maintained score of candidate g (if here) by ``score``; report the best."""
+        if self.owns(g):
+            self.scores[self._local(g)] = float(score)
+        return self.best(forward)
+
+    @property
+    def selected_indices(self) -> Tensor:
+        return torch.nonzero(self.selected).flatten() + self.offset
+
+
+__all__ = ["CHUNK", "GreedyShard", "shard_bounds", "trace_solve"]
