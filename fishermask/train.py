@@ -72,6 +72,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, data, indices: np.ndarray, *,
     ``indices`` of ``data`` (train-mode forward passes, no gradient step): μ = mean_x E[h(x)],
     σ² = mean_x Var[h(x)] over the batches, instead of the momentum average of training."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
@@ -79,10 +80,11 @@ def recalibrate_batchnorm(model: torch.nn.Module, data, indices: np.ndarray, *,
     indices = np.asarray(indices, dtype=np.int64)
     for start in range(0, len(indices), batch_size):
         model(data.inputs(indices[start:start + batch_size]).to(device))
-    for m in bns:
-        m.momentum = 0.1
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
 
 
+@torch.no_grad()
 def evaluate(model: torch.nn.Module, data, *, device: torch.device, batch_size: int = 512) -> dict:
     """Accuracy, balanced accuracy (mean per-class recall) and per-class accuracy on ``data``."""
     model.to(device).eval()
