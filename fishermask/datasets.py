@@ -126,19 +126,25 @@ def load_fashion_mnist(cfg: DataConfig, seed: int):
         return [tv.datasets.FashionMNIST(str(r), train=t, download=download) for t in (True, False)]
 
     raw = root / "FashionMNIST" / "raw"
+
+    def not_fashion(exc: Exception, files: str) -> DataError:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else "not in the IDX format"
+        return DataError(f"{raw}: the FashionMNIST {files} are not the Fashion-MNIST data ({why}); "
+                         f"replace them with the official files or use --set data.download=true")
+
+    bad_content = (ValueError, AssertionError, IndexError, TypeError)
     try:  # unpacked files in data_dir (what torchvision itself checks)
         sets = load(root)
+    except bad_content as exc:
+        raise not_fashion(exc, "files " + ", ".join(FMNIST_FILES)) from None
     except RuntimeError:
         if all((raw / f"{f}.gz").is_file() for f in FMNIST_FILES):
             unpacked = _unpack_fashion_gz(raw)  # only the .gz files: unpack into the cache
             try:
                 sets = load(unpacked)
-            except (RuntimeError, ValueError, AssertionError, IndexError, OSError) as exc:
-                raise DataError(
-                    f"{raw}: the FashionMNIST .gz files are not the Fashion-MNIST data "
-                    f"({type(exc).__name__}: {exc}); replace them with the official files "
-                    f"{', '.join(f + '.gz' for f in FMNIST_FILES)} or use "
-                    f"--set data.download=true") from None
+            except (RuntimeError, OSError, *bad_content) as exc:
+                raise not_fashion(exc, "files " + ", ".join(f + ".gz" for f in FMNIST_FILES)) \
+                    from None
         elif cfg.download:
             try:
                 sets = load(root, download=True)

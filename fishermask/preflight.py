@@ -124,19 +124,26 @@ def local_cpus() -> int:
 
 def local_shards(execution) -> None:
     """``execution.shards`` that a new local Ray (no cluster address) cannot run at once."""
-    if not execution.use_ray or execution.address or os.environ.get("RAY_ADDRESS"):
+    if not execution.use_ray or execution.address:
         return
     import ray
 
-    if ray.is_initialized():
-        return  # a Ray started by the caller: the executor checks its resources
-    cpus = local_cpus()
+    if ray.is_initialized():  # a Ray started by the caller (not a Tune trial's bundles)
+        from ray.util import get_current_placement_group
+
+        if get_current_placement_group() is not None:
+            return
+        cpus, where = int(ray.cluster_resources().get("CPU", 0)), "the running Ray has"
+    elif os.environ.get("RAY_ADDRESS"):
+        return  # a cluster: the executor checks its resources once joined
+    else:
+        cpus, where = local_cpus(), "this machine has"
     need = execution.shards * execution.cpus_per_shard
     if need > cpus + 1e-9:
         most = max(1, int(cpus // execution.cpus_per_shard))
         raise ConfigError(
             f"execution.shards={execution.shards} × execution.cpus_per_shard="
-            f"{execution.cpus_per_shard:g} needs {need:g} CPUs, but this machine has {cpus}; use "
+            f"{execution.cpus_per_shard:g} needs {need:g} CPUs, but {where} {cpus}; use "
             f"at most execution.shards={most} here, or join a cluster (execution.address)")
     if execution.gpus_per_shard > 0:
         import torch
@@ -148,6 +155,22 @@ def local_shards(execution) -> None:
                 f"execution.shards={execution.shards} × execution.gpus_per_shard="
                 f"{execution.gpus_per_shard:g} needs {need_g:g} GPUs, but this machine has "
                 f"{gpus}; lower execution.shards or execution.gpus_per_shard")
+
+
+def local_trial(execution, label: str) -> None:
+    """A sweep trial on a new local Ray: its placement group (one CPU for the trial plus one
+    bundle per shard, or one bundle) must fit this machine, or it stays PENDING for ever."""
+    cpus = local_cpus()
+    need = (1 + execution.shards * execution.cpus_per_shard if execution.use_ray
+            else max(1.0, execution.cpus_per_shard))
+    if need > cpus + 1e-9:
+        most = max(0, int((cpus - 1) // execution.cpus_per_shard))
+        fix = (f"use at most execution.shards={most} here" if execution.use_ray and most >= 1
+               else "lower execution.shards / execution.cpus_per_shard")
+        raise ConfigError(
+            f"trial '{label}' needs {need:g} CPUs (1 for the trial + execution.shards="
+            f"{execution.shards} × {execution.cpus_per_shard:g}), but this machine has {cpus}; "
+            f"{fix}, or join a cluster with --address")
 
 
 # ----------------------------------------------------------------------------- FisherMask
@@ -198,3 +221,26 @@ def _smallest_sparsity(need: int, n_params: int) -> float:
     while math.floor(s * n_params) < need:  # pragma: no cover - rounding guard
         s += 1 / factor
     return min(s, 1.0)
+
+
+_BUILTIN = {"digits": (1, 10, 1258), "fashion_mnist": (1, 10, 60000), "cifar10": (3, 10, 50000)}
+"""dataset: (channels, classes, train images) — enough to check a trial without its data."""
+
+
+def trial_mask_capacity(cfg) -> None:
+    """:func:`mask_capacity` for a config whose data is not loaded yet (sweep trials, checked in
+    the driver before any trial starts); image folders are checked when the trial loads them."""
+    if cfg.strategy.name not in ("fishermask", "fishermask_authors"):
+        return
+    if cfg.data.dataset not in _BUILTIN:
+        return
+    from fishermask.data import SETTINGS
+    from fishermask.models import build_model
+
+    channels, classes, size = _BUILTIN[cfg.data.dataset]
+    counts = (SETTINGS[cfg.data.setting] if cfg.data.setting is not None
+              else cfg.data.class_counts)
+    if counts is not None:
+        classes, size = sum(1 for c in counts if c > 0), sum(counts)
+    model = build_model(cfg.model.name, classes, channels)
+    mask_capacity(cfg, model, size, classes)
