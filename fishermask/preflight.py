@@ -40,13 +40,14 @@ def writable_folder(path: str | Path, what: str, fix: str = "") -> Path:
         if probe.parent == probe:
             break
         probe = probe.parent
-    how = f"; {fix}" if fix else ""
+    how = f" {fix}" if fix else ""
     if probe.exists() and not probe.is_dir():
         raise FishermaskError(f"{what}: {probe} exists but is a file, not a folder, so {path} "
                               f"cannot be created; rename or remove that file{how}")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise FishermaskError(f"{what}: the folder {probe} is read-only for this user, so "
-                              f"{path} cannot be written; run from a writable folder{how}")
+        inside = "" if probe == path else f" (so {path} cannot be created)"
+        raise FishermaskError(f"{what}: the folder {probe} is read-only{inside}; run from a "
+                              f"writable folder{how}")
     return path
 
 
@@ -73,7 +74,7 @@ def tracking_uri(uri: Optional[str]) -> str:
             uri = "sqlite:///" + rest
         if rest != ":memory:":
             writable_folder(Path(rest).parent, f"MLflow store {uri}",
-                            "pass --tracking-uri sqlite:////a/writable/folder/mlflow.db")
+                            "or pass --tracking-uri sqlite:////a/writable/folder/mlflow.db")
         return uri
     if scheme in ("http", "https"):
         if not parsed.hostname:
@@ -88,7 +89,7 @@ def tracking_uri(uri: Optional[str]) -> str:
     if scheme == "file" or (scheme == "" and uri):
         path = parsed.path if scheme == "file" else uri
         path = os.path.expanduser(path)
-        writable_folder(path, f"MLflow file store {uri}", "pass a writable --tracking-uri")
+        writable_folder(path, f"MLflow file store {uri}", "or pass a writable --tracking-uri")
         return Path(path).absolute().as_uri() if scheme == "file" else path
     if scheme in _DB_SCHEMES or (scheme and "+" in scheme):
         return uri  # database stores: MLflow reports their own connection errors
