@@ -49,10 +49,19 @@ def make_client(tracking_uri: str):
 
     from fishermask.runlock import blocking_lock
 
-    folder = Path(m.group(1)).absolute().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with blocking_lock(folder):  # flock on the folder itself: no lock file left behind
-        return MlflowClient(tracking_uri)
+    from fishermask.errors import FishermaskError
+
+    db = Path(m.group(1)).absolute()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with blocking_lock(db.parent):  # flock on the folder itself: no lock file left behind
+        try:
+            return MlflowClient(tracking_uri)
+        except Exception as exc:  # e.g. a first run killed while it created the tables
+            raise FishermaskError(
+                f"cannot open the MLflow store {tracking_uri} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}). If a first run was stopped while it created "
+                f"the store, {db} holds no results: delete it and run again; otherwise pass "
+                f"another --tracking-uri") from None
 
 
 def get_or_create_experiment(client, name: str) -> str:
