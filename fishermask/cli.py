@@ -48,14 +48,19 @@ def cmd_run(args) -> int:
     from fishermask.loop import ActiveLearningLoop
     from fishermask.tracking import MlflowTracker
 
+    from fishermask import preflight
+
     cfg = load_config(args.file, args.overrides)
     if args.tracking_uri:
         cfg.tracking.tracking_uri = args.tracking_uri
+    # cheap checks first: an unreachable server or a read-only folder fails in seconds
+    uri = preflight.tracking_uri(cfg.tracking.tracking_uri)
     loop = ActiveLearningLoop(cfg, progress=not args.no_progress)  # validates data and budget
-    tracker = loop.tracker = MlflowTracker(cfg.tracking.tracking_uri)
-    if args.restart and loop.checkpoint_dir.exists():
-        shutil.rmtree(loop.checkpoint_dir)
-    records = loop.run()
+    with loop.lock:  # a second launch of the same config refuses here, before touching anything
+        tracker = loop.tracker = MlflowTracker(uri)
+        if args.restart and loop.checkpoint_dir.exists():
+            shutil.rmtree(loop.checkpoint_dir)
+        records = loop.run()
     last = records[-1]
     print(f"\ndone: {cfg.strategy.name}, seed {cfg.seed}: {len(records) - 1} rounds, "
           f"{last.n_labels} labels, accuracy {last.accuracy:.4f}, "
@@ -65,10 +70,34 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _on_sigterm(signum, frame):
+    from fishermask.errors import Terminated
+
+    raise Terminated()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    import signal
+    import threading
+
+    from fishermask.errors import Terminated
+
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)  # like Ctrl-C: run KILLED, kept
+    try:
+        return _dispatch(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args) -> int:
+    from fishermask.errors import Terminated
+
     handlers = {"run": cmd_run}
     try:
         from fishermask import sweep as sweep_mod
@@ -81,10 +110,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except FishermaskError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the last finished round is checkpointed — run the same command "
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}; the last finished round is checkpointed — run the same command "
               "again to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

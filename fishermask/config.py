@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -28,7 +29,7 @@ REGIMES = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -38,7 +39,8 @@ class DataConfig(_Section):
     setting: Optional[Literal[1, 2]] = None
     class_counts: Optional[list[int]] = None
     augment: bool = False
-    image_size: int = Field(32, ge=4, description="image_folder only: images are resized to this")
+    image_size: int = Field(32, ge=4, le=1024,
+                            description="image_folder only: images are resized to this")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="digits only: stratified hold-out")
 
     @field_validator("class_counts")
@@ -130,6 +132,9 @@ class StrategyConfig(BaseModel):
             params = spec.params(**data)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, prefix=f"strategy ({name})")) from None
+        for key, value in params.model_dump().items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"strategy.{key}: must be a finite number (got {value!r})")
         return {"name": name, **params.model_dump()}
 
     @property
@@ -162,7 +167,8 @@ class TrackingConfig(_Section):
 
 
 class Config(_Section):
-    experiment: str = "fishermask"
+    experiment: str = Field("fishermask", min_length=1, pattern=r"\S",
+                            description="MLflow experiment name (not blank)")
     seed: int = 0
     data: DataConfig = DataConfig()
     budget: BudgetConfig = BudgetConfig(regime="low")
@@ -304,18 +310,34 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     raw = copy.deepcopy(raw)
     for item in overrides or []:
         path, value = parse_override(item)
+        if path[0] == "sweep" and len(path) > 1:  # a sweep axis is one dotted key: sweep.<a.b>
+            sweep = raw.get("sweep")
+            if sweep is None:
+                sweep = raw["sweep"] = {}
+            if not isinstance(sweep, dict):
+                raise ConfigError(f"--set {item}: the file's sweep: is not a mapping of axes")
+            sweep[".".join(path[1:])] = copy.deepcopy(value)
+            continue
         set_dotted(raw, path, value, where=f"--set {item}")
     return raw
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; write the settings to change (e.g. "
+                          f"strategy: {{name: entropy}}), or copy sweeps/quickstart.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
     return raw

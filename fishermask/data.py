@@ -159,6 +159,11 @@ def load_experiment_data(cfg: DataConfig, seed: int) -> ExperimentData:
         raise ConfigError(f"{key}: not enough '{cfg.dataset}' train images: {detail}. Lower the "
                           f"counts with data.class_counts (per-class pool sizes) or use a larger dataset")
     kept = [i for i, n in enumerate(counts) if n > 0]
+    if len(kept) < 2:
+        raise ConfigError(f"{key}: the pool has images of {len(kept)} class(es) "
+                          f"{[classes[c] for c in kept]}; active learning needs at least 2 "
+                          f"(accuracy on one class is trivially 1.0). Give at least two positive "
+                          f"entries in data.class_counts")
     rng = np.random.default_rng(seed)
     drawn = [rng.choice(np.flatnonzero(tr_y == c), size=counts[c], replace=False) for c in kept]
     source = np.concatenate(drawn).astype(np.int64)

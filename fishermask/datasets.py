@@ -126,11 +126,25 @@ def load_fashion_mnist(cfg: DataConfig, seed: int):
         return [tv.datasets.FashionMNIST(str(r), train=t, download=download) for t in (True, False)]
 
     raw = root / "FashionMNIST" / "raw"
+
+    def not_fashion(exc: Exception, files: str) -> DataError:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else "not in the IDX format"
+        return DataError(f"{raw}: the FashionMNIST {files} are not the Fashion-MNIST data ({why}); "
+                         f"replace them with the official files or use --set data.download=true")
+
+    bad_content = (ValueError, AssertionError, IndexError, TypeError)
     try:  # unpacked files in data_dir (what torchvision itself checks)
         sets = load(root)
+    except bad_content as exc:
+        raise not_fashion(exc, "files " + ", ".join(FMNIST_FILES)) from None
     except RuntimeError:
         if all((raw / f"{f}.gz").is_file() for f in FMNIST_FILES):
-            sets = load(_unpack_fashion_gz(raw))  # only the .gz files: unpack into the cache
+            unpacked = _unpack_fashion_gz(raw)  # only the .gz files: unpack into the cache
+            try:
+                sets = load(unpacked)
+            except (RuntimeError, OSError, *bad_content) as exc:
+                raise not_fashion(exc, "files " + ", ".join(f + ".gz" for f in FMNIST_FILES)) \
+                    from None
         elif cfg.download:
             try:
                 sets = load(root, download=True)
@@ -221,17 +235,27 @@ def _read_images(root: Path, paths: list[str], size: int) -> torch.Tensor:
         with Image.open(p) as img:
             return img.mode
 
+    current = ""
     try:
-        gray = all(mode(p) in _GRAY_MODES for p in paths)
-        out = np.empty((len(paths), size, size, 1 if gray else 3), dtype=np.uint8)
-        for i, p in enumerate(paths):
-            with Image.open(p) as img:
+        gray = True
+        for current in paths:
+            gray = gray and mode(current) in _GRAY_MODES
+        channels = 1 if gray else 3
+        need_gb = len(paths) * size * size * channels * 2 / 1e9  # the array plus its CHW copy
+        try:
+            out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+        except MemoryError:
+            raise DataError(f"image_folder: {len(paths)} images at data.image_size={size} need "
+                            f"about {need_gb:.1f} GB of memory; lower data.image_size") from None
+        for i, current in enumerate(paths):
+            with Image.open(current) as img:
                 if img.mode.startswith("I;16"):
                     img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
                 img = img.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
                 out[i] = np.asarray(img).reshape(size, size, -1)
-    except OSError as exc:
-        raise _folder_error(root, f"cannot read an image: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: unreadable, truncated or bad file
+        raise DataError(f"image_folder: cannot read the image {current}: {exc}. Replace or "
+                        f"remove that file (data.data_dir={str(root)!r})") from None
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 

@@ -11,3 +11,11 @@ class ConfigError(FishermaskError):
 
 class DataError(FishermaskError):
     """A dataset is missing or unusable; the message says how to get it."""
+
+
+class TrainingDiverged(FishermaskError):
+    """The training loss became NaN or infinite; the message says which setting to change."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that runs end KILLED with their checkpoint intact."""

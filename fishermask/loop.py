@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from fishermask.config import Config
-from fishermask.errors import ConfigError
+from fishermask import preflight
+from fishermask.errors import ConfigError, FishermaskError, TrainingDiverged
 from fishermask.execution import PoolExecutor, make_executor
 from fishermask.execution.base import resolve_device
 from fishermask.models import build_model, reinit_parameters
+from fishermask.runlock import RunLock
 from fishermask.strategies import SelectionContext, build_strategy
 from fishermask.train import evaluate, train_model
 
@@ -52,7 +54,9 @@ class ActiveLearningLoop:
     """One active-learning run of a :class:`~fishermask.config.Config`.
 
     ``on_round(loop, record)`` is called after every round has been checkpointed (sweeps report
-    to Tune from it).  ``checkpoint_dir`` defaults to ``<tracking.checkpoint_dir>/<result key>``.
+    to Tune from it).  ``checkpoint_dir`` defaults to ``<tracking.checkpoint_dir>/<result key>``;
+    that default folder is locked while the run runs (``lock``: force on or off), so a second
+    launch of the same config refuses, naming the first.
     """
 
     CKPT = "state.pt"
@@ -60,7 +64,7 @@ class ActiveLearningLoop:
     def __init__(self, cfg: Config, *, executor: Optional[PoolExecutor] = None, tracker=None,
                  checkpoint_dir: Optional[str | Path] = None, progress: bool = True,
                  on_round: Optional[Callable[["ActiveLearningLoop", RoundRecord], None]] = None,
-                 data=None):
+                 data=None, lock: Optional[bool] = None):
         from fishermask.data import load_experiment_data
 
         self.cfg = cfg
@@ -81,8 +85,19 @@ class ActiveLearningLoop:
         self.tracker = tracker
         self.progress = progress
         self.on_round = on_round
-        self.checkpoint_dir = Path(checkpoint_dir or Path(cfg.tracking.checkpoint_dir) / cfg.result_key())
+        default_dir = Path(cfg.tracking.checkpoint_dir).expanduser() / cfg.result_key()
+        self.checkpoint_dir = Path(checkpoint_dir or default_dir).expanduser()
+        preflight.writable_folder(self.checkpoint_dir, "checkpoints (tracking.checkpoint_dir)",
+                                  "or set --set tracking.checkpoint_dir=/a/writable/folder")
+        # the default checkpoint folder is shared by every launch of the same config: one at a time
+        self.lock = (RunLock(f"{self.checkpoint_dir}.lock", f"this run ({cfg.strategy.name}, seed "
+                             f"{cfg.seed}, checkpoint {self.checkpoint_dir})")
+                     if lock or (lock is None and checkpoint_dir is None) else None)
         self.model = build_model(cfg.model.name, pool.num_classes, pool.in_channels)
+        preflight.mask_capacity(cfg, self.model, len(pool), pool.num_classes)
+        if executor is None:
+            preflight.local_shards(cfg.execution)
+        self.already_finished = False
         self.labeled = np.zeros(0, dtype=np.int64)
         self.records: list[RoundRecord] = []
         self.initial_indices: list[int] = []
@@ -108,16 +123,25 @@ class ActiveLearningLoop:
         path = self._ckpt_path()
         if not path.is_file():
             return False
-        state = torch.load(path, weights_only=False)
-        if state["result_key"] != self.cfg.result_key():
-            return False
-        self.labeled = np.asarray(state["labeled"], dtype=np.int64)
+        try:
+            state = torch.load(path, weights_only=False)
+            if state["result_key"] != self.cfg.result_key():
+                return False
+            labeled = np.asarray(state["labeled"], dtype=np.int64)
+            records = [RoundRecord(**r) for r in state["records"]]
+            self.model.load_state_dict(state["model"])
+            rng = state["rng"]
+        except Exception as exc:  # truncated, overwritten or from an incompatible version
+            raise FishermaskError(
+                f"the checkpoint {path} cannot be read ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); it is damaged or was written by another version. Run the "
+                f"same command with --restart to start this config from round 0 (or delete "
+                f"{self.checkpoint_dir})") from None
+        self.labeled, self.records = labeled, records
         self.initial_indices = list(state["initial"])
-        self.records = [RoundRecord(**r) for r in state["records"]]
-        self.model.load_state_dict(state["model"])
         self.run_id = state["run_id"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
         return True
 
     # -------------------------------------------------------------- rounds
@@ -125,8 +149,12 @@ class ActiveLearningLoop:
         torch.manual_seed(round_seed(self.cfg.seed, rnd, 1))
         reinit_parameters(self.model, self.cfg.train.reinit)
         gen = torch.Generator().manual_seed(round_seed(self.cfg.seed, rnd, 2))
-        tr = train_model(self.model, self.data.pool, self.labeled, self.cfg.train,
-                         augment=self.cfg.data.augment, device=self.device, generator=gen)
+        try:
+            tr = train_model(self.model, self.data.pool, self.labeled, self.cfg.train,
+                             augment=self.cfg.data.augment, device=self.device, generator=gen)
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"round {rnd}: {exc}. The run is marked FAILED; rounds before "
+                                   f"this one stay checkpointed") from None
         ev = evaluate(self.model, self.data.test, device=self.device,
                       batch_size=self.cfg.train.eval_batch_size)
         return ev, tr
@@ -154,22 +182,40 @@ class ActiveLearningLoop:
         return sel, time.perf_counter() - t0
 
     def run(self) -> list[RoundRecord]:
+        own_lock = self.lock is not None and not self.lock.held
+        if own_lock:
+            self.lock.acquire()
+        try:
+            return self._run()
+        finally:
+            if own_lock:
+                self.lock.release()
+
+    def _run(self) -> list[RoundRecord]:
         from tqdm.auto import tqdm
 
         resumed = self.load_checkpoint()
-        own_executor = self.executor is None
+        self.already_finished = resumed and len(self.records) > self.rounds
+        own_executor = self.executor is None and not self.already_finished
         if own_executor:
             self.executor = make_executor(self.cfg.execution)
         if self.tracker is not None:
             self.run_id = self.tracker.start(self.cfg, run_id=self.run_id)
-            for rec in self.records:  # make sure a resumed run's store has every finished round
-                self.tracker.log_round(rec, self, replay=True)
+            for i, rec in enumerate(self.records):  # a resumed run's store gets every round
+                self.tracker.log_round(rec, self, replay=i + 1 < len(self.records))
         bar = tqdm(total=self.rounds + 1, initial=len(self.records), disable=not self.progress,
                    desc=f"{self.cfg.strategy.name} seed {self.cfg.seed}", unit="round")
-        if resumed:
+        if self.already_finished:
+            bar.write(f"this run already finished all {self.rounds} rounds (checkpoint "
+                      f"{self._ckpt_path()}); nothing to resume. Use --restart to run it again "
+                      f"from round 0")
+        elif resumed:
             bar.write(f"resuming from {self._ckpt_path()} after round {self.records[-1].round}")
         status = "FAILED"
         try:
+            if self.already_finished:
+                status = "FINISHED"
+                return self.records
             self.executor.bind(self.data.pool)
             if not self.records:
                 rng = np.random.default_rng(round_seed(self.cfg.seed, 0, 0))
@@ -186,6 +232,9 @@ class ActiveLearningLoop:
                 ev, tr = self._train_and_eval(rnd)
                 self._finish_round(self._record(rnd, sel.indices, ev, tr, q_seconds, sel), bar)
             status = "FINISHED"
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last finished round is checkpointed
+            status = "KILLED"
+            raise
         finally:
             bar.close()
             if self.tracker is not None:

@@ -42,9 +42,9 @@ def add_parsers(subparsers, add_common) -> None:
                         "are kept, unfinished and errored ones continue from their last round")
     p.add_argument("--restart", action="store_true",
                    help="discard this sweep's Tune state and start a new sweep (new parent run)")
-    p.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+    p.add_argument("--max-concurrent", type=_int_at_least(1), default=None, metavar="N",
                    help="at most N trials at a time (default: as many as the resources allow)")
-    p.add_argument("--max-failures", type=int, default=2, metavar="K",
+    p.add_argument("--max-failures", type=_int_at_least(0), default=2, metavar="K",
                    help="retry a crashed trial up to K times from its last round (default 2)")
     p.add_argument("--storage", default=None, metavar="PATH|URI",
                    help="Tune storage root (default .fishermask/sweeps here; on a multi-node "
@@ -54,6 +54,42 @@ def add_parsers(subparsers, add_common) -> None:
     from fishermask import report
 
     report.add_parser(subparsers)
+
+
+def _int_at_least(low: int):
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+class _ResumeHint:
+    """Logging filter: Ray's "Resume experiment with: Tuner.restore(...)" becomes the fishermask
+    command that resumes the sweep (Tuner.restore alone would lose the MLflow parent run)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def filter(self, record) -> bool:
+        if "Tuner.restore(" in str(record.msg):
+            record.msg, record.args = (f"the sweep was interrupted; its state is saved. Continue "
+                                       f"it with: {self.command}"), ()
+        return True
+
+
+def resume_command(args) -> str:
+    again = sys.argv[1:] if sys.argv[1:2] == ["sweep"] else ["sweep", args.file]
+    again = [a for a in again if a not in ("--resume", "--restart")] + ["--resume"]
+    return "fishermask " + " ".join(shlex.quote(a) for a in again)
 
 
 # ----------------------------------------------------------------------------- state file
@@ -225,9 +261,9 @@ def _init_ray(address: Optional[str]) -> bool:
 # ----------------------------------------------------------------------------- command
 
 def cmd_sweep(args) -> int:
-    from mlflow.tracking import MlflowClient
-
+    from fishermask.config import from_dict
     from fishermask.sweep_grid import absolute_tracking_uri, load_sweep, storage_root
+    from fishermask.tracking import make_client
     from fishermask.sweep_summary import summarize
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact table (CLIReporter) below
@@ -246,6 +282,20 @@ def cmd_sweep(args) -> int:
             print(f"  {t.key}  {t.label}")
         return 0
 
+    from fishermask import preflight
+
+    if "://" not in storage:
+        preflight.writable_folder(storage, "sweep state (--storage)",
+                                  "or pass --storage /a/writable/folder")
+    local = not (args.address or sweep.base.execution.address or os.environ.get("RAY_ADDRESS"))
+    for t in sweep.trials:
+        cfg = from_dict(t.config)
+        if local:  # a trial larger than this machine would wait forever
+            preflight.local_trial(cfg.execution, t.label)
+        try:
+            preflight.trial_mask_capacity(cfg)
+        except FishermaskError as exc:
+            raise ConfigError(f"trial '{t.label}': {exc}") from None
     state = read_state(exp_path)
     if args.restart and state is not None:
         remove_experiment(exp_path)
@@ -264,7 +314,8 @@ def cmd_sweep(args) -> int:
         if args.tracking_uri and absolute_tracking_uri(args.tracking_uri) != tracking_uri:
             raise ConfigError(f"--resume: this sweep logs to {tracking_uri}, not "
                               f"{args.tracking_uri}; drop --tracking-uri or pass the original one")
-        client = MlflowClient(tracking_uri)
+        preflight.tracking_uri(tracking_uri)
+        client = make_client(tracking_uri)
         parent_id = state["parent_run_id"]
         try:
             client.get_run(parent_id)
@@ -276,8 +327,9 @@ def cmd_sweep(args) -> int:
             print(f"warning: {sweep.path} changed since the sweep started; resuming the sweep as "
                   f"it was started", file=sys.stderr)
     else:
-        tracking_uri = absolute_tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri)
-        client = MlflowClient(tracking_uri)
+        tracking_uri = absolute_tracking_uri(
+            preflight.tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri))
+        client = make_client(tracking_uri)
         parent_id = create_parent(client, sweep, exp_path)
         state = {"parent_run_id": parent_id, "tracking_uri": tracking_uri, "digest": sweep.digest,
                  "experiment": sweep.experiment, "file": str(sweep.path)}
@@ -285,9 +337,12 @@ def cmd_sweep(args) -> int:
     print(f"MLflow: experiment '{sweep.experiment}', parent run {parent_id} at {tracking_uri}")
     print(f"Tune:   {exp_path}")
 
+    import logging
+
     import ray
     from ray import tune
 
+    logging.getLogger("ray.tune.tune").addFilter(_ResumeHint(resume_command(args)))
     started = _init_ray(args.address or sweep.base.execution.address)
     status, code = "FAILED", 1
     t0 = time.perf_counter()
@@ -305,10 +360,8 @@ def cmd_sweep(args) -> int:
         client.log_metric(parent_id, "sweep_wall_seconds", wall)
         status, code = ("FINISHED", 0) if ok else ("FAILED", 1)
         if not ok:
-            again = sys.argv[1:] if sys.argv[1:2] == ["sweep"] else ["sweep", args.file]
-            again = [a for a in again if a not in ("--resume", "--restart")] + ["--resume"]
-            print(f"some trials did not finish; continue with: fishermask "
-                  f"{' '.join(shlex.quote(a) for a in again)}", file=sys.stderr)
+            print(f"some trials did not finish; continue with: {resume_command(args)}",
+                  file=sys.stderr)
         print(f"report: fishermask report --run {parent_id} --out report/"
               + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
                  else ""))

@@ -57,6 +57,8 @@ class Sweep:
 
 
 def _drop_foreign_strategy_params(raw: dict[str, Any]) -> list[str]:
+    """Drop the parameters of other strategies; a key no strategy takes stays (and fails)."""
+    from fishermask.config import all_strategy_params
     from fishermask.strategies import get_strategy_spec
 
     strat = raw.get("strategy")
@@ -64,7 +66,8 @@ def _drop_foreign_strategy_params(raw: dict[str, Any]) -> list[str]:
         return []
     spec = get_strategy_spec(strat.get("name", "random"))
     allowed = set(spec.params.model_fields) | {"name"}
-    dropped = [k for k in strat if k not in allowed]
+    known = all_strategy_params()
+    dropped = [k for k in strat if k not in allowed and k in known]
     for k in dropped:
         del strat[k]
     return dropped
@@ -79,6 +82,22 @@ def _absolute_data_dir(raw: dict[str, Any]) -> None:
     path = str(data.get("data_dir") or "./data")
     if not path.startswith("~") and not Path(path).is_absolute():
         data["data_dir"] = str((Path.cwd() / path).resolve())
+
+
+def _check_strategy_axes(grid: dict[str, Any]) -> None:
+    """An axis over a strategy parameter that no strategy takes is a typo: stop (as ``run`` does)
+    instead of silently dropping it from every trial."""
+    from fishermask.config import all_strategy_params
+
+    known = all_strategy_params()
+    named = [k.split(".", 1)[1] for k in grid if k.startswith("strategy.")]
+    named += [p for k, vs in grid.items() if k == "strategy"
+              for v in vs if isinstance(v, dict) for p in v]
+    unknown = sorted({p for p in named if p != "name" and p not in known})
+    if unknown:
+        raise ConfigError(f"sweep: no strategy takes the parameter(s) "
+                          f"{', '.join(repr(p) for p in unknown)}; strategy parameters are: "
+                          f"{', '.join(sorted(known))}")
 
 
 def trial_key(cfg: Config) -> str:
@@ -116,6 +135,7 @@ def expand(raw: dict[str, Any]) -> tuple[list[TrialSpec], int, list[str]]:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: give a non-empty list of values (got {values!r})")
+    _check_strategy_axes(grid)
     keys = list(grid)
     trials: dict[str, TrialSpec] = {}
     notes: list[str] = []

@@ -35,6 +35,35 @@ def default_tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+def make_client(tracking_uri: str):
+    """An ``MlflowClient``; a local sqlite store is created under a lock on its folder, so that
+    first runs started at the same moment do not race on creating the schema."""
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    m = re.match(r"^sqlite:///(.+)$", tracking_uri)
+    if not m or m.group(1) == ":memory:":
+        return MlflowClient(tracking_uri)
+    from pathlib import Path
+
+    from fishermask.runlock import blocking_lock
+
+    from fishermask.errors import FishermaskError
+
+    db = Path(m.group(1)).absolute()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with blocking_lock(db.parent):  # flock on the folder itself: no lock file left behind
+        try:
+            return MlflowClient(tracking_uri)
+        except Exception as exc:  # e.g. a first run killed while it created the tables
+            raise FishermaskError(
+                f"cannot open the MLflow store {tracking_uri} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}). If a first run was stopped while it created "
+                f"the store, {db} holds no results: delete it and run again; otherwise pass "
+                f"another --tracking-uri") from None
+
+
 def get_or_create_experiment(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -60,10 +89,8 @@ class MlflowTracker(Tracker):
     def __init__(self, tracking_uri: Optional[str] = None, *, experiment: Optional[str] = None,
                  run_name: Optional[str] = None, parent_run_id: Optional[str] = None,
                  run_key: Optional[str] = None, tags: Optional[dict[str, str]] = None):
-        from mlflow.tracking import MlflowClient
-
         self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.client = MlflowClient(self.tracking_uri)
+        self.client = make_client(self.tracking_uri)
         self.experiment, self.run_name = experiment, run_name
         self.parent_run_id, self.run_key, self.tags = parent_run_id, run_key, dict(tags or {})
         self.run_id: Optional[str] = None
@@ -77,6 +104,12 @@ class MlflowTracker(Tracker):
             try:
                 run = self.client.get_run(run_id)
             except Exception:
+                run = None
+            if run is not None and run.info.lifecycle_stage == "deleted":
+                import sys
+
+                print(f"note: MLflow run {run_id} was deleted; logging this run to a new MLflow "
+                      f"run (the finished rounds are logged again)", file=sys.stderr)
                 run = None
         if run is None and self.run_key:
             run = find_run_by_key(self.client, exp_id, self.run_key)

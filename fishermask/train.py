@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fishermask.config import TrainConfig
+from fishermask.errors import TrainingDiverged
 
 
 @dataclass
@@ -47,6 +48,10 @@ def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainCon
             y = data.targets[torch.as_tensor(idx)].to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"training diverged: the loss is {loss.detach().item()} in epoch {epoch} (train.lr="
+                    f"{cfg.lr:g}); lower train.lr or set train.grad_clamp (e.g. 1.0)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clamp:
@@ -59,6 +64,9 @@ def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainCon
         acc = correct / max(seen, 1)
         if cfg.epochs is None and cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
             break
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise TrainingDiverged(f"training diverged: the weights are not finite after epoch {epoch} "
+                               f"(train.lr={cfg.lr:g}); lower train.lr or set train.grad_clamp")
     if cfg.bn_recalibrate:
         recalibrate_batchnorm(model, data, indices, device=device, batch_size=cfg.eval_batch_size)
     model.eval()

@@ -87,9 +87,11 @@ class RayExecutor(PoolExecutor):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if self.cfg.address:
             kwargs: dict[str, Any] = {"address": self.cfg.address}
-        else:
-            need = math.ceil(self.shards * self.cfg.cpus_per_shard)
-            kwargs = {"num_cpus": max(os.cpu_count() or 1, need), "include_dashboard": False}
+        else:  # this machine's CPUs, never more: too many shards fail in _check_resources
+            from fishermask.preflight import local_cpus, local_shards
+
+            local_shards(self.cfg)
+            kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
         try:
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more

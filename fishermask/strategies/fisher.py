@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fishermask import fisher
 from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings
@@ -53,6 +53,13 @@ class FisherMaskParams(GreedyParams):
         "random", description="seeded random pool points, or the first in pool order (authors)")
     include_last_layer: bool = True
     prob_scaling: bool = True
+
+    @field_validator("mask_samples")
+    @classmethod
+    def _positive_samples(cls, v):
+        if v != "all" and v < 1:
+            raise ValueError("give a positive number of pool points, or 'all'")
+        return v
 
 
 def _features_probs(model, x):

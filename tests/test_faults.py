@@ -1,0 +1,202 @@
+"""Faults around a run, with real processes, signals, files and MLflow stores: a second launch
+while the first runs (and a stale lock after a crash), SIGTERM, a damaged checkpoint, first runs
+racing on a fresh store, a silent tracking server, a run deleted in MLflow before a resume,
+diverging training and a read-only working folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from fishermask.cli import main
+from fishermask.config import load_config
+
+CONFIG = """\
+experiment: faults
+data: {{dataset: digits, class_counts: [12, 12, 12, 40]}}
+budget: {{initial: 8, query: 6, rounds: {rounds}}}
+train: {{{train}, batch_size: 16}}
+"""
+
+
+def write(tmp: Path, rounds: int = 1, train: str = "max_epochs: 2") -> str:
+    path = tmp / "c.yaml"
+    path.write_text(CONFIG.format(rounds=rounds, train=train))
+    return str(path)
+
+
+def cli(argv, capfd):
+    code = main(argv)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def spawn(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0")
+    return subprocess.Popen([sys.executable, "-m", "fishermask", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.communicate()}")
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def runs(uri: str, experiment: str = "faults"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([exp.experiment_id]) if exp else [])
+
+
+def checkpoint(path: str) -> Path:
+    cfg = load_config(path)
+    return Path(cfg.tracking.checkpoint_dir) / cfg.result_key()
+
+
+def test_second_launch_refuses_and_a_stale_lock_does_not_block(tmp_path, capfd):
+    path = write(tmp_path, rounds=2, train="epochs: 150")
+    lock = Path(f"{checkpoint(path)}.lock")
+    first = spawn(["run", path, "--no-progress"], tmp_path)
+    try:  # the first run holds the lock and has checkpointed round 0
+        wait_for(lambda: (checkpoint(path) / "state.pt").is_file(), first)
+        assert lock.read_text()
+        code, out, err = cli(["run", path, "--no-progress"], capfd)
+        assert code == 2 and f"pid {first.pid} on host {socket.gethostname()}" in err
+        assert "is already running" in err
+    finally:
+        first.send_signal(signal.SIGKILL)  # a crash: the lock file stays behind
+        first.communicate()
+    assert str(first.pid) in lock.read_text()
+    code, out, err = cli(["run", path, "--no-progress"], capfd)
+    assert code == 0 and "already running" not in err
+
+
+def test_sigterm_ends_the_run_killed_with_its_checkpoint_intact(tmp_path, capfd):
+    path = write(tmp_path, rounds=3, train="epochs: 60")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = checkpoint(path) / "state.pt"
+    proc = spawn(["run", path, "--no-progress", "--tracking-uri", uri], tmp_path)
+    wait_for(state.is_file, proc)  # round 0 is done and checkpointed
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    client, found = runs(uri)
+    assert [r.info.status for r in found] == ["KILLED"]
+    saved = torch.load(state, weights_only=False)
+    assert 1 <= len(saved["records"]) <= 3
+    code, out, err = cli(["run", path, "--no-progress", "--tracking-uri", uri], capfd)
+    assert code == 0
+    assert ("resuming from" in out + err) or len(saved["records"]) == 4
+    client, found = runs(uri)
+    assert len(found) == 1 and found[0].info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(found[0].info.run_id, "accuracy"))
+    assert steps == [8, 14, 20, 26]
+
+
+def test_damaged_checkpoint_names_the_file_and_suggests_restart(tmp_path, capfd):
+    path = write(tmp_path)
+    assert cli(["run", path, "--no-progress"], capfd)[0] == 0
+    state = checkpoint(path) / "state.pt"
+    state.write_bytes(state.read_bytes()[:500])  # cut short
+    code, out, err = cli(["run", path, "--no-progress"], capfd)
+    assert code == 2 and str(state) in err and "--restart" in err
+    code, out, err = cli(["run", path, "--no-progress", "--restart"], capfd)
+    assert code == 0 and torch.load(state, weights_only=False)["records"]
+
+
+def test_first_runs_at_once_create_a_fresh_store_safely(tmp_path):
+    path = write(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    procs = [spawn(["run", path, "--no-progress", "--tracking-uri", uri, "--set", f"seed={s}"],
+                   tmp_path) for s in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in results]
+    client, found = runs(uri)
+    assert sorted(r.info.status for r in found) == ["FINISHED"] * 3
+
+
+def test_a_silent_tracking_server_fails_within_seconds(tmp_path, capfd, monkeypatch):
+    from fishermask import preflight
+
+    monkeypatch.setattr(preflight, "REACH_TIMEOUT_S", 2.0)
+    with socket.socket() as server:  # accepts connections, never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        t0 = time.monotonic()
+        code, out, err = cli(["run", write(tmp_path), "--tracking-uri", uri], capfd)
+    assert code == 2 and f"cannot reach the MLflow tracking server at {uri}" in err
+    assert "mlflow server" in err and time.monotonic() - t0 < 10
+
+
+def test_resume_after_the_mlflow_run_was_deleted(tmp_path, capfd):
+    from fishermask.loop import ActiveLearningLoop
+    from fishermask.tracking import MlflowTracker
+
+    path = write(tmp_path, rounds=2)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def crash(loop, rec):
+        if rec.round == 1:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError):
+        ActiveLearningLoop(load_config(path), tracker=MlflowTracker(uri), progress=False,
+                           on_round=crash).run()
+    client, found = runs(uri)
+    client.delete_run(found[0].info.run_id)  # as the UI's delete button does
+    code, out, err = cli(["run", path, "--no-progress", "--tracking-uri", uri], capfd)
+    assert code == 0 and "was deleted" in err
+    client, found = runs(uri)
+    assert len(found) == 1 and found[0].info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(found[0].info.run_id, "accuracy"))
+    assert steps == [8, 14, 20]  # the rounds before the crash were logged again, none lost
+    arts = {a.path for a in client.list_artifacts(found[0].info.run_id)}
+    assert {"rounds.json", "selected_indices.json", "config.yaml"} <= arts
+    assert found[0].info.artifact_uri.startswith(("file://" + str(tmp_path), str(tmp_path)))
+
+
+def test_diverging_training_fails_the_run(tmp_path, capfd):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out, err = cli(["run", write(tmp_path), "--no-progress", "--tracking-uri", uri,
+                          "--set", "train.lr=1e30"], capfd)
+    assert code == 2 and "training diverged: the loss is nan" in err and "train.lr" in err
+    client, found = runs(uri)
+    assert [r.info.status for r in found] == ["FAILED"]
+
+
+def test_read_only_working_folder_fails_at_once_naming_it(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    path = write(tmp_path)
+    cmd = [sys.executable, "-m", "fishermask", "run", path]
+    if os.geteuid() == 0:  # root writes through permissions: make a read-only mount instead
+        assert shutil.which("unshare"), "root needs unshare(1) for a read-only mount"
+        script = ("mount --bind \"$0\" \"$0\" && mount -o remount,ro,bind \"$0\" && cd \"$0\" && "
+                  "exec \"$@\"")
+        cmd = ["unshare", "-m", "sh", "-c", script, str(ro), *cmd]
+    else:
+        ro.chmod(0o555)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ro, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"))
+    ro.chmod(0o755)
+    assert proc.returncode == 2, proc.stderr
+    assert f"the folder {ro} is read-only" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 30 and not list(ro.iterdir())
