@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from fishermask import fisher
-from fishermask.strategies.base import Selection, SelectionContext, Strategy
+from fishermask.strategies.base import (Selection, SelectionContext, Strategy,
+                                        classifier_weight_name)
 
 
 class GreedyParams(BaseModel):
@@ -120,7 +121,7 @@ class FisherMask(_FisherGreedyStrategy):
         diag = {name: (v / m).to(torch.float32) for name, v in sums.items()}
         n_params = sum(v.numel() for v in diag.values())
         k = math.floor(p.sparsity * n_params)
-        force = [ctx.model.classifier_weight_name] if p.include_last_layer else []
+        force = [classifier_weight_name(ctx.model)] if p.include_last_layer else []
         try:
             mask = fisher.top_k_mask(diag, k, force=force)
         except ValueError as exc:
