@@ -246,18 +246,6 @@ def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
             progress_reporter=_reporter(sweep), verbose=1))
 
 
-def _init_ray(address: Optional[str]) -> bool:
-    """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start a local Ray
-    of our own (never silently join some other local cluster).  True when we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address)
-    return True
-
-
 # ----------------------------------------------------------------------------- command
 
 def cmd_sweep(args) -> int:
@@ -297,10 +285,7 @@ def cmd_sweep(args) -> int:
         except FishermaskError as exc:
             raise ConfigError(f"trial '{t.label}': {exc}") from None
     state = read_state(exp_path)
-    if args.restart and state is not None:
-        remove_experiment(exp_path)
-        state = None
-    if state is not None and not args.resume:
+    if state is not None and not args.resume and not args.restart:
         raise ConfigError(
             f"sweep '{sweep.name}' already ran in {exp_path} (parent run {state['parent_run_id']}). "
             f"Use --resume to continue it (finished trials are kept) or --restart to start a new "
@@ -309,6 +294,23 @@ def cmd_sweep(args) -> int:
         raise ConfigError(f"nothing to resume: no sweep state in {exp_path}; run without --resume "
                           f"(or pass the --storage of the interrupted sweep)")
 
+    import ray
+    from ray import tune
+
+    from fishermask.sweep_cluster import _forget_start, _init_ray, check_trials_fit
+
+    # Ray first: a cluster that cannot be joined, or cannot place a trial, leaves nothing behind
+    started = _init_ray(args.address or sweep.base.execution.address)
+    try:
+        check_trials_fit(sweep)
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
+    if args.restart and state is not None:
+        remove_experiment(exp_path)
+        state = None
+    fresh = state is None
     if state is not None:
         tracking_uri = state["tracking_uri"]
         if args.tracking_uri and absolute_tracking_uri(args.tracking_uri) != tracking_uri:
@@ -339,12 +341,8 @@ def cmd_sweep(args) -> int:
 
     import logging
 
-    import ray
-    from ray import tune
-
     logging.getLogger("ray.tune.tune").addFilter(_ResumeHint(resume_command(args)))
-    started = _init_ray(args.address or sweep.base.execution.address)
-    status, code = "FAILED", 1
+    status, code, forgotten = "FAILED", 1, False
     t0 = time.perf_counter()
     try:
         restore = args.resume and tune.Tuner.can_restore(exp_path)
@@ -365,8 +363,16 @@ def cmd_sweep(args) -> int:
         print(f"report: fishermask report --run {parent_id} --out report/"
               + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
                  else ""))
+    except BaseException:
+        forgotten = fresh and _forget_start(client, exp_path, parent_id, sweep.experiment)
+        if forgotten:
+            print(f"no trial started; the sweep's state in {exp_path} and its parent run were "
+                  f"removed, so running the same command again starts it afresh",
+                  file=sys.stderr)
+        raise
     finally:
-        client.set_terminated(parent_id, status=status)
+        if not forgotten:
+            client.set_terminated(parent_id, status=status)
         if started:
             ray.shutdown()
     return code

@@ -41,3 +41,18 @@ def test_cluster_yaml_layout():
     assert "ray start --head" in head_start and "mlflow server" in head_start
     assert "--port 5000" in head_start and "--host 0.0.0.0" in head_start
     assert "/work" not in (ROOT / "cluster.yaml").read_text()
+
+
+def test_cluster_yaml_token_authentication_on_every_node():
+    """Ray's token authentication: every container runs with RAY_AUTH_MODE=token (ray start on
+    the head and the workers, the trials, `ray job submit` entrypoints) and every node gets the
+    same token file from the launcher's machine."""
+    cfg = _config()
+    assert "--env RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
+    assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    head = (ROOT / "cluster.yaml").read_text().split("cluster_name:")[0]
+    assert "export RAY_AUTH_MODE=token" in head and "ray get-auth-token --generate" in head
+    # the launcher expands the source of a file mount on the machine that runs `ray up`
+    from ray.autoscaler._private.util import prepare_config
+
+    assert "/home/ray/.ray/auth_token" in prepare_config(_config())["file_mounts"]

@@ -79,19 +79,29 @@ class RayExecutor(PoolExecutor):
         self._started_ray = False
         if not ray.is_initialized():
             self._start_ray()
+        if cfg.address:  # before any work: a cluster that lacks the resources would hang
+            try:
+                self._check_resources()
+            except BaseException:
+                self.close()
+                raise
 
     # --------------------------------------------------------------------------- lifecycle
     def _start_ray(self) -> None:
         import ray
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if self.cfg.address:
-            kwargs: dict[str, Any] = {"address": self.cfg.address}
-        else:  # this machine's CPUs, never more: too many shards fail in _check_resources
-            from fishermask.preflight import local_cpus, local_shards
+        if self.cfg.address:  # a cluster: say what to do when it cannot be joined
+            from fishermask.execution.ray_cluster import connect
 
-            local_shards(self.cfg)
-            kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
+            connect(self.cfg.address)
+            self._started_ray = True
+            return
+        # this machine's CPUs, never more: too many shards fail in _check_resources
+        from fishermask.preflight import local_cpus, local_shards
+
+        local_shards(self.cfg)
+        kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
         try:
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
@@ -106,8 +116,19 @@ class RayExecutor(PoolExecutor):
         import ray
         from ray.util import get_current_placement_group
 
-        if get_current_placement_group() is not None or self.cfg.address:
-            return  # a Tune trial's placement group holds the bundles; a cluster may autoscale
+        if get_current_placement_group() is not None:
+            return  # a Tune trial's placement group holds the bundles
+        if self.cfg.address:  # a cluster (that may autoscale): each actor must fit on a node
+            from fishermask.execution.ray_cluster import check_bundles
+
+            shard = {"CPU": float(self.cfg.cpus_per_shard),
+                     **({"GPU": float(self.cfg.gpus_per_shard)} if self.cfg.gpus_per_shard else {})}
+            what = " + ".join(f"{v:g} {k}" for k, v in shard.items())
+            check_bundles({f"execution.shards={self.shards} x ({what} per shard)":
+                           [dict(shard) for _ in range(self.shards)]},
+                          fix="Lower execution.shards, execution.cpus_per_shard or "
+                              "execution.gpus_per_shard, or add nodes to the cluster")
+            return
         total = ray.cluster_resources()
         for name, per in (("CPU", self.cfg.cpus_per_shard), ("GPU", self.cfg.gpus_per_shard)):
             if per > 0 and total.get(name, 0) + 1e-9 < per * self.shards:

@@ -15,7 +15,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from fishermask.errors import ConfigError
-from fishermask.strategies.base import NoParams, Selection, SelectionContext, Strategy
+from fishermask.strategies.base import (NoParams, Selection, SelectionContext, Strategy, _is_int,
+                                        check_finite_inputs, check_labeled, check_model,
+                                        check_positive_int)
 from fishermask.strategies.baselines import (Badge, EntropySampling, KCenterGreedy,
                                              LeastConfidence, MarginSampling, RandomSampling)
 from fishermask.strategies.fisher import Bait, FisherMask, FisherMaskParams
@@ -78,23 +80,91 @@ class _TensorPool:
         return self._x[np.asarray(idx)]
 
 
+def _check_params(strategy: str, spec: StrategySpec, params: dict[str, Any]) -> BaseModel:
+    """The strategy's parameters, or a TypeError (unknown name: say which strategies take it) /
+    ValueError (bad value) naming the parameter."""
+    from pydantic import ValidationError
+
+    own = list(spec.params.model_fields)
+    takes = f"takes {', '.join(own)}" if own else "takes no parameters"
+    for key in params:
+        if key not in own:
+            others = [s.name for s in _SPECS if key in s.params.model_fields]
+            where = (f"'{key}' is a parameter of {', '.join(others)}" if others
+                     else f"no strategy takes a parameter '{key}'")
+            raise TypeError(f"select(): strategy '{strategy}' has no parameter '{key}' ({where}); "
+                            f"'{strategy}' {takes}")
+    try:
+        return spec.params(**params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"select(): parameter '{key}' of strategy '{strategy}': {err['msg']} "
+                         f"(got {err.get('input')!r})") from None
+
+
+def _as_pool(pool):
+    """An ImageData passes as it is; a tensor or array ``[N, ...]`` of model-ready inputs gets
+    checked (non-empty, numeric, finite) and wrapped later."""
+    import torch
+
+    if hasattr(pool, "inputs") and hasattr(pool, "__len__"):
+        return pool
+    if isinstance(pool, np.ndarray):
+        if not np.issubdtype(pool.dtype, np.number) or pool.dtype == bool:
+            raise TypeError(f"pool must hold numeric model inputs, got an array of {pool.dtype}")
+        pool = torch.from_numpy(pool)
+    if not isinstance(pool, torch.Tensor):
+        raise TypeError(f"pool must be a tensor [N, ...] of model-ready inputs or an ImageData, "
+                        f"got {type(pool).__name__}")
+    if pool.dim() == 0 or len(pool) == 0:
+        raise ValueError(f"pool is empty (shape {tuple(pool.shape)}); give at least one input")
+    check_finite_inputs(pool, "pool")
+    return pool
+
+
 def select(strategy: str, model, pool, labeled, n: int, *, seed: int = 0, device: str = "auto",
            batch_size: int = 256, max_memory_gb: float = 16.0, **params: Any) -> Selection:
     """Pick ``n`` pool indices to label next with the named strategy.
 
-    ``pool`` is an :class:`~fishermask.data.ImageData` or a tensor of model-ready inputs
-    ``[N, ...]``; ``labeled`` the pool indices already labeled; ``params`` the strategy's
-    parameters (e.g. ``sparsity=0.002``).  Runs in this process.
+    ``pool`` is an :class:`~fishermask.data.ImageData` or a tensor (or array) of model-ready
+    inputs ``[N, ...]``; ``labeled`` the pool indices already labeled; ``params`` the strategy's
+    parameters (e.g. ``sparsity=0.002``).  Runs in this process.  Every strategy checks its
+    arguments the same way: a ``TypeError`` or ``ValueError`` naming the argument for labeled
+    indices out of range, negative or duplicated, NaN or infinite inputs, a model without
+    ``features`` and ``classifier``, ``n`` or ``batch_size`` not a positive integer, and
+    parameters the strategy does not take.
     """
     import torch
 
     from fishermask.execution.local import LocalExecutor
 
-    strat = build_strategy(strategy, **params)
-    labeled = np.unique(np.asarray(labeled, dtype=np.int64))
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"strategy: unknown strategy {strategy!r}; valid strategies: "
+                         f"{', '.join(STRATEGIES)}")
+    spec = STRATEGIES[strategy]
+    checked = _check_params(strategy, spec, params)
+    n = check_positive_int("n", n)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if (isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float))
+            or not 0 < max_memory_gb < float("inf")):
+        raise ValueError(f"max_memory_gb must be a positive number, got {max_memory_gb!r}")
+    check_model(model)
+    pool = _as_pool(pool)
+    labeled = check_labeled(labeled, len(pool))
+    if n > len(pool) - len(labeled):
+        raise ValueError(f"n: cannot pick n={n} points, the pool has only "
+                         f"{len(pool) - len(labeled)} unlabeled ({len(pool)} points, "
+                         f"{len(labeled)} labeled)")
+    strat = spec.cls.__new__(spec.cls)
+    strat.params = checked
     with torch.no_grad():
-        num_classes = int(model(pool.inputs(np.arange(1)) if hasattr(pool, "inputs")
-                                else pool[:1]).shape[1])
+        first = pool.inputs(np.arange(1)) if hasattr(pool, "inputs") else pool[:1]
+        num_classes = int(model(first).shape[1])
     if not hasattr(pool, "inputs"):
         pool = _TensorPool(pool, num_classes)
     unlabeled = np.setdiff1d(np.arange(len(pool)), labeled)

@@ -18,18 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fishermask import fisher
 from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings
-from fishermask.strategies.base import Selection, SelectionContext, Strategy
+from fishermask.strategies.base import (Selection, SelectionContext, Strategy,
+                                        classifier_weight_name)
 from fishermask.strategies.fisher_round import fisher_round
 
 STORAGE_BYTES = {"float32": 4, "bfloat16": 2}
-
-
-def classifier_weight_name(model: torch.nn.Module) -> str:
-    """Name in ``model.named_parameters()`` of ``model.classifier.weight`` (the C×d matrix W)."""
-    for name, param in model.named_parameters():
-        if param is model.classifier.weight:
-            return name
-    raise ValueError("model.classifier.weight is not among model.named_parameters()")
 
 
 class GreedyParams(BaseModel):
