@@ -6,10 +6,15 @@
 * ``aubc.png`` — each variant's normalised area under the budget curve minus the baseline's
   (``random``), with a 95 % t-interval over seeds (paired by seed where the seeds match);
 * ``class_balance.png`` — labels per class at the end of the budget;
-* ``mask_profile.png`` — FisherMask's fraction of every parameter tensor in the mask (Fig. 2);
+* ``mask_profile.png`` — FisherMask's fraction of every parameter tensor in the mask (Fig. 2),
+  rounds × tensors by name;
 * ``summary.md`` — the tables (AUBC, labels to reach ``--target``, class balance, mask profile);
+* ``report.html`` — all of it in one self-contained file (figures inline);
 
-and logs them to the sweep's parent run under ``report/``.  Only FINISHED child runs count.
+and logs them to the sweep's parent run under ``report/`` (plus per-variant summary metrics, a
+``report/variants.json`` table and the best variant in the parent's description; see
+``report_mlflow``).  Only FINISHED child runs count; runs that share a variant label but not the
+config are reported as separate variants, and a seed run twice counts once (its newest run).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def add_parser(subparsers) -> None:
                         "mean final accuracy)")
     p.add_argument("--metric", choices=["accuracy", "balanced_accuracy"], default="accuracy",
                    help="metric of the AUBC differences and the target (default accuracy)")
-    p.add_argument("--baseline", default="random", help="strategy to compare with (default random)")
+    p.add_argument("--baseline", default=None,
+                   help="strategy to compare with (default random, when the runs have it)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="report only these seeds (e.g. the seeds every strategy has finished)")
     p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
@@ -54,8 +60,9 @@ def _std(xs) -> float:
 
 
 def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
-                 baseline: str = "random", target: Optional[float] = None) -> dict[str, Any]:
-    """Write the figures and ``summary.md`` for ``runs`` (RunData) into ``out``."""
+                 baseline: str = "random", target: Optional[float] = None,
+                 notes: Optional[list[str]] = None) -> dict[str, Any]:
+    """Write the figures, ``summary.md`` and ``report.html`` for ``runs`` (RunData) into ``out``."""
     import numpy as np
 
     from fishermask import report_plots as plots
@@ -93,6 +100,7 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
     L = [f"# Report: {title}", "",
          f"{len(runs)} finished runs in {len(groups)} variants; seeds per variant: "
          + ", ".join(f"{v} {r['n']}" for v, r in zip(groups, rows)) + ".", "",
+         *[f"- note: {n}" for n in notes or []], *([""] if notes else []),
          "## Area under the budget curve", "",
          f"Normalised AUBC = area under the curve of test accuracy against the number of labels, "
          f"divided by the labels axis' width (mean accuracy over the budget). Δ = difference to "
@@ -149,7 +157,10 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
     L += _time_section(runs)
     (out / "summary.md").write_text("\n".join(L) + "\n")
     files["summary"] = out / "summary.md"
-    return {"files": files, "rows": rows, "target": target}
+    from fishermask.report_html import write_html
+
+    files["html"] = write_html(files["summary"], out / "report.html", f"Report: {title}")
+    return {"files": files, "rows": rows, "target": target, "groups": groups, "scores": scores}
 
 
 def _versus_section(groups, scores, metric: str) -> list[str]:
@@ -213,14 +224,59 @@ def _time_section(runs) -> list[str]:
     return L + [""]
 
 
+def _check_store(args, uri: str) -> None:
+    """``report`` reads a store: never create one (a missing sqlite file is a wrong folder)."""
+    import re
+
+    m = re.match(r"^sqlite:///(.+)$", uri)
+    if m and m.group(1) != ":memory:" and not Path(m.group(1)).is_file():
+        how = ("--tracking-uri" if args.tracking_uri else
+               "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else
+               "the default store of this folder")
+        raise FishermaskError(f"no MLflow store at {uri} ({how}): run the report in the folder "
+                              f"where the sweep ran, or pass --tracking-uri (e.g. "
+                              f"sqlite:///path/to/mlflow.db or http://127.0.0.1:5000)")
+
+
+def _out_folder(path: str, create: bool = True) -> Path:
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FishermaskError(f"--out {path} is a file; give a folder for the report (e.g. "
+                              f"--out report)")
+    if not create:
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FishermaskError(f"--out {path}: cannot create the folder ({exc.strerror}); give a "
+                              f"writable folder") from None
+    return out
+
+
+def _baseline(requested: Optional[str], runs) -> str:
+    strategies = sorted({r.strategy for r in runs})
+    if requested is None:
+        if "random" not in strategies:
+            print("note: no random runs here, so no baseline comparison (--baseline NAME picks "
+                  f"one of: {', '.join(strategies)})")
+        return "random"
+    if requested not in strategies:
+        raise FishermaskError(f"--baseline {requested!r} is not a strategy of these runs; choose "
+                              f"one of: {', '.join(strategies)}")
+    return requested
+
+
 def cmd_report(args) -> int:
     from mlflow.tracking import MlflowClient
 
-    from fishermask.report_data import child_runs, find_parent, load_run
+    from fishermask import report_mlflow
+    from fishermask.report_data import child_runs, find_parent, load_run, split_configs
     from fishermask.sweep_grid import absolute_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = absolute_tracking_uri(args.tracking_uri)
+    _check_store(args, uri)
+    out = _out_folder(args.out, create=False)
     client = MlflowClient(uri)
     parent, exp_id = find_parent(client, experiment=args.experiment, run_id=args.run)
     children = child_runs(client, exp_id, parent)
@@ -236,20 +292,22 @@ def cmd_report(args) -> int:
         if not finished:
             raise FishermaskError(f"no finished run has seed {' or '.join(map(str, args.seeds))}; "
                                   f"the finished runs have seeds {sorted(seeds)}")
-    runs = [load_run(client, r) for r in finished]
-    title = (parent.data.tags.get("fishermask.sweep", parent.info.run_name) if parent
-             else args.experiment)
-    out = Path(args.out)
-    res = build_report(runs, out, title=title, metric=args.metric, baseline=args.baseline,
-                       target=args.target)
+    runs, notes = split_configs([load_run(client, r) for r in finished])
+    baseline = _baseline(args.baseline, runs)
+    _out_folder(args.out)
+    title = (parent.data.tags.get("sweep") or parent.data.tags.get("fishermask.sweep")
+             or parent.info.run_name) if parent else args.experiment
+    res = build_report(runs, out, title=title, metric=args.metric, baseline=baseline,
+                       target=args.target, notes=notes)
     print("\n".join(line for line in res["files"]["summary"].read_text().splitlines()
                     if not line.startswith("![")))
     if skipped:
         print(f"note: {skipped} unfinished run(s) left out (resume the sweep to finish them)")
     for path in res["files"].values():
         print(f"wrote {path}")
-    if parent is not None and not args.no_log:
-        for path in res["files"].values():
-            client.log_artifact(parent.info.run_id, str(path), "report")
-        print(f"logged to parent run {parent.info.run_id} under report/")
+    if not args.no_log:
+        report_mlflow.log_report(client, parent, runs, res, metric=args.metric)
+        if parent is not None:
+            print(f"logged to parent run {parent.info.run_id} under report/ (open report.html "
+                  f"there)")
     return 0

@@ -21,7 +21,12 @@ import numpy as np
 from fishermask.errors import FishermaskError
 
 PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAGS = ("mlflow.fishermask.role", "fishermask.role")  # newer first; older stores: the second
 METRICS = ("accuracy", "balanced_accuracy")
+# params that say where or how a run ran, not what it computed (left out of the config a run is
+# grouped by)
+NOT_CONFIG = ("seed", "data.data_dir", "data.data_dir_resolved", "data.download", "execution.",
+              "tracking.")
 
 
 @dataclass
@@ -37,6 +42,8 @@ class RunData:
     labels_per_class: list[float] = field(default_factory=list)   # at the end of the run
     mask_profiles: list[list[dict]] = field(default_factory=list)  # one per round (FisherMask)
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds summed over rounds
+    config: dict[str, str] = field(default_factory=dict)  # params but the seed and the location
+    start_time: int = 0               # ms since the epoch (the newest run of a seed is kept)
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -56,9 +63,15 @@ def find_parent(client, experiment: Optional[str] = None, run_id: Optional[str] 
         names = [e.name for e in client.search_experiments()]
         raise FishermaskError(f"--experiment {experiment!r} not found at {client.tracking_uri}; "
                               f"experiments there: {', '.join(names) or 'none'}")
-    runs = client.search_runs([exp.experiment_id], "tags.`fishermask.role` = 'sweep'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = [r for tag in ROLE_TAGS
+            for r in client.search_runs([exp.experiment_id], f"tags.`{tag}` = 'sweep'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)]
+    runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
     return (runs[0] if runs else None), exp.experiment_id
+
+
+def is_sweep(run) -> bool:
+    return any(run.data.tags.get(t) == "sweep" for t in ROLE_TAGS)
 
 
 def child_runs(client, experiment_id: str, parent) -> list:
@@ -66,7 +79,7 @@ def child_runs(client, experiment_id: str, parent) -> list:
         flt = f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
         return client.search_runs([experiment_id], flt, max_results=50000)
     return [r for r in client.search_runs([experiment_id], max_results=50000)
-            if r.data.tags.get("fishermask.role") != "sweep" and "seed" in r.data.params]
+            if not is_sweep(r) and "seed" in r.data.params]
 
 
 def _history(client, run_id: str, key: str) -> dict[int, float]:
@@ -90,6 +103,22 @@ def _mask_profiles(client, run_id: str) -> list[list[dict]]:
     return out
 
 
+def _class_counts(metrics: dict[str, float]) -> list[float]:
+    """Labels per class at the end: ``class_labels/<c>`` (older stores: ``labels_class_<c>``)."""
+    for prefix in ("class_labels/", "labels_class_"):
+        n = sum(1 for k in metrics if k.startswith(prefix) and k[len(prefix):].isdigit())
+        if n:
+            return [metrics.get(f"{prefix}{c}", 0.0) for c in range(n)]
+    return []
+
+
+def run_config(params: dict[str, str]) -> dict[str, str]:
+    """What a run computed: its params without the seed, paths, execution and tracking."""
+    return {k: v for k, v in params.items()
+            if v != "None" and not any(k == n or (n.endswith(".") and k.startswith(n))
+                                       for n in NOT_CONFIG)}
+
+
 def load_run(client, run) -> RunData:
     tags, params = run.data.tags, run.data.params
     strategy = params.get("strategy.name", "?")
@@ -97,25 +126,63 @@ def load_run(client, run) -> RunData:
     steps = np.array(sorted(curves_by_step["accuracy"]), dtype=np.int64)
     curves = {k: np.array([v.get(int(s), np.nan) for s in steps], dtype=float)
               for k, v in curves_by_step.items()}
-    n_classes = sum(1 for k in run.data.metrics if k.startswith("labels_class_"))
-    per_class = [run.data.metrics.get(f"labels_class_{c}", 0.0) for c in range(n_classes)]
-    context = {k[len("sweep."):]: v for k, v in tags.items()
-               if k.startswith("sweep.") and k != "sweep.seed" and not k.startswith("sweep.strategy")}
+    config = run_config(params)
+    context = {k: v for k, v in config.items() if not k.startswith("strategy.")}
     profiles = _mask_profiles(client, run.info.run_id) if "fishermask" in strategy else []
     seconds = {_phase_name(k): float(sum(_history(client, run.info.run_id, k).values()))
-               for k in run.data.metrics if k.endswith("_seconds")}
+               for k in run.data.metrics if _phase_name(k) is not None}
     if run.info.end_time and run.info.start_time:  # the whole run, evaluation and logging included
         seconds["run (wall)"] = (run.info.end_time - run.info.start_time) / 1000.0
-    return RunData(run_id=run.info.run_id, variant=tags.get("fishermask.variant", strategy),
+    variant = tags.get("variant") or tags.get("fishermask.variant") or strategy
+    return RunData(run_id=run.info.run_id, variant=variant,
                    strategy=strategy, seed=int(params.get("seed", 0)), status=run.info.status,
-                   context=context, steps=steps, curves=curves, labels_per_class=per_class,
-                   mask_profiles=profiles, seconds=seconds)
+                   context=context, steps=steps, curves=curves,
+                   labels_per_class=_class_counts(run.data.metrics), mask_profiles=profiles,
+                   seconds=seconds, config=config, start_time=int(run.info.start_time or 0))
 
 
-def _phase_name(metric: str) -> str:
-    """``train_seconds`` -> ``train``, ``phase_greedy_seconds`` -> ``query: greedy``."""
+def _phase_name(metric: str) -> Optional[str]:
+    """``time/train_seconds`` -> ``train``, ``time/phase_greedy_seconds`` -> ``query: greedy``
+    (older stores: the same names without ``time/``); None for other metrics."""
+    if metric.startswith("time/"):
+        metric = metric[len("time/"):]
+    elif "/" in metric:
+        return None
+    if not metric.endswith("_seconds") or metric.startswith("sweep_"):
+        return None
     name = metric[:-len("_seconds")]
     return "query: " + name[len("phase_"):] if name.startswith("phase_") else name
+
+
+def split_configs(runs: list[RunData]) -> tuple[list[RunData], list[str]]:
+    """Runs ready to average over seeds: runs of one variant label but different configs become
+    variants of their own (named by the keys that differ), and a seed run more than once (after
+    ``--restart``, a double launch) counts once, the newest run.  Returns the runs and notes."""
+    notes: list[str] = []
+    by_label: dict[str, dict[tuple, list[RunData]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        by_label[r.variant][tuple(sorted(r.config.items()))].append(r)
+    out: list[RunData] = []
+    for label, configs in by_label.items():
+        if len(configs) > 1:
+            keys = sorted(k for k in {k for cfg in configs for k, _ in cfg}
+                          if len({dict(c).get(k) for c in configs}) > 1)
+            notes.append(f"'{label}' runs differ in {', '.join(keys)}; reported as "
+                         f"{len(configs)} variants")
+        for cfg, rs in configs.items():
+            d = dict(cfg)
+            name = label if len(configs) == 1 else (
+                label + " [" + ", ".join(f"{k}={d.get(k, '–')}" for k in keys) + "]")
+            newest: dict[int, RunData] = {}
+            for r in sorted(rs, key=lambda r: r.start_time):
+                newest[r.seed] = r
+            if len(newest) < len(rs):
+                notes.append(f"'{name}': {len(rs)} runs of {len(newest)} seeds; each seed counted "
+                             f"once (its newest finished run)")
+            for r in newest.values():
+                r.variant = name
+                out.append(r)
+    return out, notes
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -240,3 +307,18 @@ def mask_layers(runs: list[RunData]) -> tuple[list[str], np.ndarray, np.ndarray]
     frac = np.array([[next((q["fraction"] for q in p if q["name"] == n), 0.0) for n in names]
                      for p in profiles])
     return names, frac.mean(axis=0), frac.std(axis=0)
+
+
+def mask_rounds(runs: list[RunData]) -> tuple[list[str], dict[int, np.ndarray]]:
+    """Tensor names and, per round (1 = the first query), the mean over seeds of the fraction of
+    each tensor in the mask."""
+    have = [r for r in runs if r.mask_profiles]
+    if not have:
+        return [], {}
+    names = [p["name"] for p in have[0].mask_profiles[0]]
+    by: dict[int, list[list[float]]] = defaultdict(list)
+    for r in have:
+        for i, prof in enumerate(r.mask_profiles):
+            by[i + 1].append([next((q["fraction"] for q in prof if q["name"] == n), 0.0)
+                              for n in names])
+    return names, {k: np.mean(np.array(v), axis=0) for k, v in sorted(by.items())}

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fishermask.report_data import mean_curve, mask_layers  # noqa: E402
+from fishermask.report_data import mask_rounds, mean_curve  # noqa: E402
 
 LABELS = {"accuracy": "test accuracy", "balanced_accuracy": "balanced test accuracy"}
 
@@ -91,26 +91,25 @@ def class_balance(groups, path: Path) -> Path:
 
 
 def mask_profile(groups, path: Path):
-    """Fraction of each parameter tensor in FisherMask's mask (mean over seeds and rounds)."""
-    items = [(v, *mask_layers(rs)) for v, rs in groups.items()]
-    items = [it for it in items if len(it[1])]
+    """FisherMask's mask over rounds: per FisherMask variant, a rounds × tensors heat map (tensors
+    named, in network order) of the fraction of each tensor in the mask, mean over seeds."""
+    from fishermask.plots import mask_heatmap
+
+    items = []
+    for variant, runs in groups.items():
+        names, by_round = mask_rounds(runs)
+        if names:
+            items.append((variant, names, by_round))
     if not items:
         return None
-    names = items[0][1]
-    fig, ax = plt.subplots(figsize=(max(7, 0.28 * len(names) + 2), 4.6))
-    x = np.arange(len(names))
-    width = 0.8 / len(items)
-    colors = _colors([v for v, *_ in items])
-    for i, (variant, _, mean, std) in enumerate(items):
-        ax.bar(x + (i - (len(items) - 1) / 2) * width, mean[:len(names)], width, yerr=std[:len(names)],
-               color=colors[variant], label=variant, capsize=1.5, error_kw={"lw": 0.6})
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_ylim(0, 1.05)
-    short = [n.replace(".weight", ".w").replace(".bias", ".b") for n in names]
-    ax.set_xticks(x, short, rotation=90, fontsize=7 if len(names) <= 40 else 5)
-    ax.set_ylabel("fraction of the tensor in the mask")
-    ax.set_title("FisherMask mask profile (network order; mean ± std over seeds and rounds)",
-                 fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    n_cols = max(len(names) for _, names, _ in items)
+    heights = [0.3 * len(by_round) + 1.4 for *_, by_round in items]
+    fig, axes = plt.subplots(len(items), 1, squeeze=False,
+                             figsize=(max(7, 0.3 * n_cols + 3), sum(heights) + 1.2),
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (variant, names, by_round) in zip(axes[:, 0], items):
+        mask_heatmap(ax, names, [f"round {r}" for r in sorted(by_round)],
+                     [by_round[r] for r in sorted(by_round)], fig)
+        ax.set_title(f"{variant}: fraction of each tensor in the mask (mean over seeds)",
+                     fontsize=10, loc="left")
     return _save(fig, path)

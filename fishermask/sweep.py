@@ -27,7 +27,10 @@ from typing import Any, Optional
 from fishermask.errors import ConfigError, FishermaskError
 
 STATE_FILE = "fishermask_sweep.json"
-SWEEP_TAG = "fishermask.sweep_path"
+# bookkeeping tags of the parent run; "mlflow." keys are hidden in the UI
+SWEEP_TAG = "mlflow.fishermask.sweep_path"
+ROLE_TAG = "mlflow.fishermask.role"
+DIGEST_TAG = "mlflow.fishermask.sweep_digest"
 
 
 def add_parsers(subparsers, add_common) -> None:
@@ -162,24 +165,21 @@ def order_saved_trials(exp_path: str) -> bool:
 
 # ----------------------------------------------------------------------------- MLflow parent
 
-def create_parent(client, sweep, exp_path: str) -> str:
-    from mlflow.entities import Param
-
-    from fishermask.config import flatten
+def create_parent(client, sweep, exp_path: str, context: Optional[dict[str, str]] = None) -> str:
+    """The sweep's parent run: the base config and the axes as params (readable, once), its
+    description, provenance, and the sweep file and trial list as artifacts."""
+    from fishermask import run_meta
     from fishermask.tracking import get_or_create_experiment
 
     exp_id = get_or_create_experiment(client, sweep.experiment)
-    tags = {SWEEP_TAG: exp_path, "fishermask.sweep": sweep.name, "fishermask.role": "sweep",
-            "fishermask.sweep_digest": sweep.digest, "fishermask.trials": str(len(sweep.trials)),
-            "fishermask.sweep_axes": json.dumps(list(sweep.axes))}
+    run_meta.describe_experiment(client, exp_id)
+    tags = {SWEEP_TAG: exp_path, ROLE_TAG: "sweep", DIGEST_TAG: sweep.digest, "sweep": sweep.name,
+            run_meta.NOTE_TAG: run_meta.sweep_description(sweep),
+            **(context if context is not None else run_meta.context_tags()),
+            **run_meta.versions()}
     run = client.create_run(exp_id, run_name=f"sweep {sweep.name}", tags=tags)
     run_id = run.info.run_id
-    params = {f"sweep.{k}": json.dumps(v) for k, v in sweep.axes.items()}
-    params.update({k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-                   for k, v in flatten(sweep.base.to_dict()).items() if k not in sweep.axes})
-    items = [Param(k, v[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100])
+    run_meta.log_params(client, run_id, run_meta.sweep_params(sweep))
     client.log_text(run_id, sweep.raw_text, f"sweep/{sweep.path.name}")
     client.log_dict(run_id, [t.to_dict() for t in sweep.trials], "sweep/trials.json")
     return run_id
@@ -249,6 +249,7 @@ def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
 # ----------------------------------------------------------------------------- command
 
 def cmd_sweep(args) -> int:
+    from fishermask import run_meta
     from fishermask.config import from_dict
     from fishermask.sweep_grid import absolute_tracking_uri, load_sweep, storage_root
     from fishermask.tracking import make_client
@@ -331,8 +332,9 @@ def cmd_sweep(args) -> int:
     else:
         tracking_uri = absolute_tracking_uri(
             preflight.tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri))
+        context = run_meta.context_tags()
         client = make_client(tracking_uri)
-        parent_id = create_parent(client, sweep, exp_path)
+        parent_id = create_parent(client, sweep, exp_path, context)
         state = {"parent_run_id": parent_id, "tracking_uri": tracking_uri, "digest": sweep.digest,
                  "experiment": sweep.experiment, "file": str(sweep.path)}
         write_state(exp_path, state)
@@ -347,15 +349,17 @@ def cmd_sweep(args) -> int:
     try:
         restore = args.resume and tune.Tuner.can_restore(exp_path)
         ctx = {"parent_run_id": parent_id, "tracking_uri": tracking_uri,
-               "experiment": sweep.experiment, "name": sweep.name}
+               "experiment": sweep.experiment, "name": sweep.name,
+               "context_tags": run_meta.context_tags(),
+               "given": {"data.data_dir": sweep.base.data.data_dir}}
         results = build_tuner(sweep, ctx, storage, args, restore).fit()
         wall = time.perf_counter() - t0
         children = _finish_children(client, sweep.experiment, parent_id)
         text, ok = summarize(results, wall, children, ray.cluster_resources(),
                              {t.key: t.label for t in sweep.trials}, resumed=bool(args.resume))
         print("\n" + text)
-        client.log_text(parent_id, text, "sweep/summary.md")
-        client.log_metric(parent_id, "sweep_wall_seconds", wall)
+        client.log_text(parent_id, text, "sweep/trials.md")
+        client.log_metric(parent_id, "time/sweep_wall_seconds", wall)
         status, code = ("FINISHED", 0) if ok else ("FAILED", 1)
         if not ok:
             print(f"some trials did not finish; continue with: {resume_command(args)}",
@@ -363,6 +367,7 @@ def cmd_sweep(args) -> int:
         print(f"report: fishermask report --run {parent_id} --out report/"
               + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
                  else ""))
+        _print_where_to_look(client, sweep.experiment, tracking_uri)
     except BaseException:
         forgotten = fresh and _forget_start(client, exp_path, parent_id, sweep.experiment)
         if forgotten:
@@ -376,6 +381,18 @@ def cmd_sweep(args) -> int:
         if started:
             ray.shutdown()
     return code
+
+
+def _print_where_to_look(client, experiment: str, tracking_uri: str) -> None:
+    from fishermask import run_meta
+
+    exp = client.get_experiment_by_name(experiment)
+    serve = run_meta.ui_command(tracking_uri)
+    if serve:
+        print(f"MLflow UI: {serve}")
+    print(f"runs view: {run_meta.runs_url(tracking_uri, exp.experiment_id)}")
+    print("  compare strategies: Chart view, Group by -> tag 'variant' (mean ± band over seeds); "
+          "sort the table by aubc/accuracy")
 
 
 def cmd_report(args) -> int:

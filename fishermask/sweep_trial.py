@@ -105,12 +105,11 @@ def run_trial(config: dict[str, Any]) -> None:
         with ckpt.as_directory() as d:
             shutil.copytree(d, workdir, dirs_exist_ok=True)
         tune_t.seconds += time.perf_counter() - t0
-    tags = {"fishermask.trial_label": spec["label"], "fishermask.variant": spec["variant"],
-            "fishermask.sweep": ctx["name"]}
-    tags.update({f"sweep.{k}": str(v) for k, v in spec["axes"].items()})
     tracker = MlflowTracker(ctx["tracking_uri"], experiment=ctx["experiment"],
                             run_name=spec["label"], parent_run_id=ctx["parent_run_id"],
-                            run_key=f"{ctx['parent_run_id']}:{spec['key']}", tags=tags)
+                            run_key=f"{ctx['parent_run_id']}:{spec['key']}",
+                            variant=spec["variant"], sweep=ctx["name"], given=ctx.get("given"),
+                            context=ctx.get("context_tags"))
     for name in ("start", "log_round", "finish"):
         setattr(tracker, name, mlflow_t.wrap(getattr(tracker, name)))
     t_loop, o_loop = time.perf_counter(), tune_t.seconds

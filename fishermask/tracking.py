@@ -7,12 +7,12 @@ resumed or retried run never duplicates; every run ends FINISHED or FAILED.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
 import yaml
 
-RUN_KEY_TAG = "fishermask.run_key"
+RUN_KEY_TAG = "mlflow.fishermask.run_key"  # "mlflow." keys are hidden in the UI
+OLD_RUN_KEY_TAG = "fishermask.run_key"     # stores written before the key was hidden
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -80,25 +80,39 @@ def get_or_create_experiment(client, name: str) -> str:
 
 
 def find_run_by_key(client, experiment_id: str, run_key: str):
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
-                              max_results=2)
-    return runs[0] if runs else None
+    for tag in (RUN_KEY_TAG, OLD_RUN_KEY_TAG):
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{run_key}'",
+                                  max_results=2)
+        if runs:
+            return runs[0]
+    return None
 
 
 class MlflowTracker(Tracker):
     def __init__(self, tracking_uri: Optional[str] = None, *, experiment: Optional[str] = None,
                  run_name: Optional[str] = None, parent_run_id: Optional[str] = None,
-                 run_key: Optional[str] = None, tags: Optional[dict[str, str]] = None):
+                 run_key: Optional[str] = None, tags: Optional[dict[str, str]] = None,
+                 variant: Optional[str] = None, sweep: Optional[str] = None,
+                 given: Optional[dict[str, Any]] = None, context: Optional[dict[str, str]] = None):
+        """``variant``/``sweep``: the run's variant label and sweep name (tags); ``given``: config
+        paths as the user wrote them; ``context``: MLflow context tags resolved by the driver
+        (a Ray worker's own would name Ray's worker script)."""
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.client = make_client(self.tracking_uri)
         self.experiment, self.run_name = experiment, run_name
         self.parent_run_id, self.run_key, self.tags = parent_run_id, run_key, dict(tags or {})
+        self.variant, self.sweep, self.given, self.context = variant, sweep, given, context
         self.run_id: Optional[str] = None
         self._logged_steps: set[int] = set()
+        self._inputs_logged = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, cfg, run_id: Optional[str] = None) -> str:
+        from fishermask import run_meta
+
         exp_id = get_or_create_experiment(self.client, self.experiment or cfg.experiment)
+        self.experiment_id = exp_id
+        run_meta.describe_experiment(self.client, exp_id)
         run = None
         if run_id:
             try:
@@ -119,7 +133,7 @@ class MlflowTracker(Tracker):
             hist = self.client.get_metric_history(self.run_id, "accuracy")
             self._logged_steps = {m.step for m in hist}
             return self.run_id
-        tags = dict(self.tags)
+        tags = self._tags(cfg)
         if self.parent_run_id:
             tags[PARENT_TAG] = self.parent_run_id
         if self.run_key:
@@ -131,32 +145,61 @@ class MlflowTracker(Tracker):
         self.client.log_text(self.run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
         return self.run_id
 
-    def _log_params(self, cfg) -> None:
-        from mlflow.entities import Param
+    def _tags(self, cfg) -> dict[str, str]:
+        """Provenance, the description, and what params do not say (variant, seed, sweep)."""
+        from fishermask import run_meta
 
-        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-                  for k, v in cfg.flat().items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        tags = dict(self.context if self.context is not None else run_meta.context_tags())
+        tags.update(run_meta.versions())
+        tags["device"] = run_meta.device_name(cfg.execution.device)
+        tags.update({"variant": self.variant or cfg.strategy.name, "seed": str(cfg.seed)})
+        if self.sweep:
+            tags["sweep"] = self.sweep
+        tags[run_meta.NOTE_TAG] = run_meta.run_description(cfg, self.variant, self.sweep)
+        tags.update(self.tags)
+        return tags
+
+    def _log_params(self, cfg) -> None:
+        from fishermask import run_meta
+
+        run_meta.log_params(self.client, self.run_id, run_meta.run_params(cfg, self.given))
+
+    def _log_inputs(self, loop) -> None:
+        """The pool and the test set as the run's dataset inputs (once, also across resumes)."""
+        from fishermask import run_meta
+
+        self._inputs_logged = True
+        have = {(d.dataset.name, d.dataset.digest)
+                for d in self.client.get_run(self.run_id).inputs.dataset_inputs}
+        new = [d for d in run_meta.dataset_inputs(loop.cfg, loop.data)
+               if (d.dataset.name, d.dataset.digest) not in have]
+        if new:
+            self.client.log_inputs(self.run_id, datasets=new)
 
     def finish(self, loop, status: str) -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+        if self.run_id is None:
+            return
+        if status == "FINISHED" and loop.records:  # the UI sorts by these as the report ranks
+            from mlflow.entities import Metric
+
+            from fishermask import run_meta
+
+            step = loop.records[-1].n_labels
+            self.client.log_batch(self.run_id, metrics=[
+                Metric(k, float(v), 0, step)
+                for k, v in run_meta.summary_metrics(loop.records).items()])
+        self.client.set_terminated(self.run_id, status=status)
 
     # ------------------------------------------------------------------ rounds
     def log_round(self, rec, loop, replay: bool = False) -> None:
         from mlflow.entities import Metric
 
-        from fishermask import plots
+        from fishermask import plots, run_meta
 
+        if not self._inputs_logged:
+            self._log_inputs(loop)
         if rec.n_labels not in self._logged_steps:
-            values: dict[str, float] = {
-                "accuracy": rec.accuracy, "balanced_accuracy": rec.balanced_accuracy,
-                "query_seconds": rec.query_seconds, "train_seconds": rec.train_seconds,
-                "epochs": rec.epochs, "round": rec.round, **rec.metrics}
-            for c, (a, n) in enumerate(zip(rec.per_class_accuracy, rec.labels_per_class)):
-                values[f"accuracy_class_{c}"] = a
-                values[f"labels_class_{c}"] = n
+            values = run_meta.round_metrics(rec)
             ts = 0
             metrics = [Metric(k, float(v), ts, rec.n_labels) for k, v in values.items()]
             for i in range(0, len(metrics), 500):
@@ -165,8 +208,9 @@ class MlflowTracker(Tracker):
             for name, obj in rec.artifacts.items():
                 self.client.log_dict(self.run_id, obj, f"rounds/round_{rec.round:03d}_{name}.json")
             if "mask_profile" in rec.artifacts:
-                self._log_figure(plots.mask_profile(rec.artifacts["mask_profile"],
-                                                    f"FisherMask mask profile, round {rec.round}"),
+                profiles = [(r.round, r.artifacts["mask_profile"]) for r in loop.records
+                            if "mask_profile" in r.artifacts and r.round <= rec.round]
+                self._log_figure(plots.mask_profile_rounds(profiles, "FisherMask mask profile"),
                                  "mask_profile.png")
         if replay:
             return

@@ -84,9 +84,29 @@ def test_mlflow_layout(tmp_path):
     assert params["data.dataset"] == "digits" and params["seed"] == "0"
     hist = client.get_metric_history(run.info.run_id, "accuracy")
     assert sorted(m.step for m in hist) == [8, 14, 20]  # step = number of labels
-    for key in ("balanced_accuracy", "accuracy_class_3", "labels_class_0", "query_seconds",
-                "train_seconds", "phase_greedy_seconds", "phase_mask_seconds"):
+    for key in ("balanced_accuracy", "class_accuracy/3", "class_labels/0", "time/query_seconds",
+                "time/train_seconds", "time/phase_greedy_seconds", "time/phase_mask_seconds",
+                "train/epochs", "progress/round"):
         assert key in run.data.metrics, key
+    flat = [k for k in run.data.metrics if "/" not in k]  # the top-level charts: the two curves
+    assert sorted(flat) == ["accuracy", "balanced_accuracy"], flat
+    hist = client.get_metric_history(run.info.run_id, "aubc/accuracy")  # summary, at the end
+    assert [m.step for m in hist] == [20]
+    steps_acc = sorted((m.step, m.value) for m in client.get_metric_history(
+        run.info.run_id, "accuracy"))
+    assert run.data.metrics["final/accuracy"] == steps_acc[-1][1]
+    assert run.data.metrics["aubc/accuracy"] == pytest.approx(
+        ((steps_acc[0][1] + steps_acc[1][1]) * 6 + (steps_acc[1][1] + steps_acc[2][1]) * 6) / 24)
+    assert "None" not in run.data.params.values()
+    assert params["budget.total"] == "20" and params["data.data_dir_resolved"].startswith("/")
+    tags = run.data.tags
+    assert tags["variant"] == "fishermask" and tags["seed"] == "0"
+    assert tags["mlflow.user"] and tags["version.fishermask"] and tags["device"] == "cpu"
+    assert "budget: 8 + 2 × 6 = 20 labels" in tags["mlflow.note.content"]
+    inputs = {(d.dataset.name, dict((t.key, t.value) for t in d.tags)["mlflow.data.context"])
+              for d in run.inputs.dataset_inputs}
+    assert inputs == {("digits-pool", "pool"), ("digits-test", "test")}
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "selected_indices.json", "learning_curve.png",
             "mask_profile.png", "rounds"} <= arts

@@ -92,7 +92,7 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
                  "--tracking-uri", tiny_sweep.uri]) == 0
     files = {p.name for p in out.iterdir()}
     assert files == {"learning_curves.png", "aubc.png", "class_balance.png", "mask_profile.png",
-                     "summary.md"}
+                     "summary.md", "report.html"}
     text = (out / "summary.md").read_text()
     assert "4 finished runs in 2 variants" in text
     table = [line for line in text.split("## Area under")[1].split("##")[0].splitlines()
@@ -109,7 +109,8 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
     assert all(float(x) > 0 for x in fm_row.strip("| ").split(" | ")[1:])
     client = MlflowClient(tiny_sweep.uri)
     logged = {a.path for a in client.list_artifacts(tiny_sweep.parent_run_id, "report")}
-    assert {"report/summary.md", "report/learning_curves.png", "report/mask_profile.png"} <= logged
+    assert {"report/summary.md", "report/learning_curves.png", "report/mask_profile.png",
+            "report/report.html"} <= logged
     # the same report by parent run id, and a clear error for an unknown experiment
     assert main(["report", "--run", tiny_sweep.parent_run_id, "--out", str(tmp_path / "r2"),
                  "--tracking-uri", tiny_sweep.uri, "--no-log"]) == 0

@@ -95,11 +95,11 @@ def test_parent_child_runs_and_retry(tiny_sweep):
     assert not tiny_sweep.fault_marker.exists(), "the injected fault never fired"
     client = MlflowClient(tiny_sweep.uri)
     parent = client.get_run(tiny_sweep.parent_run_id)
-    assert parent.info.status == "FINISHED" and parent.data.tags["fishermask.role"] == "sweep"
+    assert parent.info.status == "FINISHED" and parent.data.tags["mlflow.fishermask.role"] == "sweep"
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
-    assert {"sweep/tiny.yaml", "sweep/summary.md", "sweep/trials.json"} <= arts
+    assert {"sweep/tiny.yaml", "sweep/trials.md", "sweep/trials.json"} <= arts
     exp = client.get_experiment_by_name("tiny")
-    assert len(client.search_runs([exp.experiment_id], "tags.`fishermask.role` = 'sweep'")) == 1
+    assert len(client.search_runs([exp.experiment_id], "tags.`mlflow.fishermask.role` = 'sweep'")) == 1
     kids = _children(client, "tiny", parent.info.run_id)
     labels = sorted(r.info.run_name for r in kids)
     assert labels == ["fishermask seed=0", "fishermask seed=1", "random seed=0", "random seed=1"]
@@ -194,14 +194,14 @@ def test_resume_after_sigkill_of_the_driver(tiny_sweep, tmp_path, make_tiny_swee
 
     client = MlflowClient(tiny_sweep.uri)
     exp = client.get_experiment_by_name("killed")
-    parents = client.search_runs([exp.experiment_id], "tags.`fishermask.role` = 'sweep'")
+    parents = client.search_runs([exp.experiment_id], "tags.`mlflow.fishermask.role` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "RUNNING"  # the kill left it so
     parent_id = parents[0].info.run_id
 
     res = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    parents = client.search_runs([exp.experiment_id], "tags.`fishermask.role` = 'sweep'")
+    parents = client.search_runs([exp.experiment_id], "tags.`mlflow.fishermask.role` = 'sweep'")
     assert [p.info.run_id for p in parents] == [parent_id]
     assert parents[0].info.status == "FINISHED"
     kids = _children(client, "killed", parent_id)

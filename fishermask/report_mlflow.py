@@ -1,0 +1,101 @@
+"""What ``fishermask report`` leaves in MLflow, so that the UI agrees with the report:
+
+* on the sweep's parent run: the report's files under ``report/`` (``report.html`` first), the
+  per-variant numbers as metrics (``variant_aubc/<variant>``, ``variant_aubc_ci95/<variant>``,
+  ``variant_aubc_vs_<baseline>/<variant>``, ``variant_final/<variant>``, for the report's metric)
+  and as a table (``report/variants.json``), the target (``target/<metric>``), and the best
+  variant by AUBC in its description;
+* on every reported child run: ``labels_to_target/<metric>`` (labels the run needed to reach the
+  report's target; absent when it never did).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+BEST_MARK = "**Best variant by AUBC"
+
+
+def _ci95(values: list[float]) -> float:
+    from fishermask.report_data import t_quantile
+
+    if len(values) < 2:
+        return math.nan
+    return t_quantile(len(values)) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+
+
+def variant_table(res: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    """One row per variant: seeds, AUBC mean and 95 % CI of the mean for both metrics, the
+    difference to the baseline, and the final value."""
+    rows = []
+    for r in res["rows"]:
+        v = r["variant"]
+        row: dict[str, Any] = {"variant": v, "strategy": res["groups"][v][0].strategy,
+                               "seeds": r["n"]}
+        for m in ("accuracy", "balanced_accuracy"):
+            vals = list(res["scores"][v][m].values())
+            row[f"aubc_{m}"] = float(np.mean(vals))
+            row[f"aubc_{m}_ci95"] = _ci95(vals)
+            row[f"final_{m}"] = r["final_" + m][0]
+        row["baseline"] = r["ref"] or ""
+        row[f"aubc_{metric}_vs_baseline"] = r["diff"]["diff"]
+        row[f"aubc_{metric}_vs_baseline_ci95"] = r["diff"]["ci"]
+        rows.append(row)
+    return rows
+
+
+def best_line(table: list[dict[str, Any]], metric: str) -> str:
+    best = max(table, key=lambda r: r[f"aubc_{metric}"])
+    ci = best[f"aubc_{metric}_ci95"]
+    spread = "" if math.isnan(ci) else f" ± {ci:.4f} (95 % CI)"
+    return (f"{BEST_MARK} ({metric.replace('_', ' ')}):** {best['variant']}, "
+            f"{best[f'aubc_{metric}']:.4f}{spread} over {best['seeds']} seeds "
+            f"(from `fishermask report`; details in `report/report.html`).")
+
+
+def _with_best(note: str, line: str) -> str:
+    kept = [p for p in note.split("\n\n") if not p.startswith(BEST_MARK)] if note else []
+    return "\n\n".join(kept + [line])
+
+
+def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
+    from mlflow.entities import Metric
+
+    from fishermask.report_data import labels_to_reach
+    from fishermask.run_meta import NOTE_TAG, metric_key
+
+    target = res["target"]
+    for r in runs:
+        hit = labels_to_reach(r.steps, r.curves[metric], target)
+        if hit is not None:
+            client.log_metric(r.run_id, f"labels_to_target/{metric}", float(hit), step=0)
+    if parent is None:
+        return
+    pid = parent.info.run_id
+    files = res["files"]
+    for name in ("html", "summary", *[k for k in files if k not in ("html", "summary")]):
+        if name in files:
+            client.log_artifact(pid, str(files[name]), "report")
+    table = variant_table(res, metric)
+    base = re.sub(r"[^A-Za-z0-9_]+", "_", table[0]["baseline"] or "baseline") if table else ""
+    metrics = [Metric(f"target/{metric}", float(target), 0, 0)]
+    for row in table:
+        key = metric_key(row["variant"])
+        values = {f"variant_aubc/{key}": row[f"aubc_{metric}"],
+                  f"variant_aubc_ci95/{key}": row[f"aubc_{metric}_ci95"],
+                  f"variant_final/{key}": row[f"final_{metric}"]}
+        if row["baseline"] and row["baseline"] != row["variant"]:
+            values[f"variant_aubc_vs_{base}/{key}"] = row[f"aubc_{metric}_vs_baseline"]
+        metrics += [Metric(k, float(v), 0, 0) for k, v in values.items() if not math.isnan(v)]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(pid, metrics=metrics[i:i + 500])
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+             for row in table]
+    client.log_table(pid, {k: [row[k] for row in clean] for k in clean[0]},
+                     "report/variants.json")
+    note = parent.data.tags.get(NOTE_TAG, "")
+    client.set_tag(pid, NOTE_TAG, _with_best(note, best_line(table, metric)))
