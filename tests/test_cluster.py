@@ -140,7 +140,7 @@ def test_run_with_more_shards_than_the_cluster_stops_before_any_work(cluster, tm
     assert code == 2 and "Traceback" not in err, err
     assert "execution.shards=3 x (1 CPU per shard) needs 3 CPU in all, but the cluster has 2 " \
            "CPU: 1 CPU missing" in err
-    assert "round" not in out and not (tmp_path / "ckpt").exists()
+    assert "round" not in out and not list((tmp_path / "ckpt").rglob("state.pt"))
 
 
 def test_sweep_runs_on_both_nodes_after_a_start_that_ran_no_trial(cluster, tmp_path):
