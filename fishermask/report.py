@@ -220,7 +220,9 @@ def cmd_report(args) -> int:
     from fishermask.sweep_grid import absolute_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = absolute_tracking_uri(args.tracking_uri)
+    from fishermask import preflight
+
+    uri = absolute_tracking_uri(preflight.tracking_uri(args.tracking_uri))  # fails fast if down
     client = MlflowClient(uri)
     parent, exp_id = find_parent(client, experiment=args.experiment, run_id=args.run)
     children = child_runs(client, exp_id, parent)

@@ -342,6 +342,9 @@ def _cmd_sweep(args, held: list) -> int:
         print(f"report: fishermask report --run {parent_id} --out report/"
               + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
                  else ""))
+    except KeyboardInterrupt:  # SIGTERM: the parent run ends KILLED, the state stays resumable
+        status = "KILLED"
+        raise
     finally:
         client.set_terminated(parent_id, status=status)
         if started:
