@@ -203,3 +203,15 @@ def test_ray_resume_hint_becomes_the_fishermask_command():
     assert ResumeHint("fishermask sweep s.yaml --resume").filter(record)
     text = record.getMessage()
     assert "Tuner.restore" not in text and text.endswith("fishermask sweep s.yaml --resume")
+
+
+def test_every_committed_sweep_passes_the_mask_capacity_check():
+    from fishermask import preflight
+    from fishermask.config import from_dict
+    from fishermask.sweep_grid import load_sweep
+
+    files = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+    assert files
+    for f in files:
+        for t in load_sweep(f).trials:
+            preflight.trial_mask_capacity(from_dict(t.config))  # raises if a mask cannot fit
