@@ -274,7 +274,9 @@ def cmd_report(args) -> int:
     from fishermask.sweep_grid import absolute_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = absolute_tracking_uri(args.tracking_uri)
+    from fishermask import preflight
+
+    uri = absolute_tracking_uri(preflight.tracking_uri(args.tracking_uri))  # fails fast if down
     _check_store(args, uri)
     out = _out_folder(args.out, create=False)
     client = MlflowClient(uri)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import time
 from typing import Any, Optional
 
 from fishermask.errors import ConfigError, FishermaskError
+from fishermask.sweep_hints import ResumeHint, int_at_least, resume_command
 
 STATE_FILE = "fishermask_sweep.json"
 # bookkeeping tags of the parent run; "mlflow." keys are hidden in the UI
@@ -45,9 +45,9 @@ def add_parsers(subparsers, add_common) -> None:
                         "are kept, unfinished and errored ones continue from their last round")
     p.add_argument("--restart", action="store_true",
                    help="discard this sweep's Tune state and start a new sweep (new parent run)")
-    p.add_argument("--max-concurrent", type=_int_at_least(1), default=None, metavar="N",
+    p.add_argument("--max-concurrent", type=int_at_least(1), default=None, metavar="N",
                    help="at most N trials at a time (default: as many as the resources allow)")
-    p.add_argument("--max-failures", type=_int_at_least(0), default=2, metavar="K",
+    p.add_argument("--max-failures", type=int_at_least(0), default=2, metavar="K",
                    help="retry a crashed trial up to K times from its last round (default 2)")
     p.add_argument("--storage", default=None, metavar="PATH|URI",
                    help="Tune storage root (default .fishermask/sweeps here; on a multi-node "
@@ -57,42 +57,6 @@ def add_parsers(subparsers, add_common) -> None:
     from fishermask import report
 
     report.add_parser(subparsers)
-
-
-def _int_at_least(low: int):
-    import argparse
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-class _ResumeHint:
-    """Logging filter: Ray's "Resume experiment with: Tuner.restore(...)" becomes the fishermask
-    command that resumes the sweep (Tuner.restore alone would lose the MLflow parent run)."""
-
-    def __init__(self, command: str):
-        self.command = command
-
-    def filter(self, record) -> bool:
-        if "Tuner.restore(" in str(record.msg):
-            record.msg, record.args = (f"the sweep was interrupted; its state is saved. Continue "
-                                       f"it with: {self.command}"), ()
-        return True
-
-
-def resume_command(args) -> str:
-    again = sys.argv[1:] if sys.argv[1:2] == ["sweep"] else ["sweep", args.file]
-    again = [a for a in again if a not in ("--resume", "--restart")] + ["--resume"]
-    return "fishermask " + " ".join(shlex.quote(a) for a in again)
 
 
 # ----------------------------------------------------------------------------- state file
@@ -249,6 +213,15 @@ def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
 # ----------------------------------------------------------------------------- command
 
 def cmd_sweep(args) -> int:
+    held: list = []  # the sweep's lock, once taken
+    try:
+        return _cmd_sweep(args, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _cmd_sweep(args, held: list) -> int:
     from fishermask import run_meta
     from fishermask.config import from_dict
     from fishermask.sweep_grid import absolute_tracking_uri, load_sweep, storage_root
@@ -274,8 +247,12 @@ def cmd_sweep(args) -> int:
     from fishermask import preflight
 
     if "://" not in storage:
+        from fishermask.runlock import RunLock
+
         preflight.writable_folder(storage, "sweep state (--storage)",
                                   "or pass --storage /a/writable/folder")
+        # one driver per sweep: a second launch refuses, naming the first
+        held.append(RunLock(f"{exp_path}.lock", f"sweep '{sweep.name}' ({exp_path})").acquire())
     local = not (args.address or sweep.base.execution.address or os.environ.get("RAY_ADDRESS"))
     for t in sweep.trials:
         cfg = from_dict(t.config)
@@ -343,7 +320,7 @@ def cmd_sweep(args) -> int:
 
     import logging
 
-    logging.getLogger("ray.tune.tune").addFilter(_ResumeHint(resume_command(args)))
+    logging.getLogger("ray.tune.tune").addFilter(ResumeHint(resume_command(args)))
     status, code, forgotten = "FAILED", 1, False
     t0 = time.perf_counter()
     try:
@@ -368,6 +345,9 @@ def cmd_sweep(args) -> int:
               + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
                  else ""))
         _print_where_to_look(client, sweep.experiment, tracking_uri)
+    except KeyboardInterrupt:  # SIGTERM: the parent run ends KILLED, the state stays resumable
+        status = "KILLED"
+        raise
     except BaseException:
         forgotten = fresh and _forget_start(client, exp_path, parent_id, sweep.experiment)
         if forgotten:
