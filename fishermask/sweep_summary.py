@@ -1,4 +1,5 @@
-"""The end-of-sweep trial table (the parent's `sweep/trials.md`): one row per trial, MLflow run statuses, and the Tune + MLflow overhead.
+"""The end-of-sweep trial table (the parent's ``sweep/trials.md``): one row per trial, MLflow run
+statuses, and the Tune + MLflow overhead.
 
 Overhead is measured two ways:
 
