@@ -66,7 +66,12 @@ def cmd_run(args) -> int:
           f"{last.n_labels} labels, accuracy {last.accuracy:.4f}, "
           f"balanced accuracy {last.balanced_accuracy:.4f}")
     print(f"MLflow run {tracker.run_id} in experiment '{cfg.experiment}' at {tracker.tracking_uri}")
-    print(f"open the UI with:  mlflow ui --backend-store-uri {tracker.tracking_uri}")
+    from fishermask import run_meta
+
+    serve = run_meta.ui_command(tracker.tracking_uri)
+    if serve:
+        print(f"open the UI with:  {serve}")
+    print(f"runs view: {run_meta.runs_url(tracker.tracking_uri, tracker.experiment_id)}")
     return 0
 
 
