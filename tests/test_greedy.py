@@ -117,7 +117,8 @@ def test_hard_problem_triggers_rebuilds_and_still_matches():
 def _plain(seed, num_u=30, c=3, k=12, num_l=2):
     """A well-separated problem (no near-ties): dense float64 V, F over all points."""
     rng = np.random.default_rng(seed)
-    v = rng.standard_normal((num_u + num_l, c, k)) / np.sqrt(k) * rng.uniform(0.5, 2.0, (num_u + num_l, 1, 1))
+    total = num_u + num_l
+    v = rng.standard_normal((total, c, k)) / np.sqrt(k) * rng.uniform(0.5, 2.0, (total, 1, 1))
     return v[:num_u], v[num_u:], np.einsum("xck,xcj->kj", v, v) / len(v)
 
 
