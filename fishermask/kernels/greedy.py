@@ -30,7 +30,7 @@ import time
 import torch
 from torch import Tensor
 
-from fishermask.kernels.embeddings import FisherEmbeddings, as_embeddings
+from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings, as_embeddings
 from fishermask.kernels.greedy_shard import GreedyShard
 
 WEIGHTINGS = ("bait", "uniform")
@@ -260,8 +260,8 @@ def fisher_greedy(candidates, labeled, fisher, n: int, *, lam: float = 1.0, over
         fisher: target F, dense [k, k] or its diagonal [k] (columns in the embeddings' order).
         n: batch size, 0 ≤ n ≤ U.
         lam: λ > 0.  oversample: r ≥ 1.  weighting: "bait" or "uniform".
-        storage_dtype: dtype of the stored embeddings (default: as given; torch.bfloat16 halves
-            memory); products run in float64.
+        storage_dtype: dtype of the stored embeddings (default: as given; torch.bfloat16 or
+            "bfloat16" halves memory); products run in float64.
         return_info: also return the diagnostics (steps, rebuilds, overrides, objective …).
 
     Returns:
@@ -276,6 +276,11 @@ def fisher_greedy(candidates, labeled, fisher, n: int, *, lam: float = 1.0, over
     if isinstance(oversample, bool) or not isinstance(oversample, numbers.Integral) or oversample < 1:
         raise ValueError(f"oversample must be an integer >= 1, got {oversample!r}")
     check_options(lam, weighting)
+    if storage_dtype is not None:
+        storage_dtype = STORAGE_DTYPES.get(storage_dtype, storage_dtype)
+        if storage_dtype not in STORAGE_DTYPES.values():
+            raise ValueError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)} (a name "
+                             f"or the torch dtype), got {storage_dtype!r}")
     cand.check_finite("candidates")
     fisher = check_fisher(fisher, k)
     lab = None if labeled is None else as_embeddings(labeled, "labeled")
