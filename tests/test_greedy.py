@@ -96,6 +96,8 @@ def test_bfloat16_storage_rounds_only_features_and_dense_block():
     assert stored.probs.dtype == torch.float32 and torch.equal(stored.probs, emb.probs)
     picks_bf = fisher_greedy(emb, None, torch.tensor(fisher), 5, storage_dtype=torch.bfloat16)
     assert picks_bf.tolist() == fisher_greedy(stored, None, torch.tensor(fisher), 5).tolist()
+    by_name = fisher_greedy(emb, None, torch.tensor(fisher), 5, storage_dtype="bfloat16")
+    assert by_name.tolist() == picks_bf.tolist()
 
 
 def test_hard_problem_triggers_rebuilds_and_still_matches():
@@ -216,6 +218,8 @@ SHAPE_F = rf"fisher must have shape \[k, k\] or \[k\] with k={K_ERR} \(the embed
     (dict(fisher=np.zeros((2, 8, 8))), SHAPE_F),
     (dict(fisher=np.zeros(7)), SHAPE_F + r", got \(7,\)"),
     (dict(fisher=np.full(8, np.nan)), "fisher contains NaN or infinite values"),
+    (dict(storage_dtype="float16"), "storage_dtype must be one of float32, bfloat16, float64"),
+    (dict(storage_dtype=torch.int8), "storage_dtype must be one of float32, bfloat16, float64"),
 ])
 def test_errors(kwargs, match):
     cands, lab, fisher = _plain(27, num_u=12, k=K_ERR, num_l=2)
