@@ -169,8 +169,9 @@ def test_factored_dense_and_float64_inputs_agree():
     runs = [fisher_greedy(emb.rows(slice(0, 40)), emb.rows(slice(40, None)), f, 6, lam=0.1),
             fisher_greedy(dense[:40], dense[40:], f, 6, lam=0.1),
             fisher_greedy(dense[:40].float(), FisherEmbeddings(dense=dense[40:].float()), f, 6,
-                          lam=0.1)]
-    assert runs[0].tolist() == runs[1].tolist() == runs[2].tolist()
+                          lam=0.1),
+            fisher_greedy(emb.rows(slice(0, 40)), dense[40:], f, 6, lam=0.1)]  # mixed forms
+    assert runs[0].tolist() == runs[1].tolist() == runs[2].tolist() == runs[3].tolist()
 
 
 def test_ties_go_to_lowest_index():
