@@ -63,7 +63,8 @@ def fishermask_file_as_folder(tmp: Path) -> list[str]:
 CASES = [
     ("empty yaml", lambda t: ["run", tiny(t, "# only a comment\n")], "the file is empty"),
     ("not utf-8", lambda t: ["run", _latin1(t)], "not UTF-8 text"),
-    ("experiment empty", lambda t: ["run", tiny(t), "--set", "experiment="], "experiment"),
+    ("experiment empty", lambda t: ["run", tiny(t), "--set", "experiment="],
+     "experiment: the MLflow experiment needs a name"),
     ("lr infinite", lambda t: ["run", tiny(t), "--set", "train.lr=.inf"], "train.lr"),
     ("strategy lam infinite", lambda t: ["run", tiny(t), "--set", "strategy.name=bait", "--set",
                                     "strategy.lam=.inf"], "strategy.lam: must be a finite"),

@@ -145,6 +145,27 @@ def test_a_silent_tracking_server_fails_within_seconds(tmp_path, capfd, monkeypa
     assert "mlflow server" in err and time.monotonic() - t0 < 10
 
 
+def test_a_web_server_that_is_not_mlflow_is_named(tmp_path, capfd):
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        code, out, err = cli(["run", write(tmp_path), "--tracking-uri", uri], capfd)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 2 and f"{uri} answers, but not as an MLflow tracking server (HTTP 404" in err
+
+
+def test_a_real_tracking_server_passes_the_probe(mlflow_server):
+    from fishermask import preflight
+
+    assert preflight.tracking_uri(mlflow_server.uri) == mlflow_server.uri
+
+
 def test_resume_after_the_mlflow_run_was_deleted(tmp_path, capfd):
     from fishermask.loop import ActiveLearningLoop
     from fishermask.tracking import MlflowTracker
