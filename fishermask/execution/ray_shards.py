@@ -94,12 +94,11 @@ class RayExecutor(PoolExecutor):
         import ray
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if self.cfg.address:  # a cluster: say what to do when it cannot be joined
-            from fishermask.execution.ray_cluster import connect
+        if self.cfg.address:
+            from fishermask.execution.ray_cluster import check_reachable
 
-            connect(self.cfg.address)
-            self._started_ray = True
-            return
+            check_reachable(self.cfg.address)  # unreachable, token auth: say what to do
+            kwargs: dict[str, Any] = {"address": self.cfg.address}
         else:
             need = math.ceil(self.shards * self.cfg.cpus_per_shard)
             kwargs = {"num_cpus": max(os.cpu_count() or 1, need), "include_dashboard": False}
