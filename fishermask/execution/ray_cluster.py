@@ -250,7 +250,8 @@ def shortfall(bundles: list[dict[str, float]], cap: Capacity) -> Optional[str]:
     if missing:
         return (f"needs {_fmt(need)} in all, but the cluster "
                 + ("can grow to" if cap.autoscaling_max is not None else "has")
-                + f" {_fmt({k: limit.get(k, 0.0) for k in need})}: {_fmt(missing)} missing")
+                + f" {', '.join(f'{limit.get(k, 0.0):g} {k}' for k in sorted(need) if need[k])}"
+                + f": {_fmt(missing)} missing")
     places = cap.nodes + cap.node_types
     for b in bundles:
         if b and not any(all(p.get(k, 0.0) + 1e-9 >= v for k, v in b.items()) for p in places):
