@@ -5,6 +5,7 @@ that ran no trial, and a sweep that runs on both nodes."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -73,8 +74,10 @@ def cluster():
     port = _free_port()
     procs = []
     try:
-        for name, extra in (("head", ["--head", "--port", str(port), "--include-dashboard",
-                                      "false"]),
+        head = ["--head", "--port", str(port), "--include-dashboard", "false"]
+        if importlib.util.find_spec("grpc"):  # ray[client] installed: its server, on a free port
+            head += ["--ray-client-server-port", str(_free_port())]
+        for name, extra in (("head", head),
                             ("node", ["--address", f"127.0.0.1:{port}"])):
             log = root / f"{name}.log"
             with open(log, "w") as out:
