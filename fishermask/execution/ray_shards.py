@@ -91,17 +91,16 @@ class RayExecutor(PoolExecutor):
         import ray
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if self.cfg.address:  # a cluster: say what to do when it cannot be joined
-            from fishermask.execution.ray_cluster import connect
+        if self.cfg.address:
+            from fishermask.execution.ray_cluster import check_reachable
 
-            connect(self.cfg.address)
-            self._started_ray = True
-            return
-        # this machine's CPUs, never more: too many shards fail in _check_resources
-        from fishermask.preflight import local_cpus, local_shards
+            check_reachable(self.cfg.address)  # unreachable, token auth: say what to do
+            kwargs: dict[str, Any] = {"address": self.cfg.address}
+        else:  # this machine's CPUs, never more: too many shards fail in _check_resources
+            from fishermask.preflight import local_cpus, local_shards
 
-        local_shards(self.cfg)
-        kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
+            local_shards(self.cfg)
+            kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
         try:
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
