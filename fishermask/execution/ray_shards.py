@@ -101,7 +101,8 @@ class RayExecutor(PoolExecutor):
             kwargs: dict[str, Any] = {"address": self.cfg.address}
         else:
             need = math.ceil(self.shards * self.cfg.cpus_per_shard)
-            kwargs = {"num_cpus": max(os.cpu_count() or 1, need), "include_dashboard": False}
+            kwargs = {"num_cpus": max(os.cpu_count() or 1, need), "include_dashboard": False,
+                      "address": "local"}  # not a `ray start` cluster that runs here
         try:
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
