@@ -275,10 +275,10 @@ def _cmd_sweep(args, held: list) -> int:
     import ray
     from ray import tune
 
-    from fishermask.sweep_cluster import _forget_start, _init_ray, check_trials_fit
+    from fishermask.sweep_cluster import check_trials_fit, forget_start, init_ray
 
     # Ray first: a cluster that cannot be joined, or cannot place a trial, leaves nothing behind
-    started = _init_ray(args.address or sweep.base.execution.address)
+    started = init_ray(args.address or sweep.base.execution.address)
     try:
         check_trials_fit(sweep)
     except BaseException:
@@ -349,7 +349,7 @@ def _cmd_sweep(args, held: list) -> int:
         status = "KILLED"
         raise
     except BaseException:
-        forgotten = fresh and _forget_start(client, exp_path, parent_id, sweep.experiment)
+        forgotten = fresh and forget_start(client, exp_path, parent_id, sweep.experiment)
         if forgotten:
             print(f"no trial started; the sweep's state in {exp_path} and its parent run were "
                   f"removed, so running the same command again starts it afresh",

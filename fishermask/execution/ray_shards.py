@@ -100,7 +100,8 @@ class RayExecutor(PoolExecutor):
             from fishermask.preflight import local_cpus, local_shards
 
             local_shards(self.cfg)
-            kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
+            kwargs = {"num_cpus": local_cpus(), "include_dashboard": False,
+                      "address": "local"}  # not a `ray start` cluster that runs here
         try:
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
