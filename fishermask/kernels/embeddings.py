@@ -134,10 +134,16 @@ class FisherEmbeddings:
     def empty_like(self) -> "FisherEmbeddings":
         return self.rows(slice(0, 0))
 
-    def check_finite(self, name: str) -> None:
+    def check_finite(self, name: str, block_elements: int = 1 << 22) -> None:
+        """Raise ValueError on NaN or ±inf; block by block (torch.isfinite on the whole tensor
+        makes temporaries of about 1.75× its bytes)."""
         for t in (self.features, self.probs, self.dense):
-            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name} contains NaN or infinite values")
+            if t is None or not t.numel():
+                continue
+            rows = max(1, block_elements // max(1, t[0].numel()))
+            for start in range(0, len(t), rows):
+                if not bool(torch.isfinite(t[start:start + rows]).all()):
+                    raise ValueError(f"{name} contains NaN or infinite values")
 
     # ------------------------------------------------------------------ products
     def coefficients(self, dtype=torch.float64) -> Tensor:
