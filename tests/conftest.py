@@ -65,7 +65,8 @@ def ray_local(tmp_path_factory):
     import ray
 
     fault_dir = tmp_path_factory.mktemp("faults")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2,
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=256 * 1024 ** 2,
              runtime_env={"env_vars": {"FISHERMASK_FAULT_DIR": str(fault_dir),
                                        "MLFLOW_DISABLE_TELEMETRY": "true"}})
     yield SimpleNamespace(fault_dir=fault_dir)

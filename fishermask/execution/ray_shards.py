@@ -88,13 +88,13 @@ class RayExecutor(PoolExecutor):
         import ray
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if self.cfg.address:
-            kwargs: dict[str, Any] = {"address": self.cfg.address}
-        else:  # this machine's CPUs, never more: too many shards fail in _check_resources
+        if self.cfg.address or os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit)
+            kwargs: dict[str, Any] = {"address": self.cfg.address or os.environ["RAY_ADDRESS"]}
+        else:  # a new local Ray of this machine's CPUs (never another `ray start` cluster)
             from fishermask.preflight import local_cpus, local_shards
 
             local_shards(self.cfg)
-            kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
+            kwargs = {"address": "local", "num_cpus": local_cpus(), "include_dashboard": False}
         try:
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
