@@ -69,12 +69,13 @@ def checkpoint(path: str) -> Path:
 
 
 def test_second_launch_refuses_and_a_stale_lock_does_not_block(tmp_path, capfd):
-    path = write(tmp_path, rounds=1, train="epochs: 25")
+    path = write(tmp_path)
     MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the store exists (killed below later)
     lock = Path(f"{checkpoint(path)}.lock")
     first = spawn(["run", path, "--no-progress"], tmp_path)
-    try:  # the first run holds the lock
+    try:  # the first run holds the lock; freeze it there, however fast the machine is
         wait_for(lambda: lock.is_file() and lock.read_text(), first)
+        first.send_signal(signal.SIGSTOP)
         code, out, err = cli(["run", path, "--no-progress"], capfd)
         assert code == 2 and f"pid {first.pid} on host {socket.gethostname()}" in err
         assert "is already running" in err
@@ -110,7 +111,7 @@ def test_sigterm_ends_the_run_killed_with_its_checkpoint_intact(tmp_path, capfd)
 
 
 def test_damaged_checkpoint_names_the_file_and_suggests_restart(tmp_path, capfd):
-    path = write(tmp_path)
+    path = write(tmp_path, rounds=0)
     assert cli(["run", path, "--no-progress"], capfd)[0] == 0
     state = checkpoint(path) / "state.pt"
     state.write_bytes(state.read_bytes()[:500])  # cut short
