@@ -132,6 +132,15 @@ def test_first_runs_at_once_create_a_fresh_store_safely(tmp_path):
     assert sorted(r.info.status for r in found) == ["FINISHED"] * 2
 
 
+def test_an_unreadable_store_is_named(tmp_path, capfd):
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"not a database, e.g. left by an interrupted copy" * 100)
+    code, out, err = cli(["run", write(tmp_path), "--no-progress", "--tracking-uri",
+                          f"sqlite:///{db}"], capfd)
+    assert code == 2 and f"cannot open the MLflow store sqlite:///{db}" in err
+    assert "if it holds results, keep it" in err
+
+
 def test_a_silent_tracking_server_fails_within_seconds(tmp_path, capfd, monkeypatch):
     from fishermask import preflight
 
