@@ -91,17 +91,17 @@ class RayExecutor(PoolExecutor):
         import ray
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if self.cfg.address:
+        address = self.cfg.address or os.environ.get("RAY_ADDRESS")  # RAY_ADDRESS: ray job submit
+        if address:
             from fishermask.execution.ray_cluster import check_reachable
 
-            check_reachable(self.cfg.address)  # unreachable, token auth: say what to do
-            kwargs: dict[str, Any] = {"address": self.cfg.address}
-        else:  # this machine's CPUs, never more: too many shards fail in _check_resources
+            check_reachable(address)  # unreachable, token auth: say what to do
+            kwargs: dict[str, Any] = {"address": address}
+        else:  # a new local Ray of this machine's CPUs (never another `ray start` cluster)
             from fishermask.preflight import local_cpus, local_shards
 
             local_shards(self.cfg)
-            kwargs = {"num_cpus": local_cpus(), "include_dashboard": False,
-                      "address": "local"}  # not a `ray start` cluster that runs here
+            kwargs = {"address": "local", "num_cpus": local_cpus(), "include_dashboard": False}
         try:
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
