@@ -126,7 +126,7 @@ def tiny_sweep(mlflow_process, ray_local, mlflow_server, tmp_path_factory):
     code = main(["sweep", str(path), "--tracking-uri", mlflow_server.uri, "--storage", str(storage),
                  "--max-failures", "2"])
     wall = time.perf_counter() - t0
-    from fishermask.sweep import read_state
+    from fishermask.sweeps.command import read_state
 
     state = read_state(f"{storage}/tiny")
     return SimpleNamespace(code=code, path=path, work=work, storage=storage, wall=wall,

@@ -147,7 +147,7 @@ def test_a_silent_tracking_server_fails_within_seconds(tmp_path, capfd, monkeypa
 
 def test_resume_after_the_mlflow_run_was_deleted(tmp_path, capfd):
     from fishermask.loop import ActiveLearningLoop
-    from fishermask.tracking import MlflowTracker
+    from fishermask.tracking.tracker import MlflowTracker
 
     path = write(tmp_path, rounds=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fishermask.errors import ConfigError, FishermaskError
+from fishermask.errors import ConfigError, FishermaskError, MemoryLimitError, ParameterError
 from fishermask.models import build_model
 from fishermask.strategies import select
 
@@ -60,10 +60,12 @@ def test_authors_preset_differs_only_where_documented(net_and_pool):
     assert a.indices.tolist() == b.indices.tolist()
 
 
-def test_sparsity_too_small_for_classifier_is_a_config_error(net_and_pool):
+def test_sparsity_too_small_for_classifier_is_a_parameter_error(net_and_pool):
+    """In the library's terms (a ValueError naming the parameter); the loop says the config key."""
     model, x = net_and_pool
-    with pytest.raises(ConfigError, match="sparsity"):
+    with pytest.raises(ParameterError, match=r"^sparsity=0.001: the mask size k=") as err:
         select("fishermask", model, x, [0], n=2, sparsity=0.001)
+    assert isinstance(err.value, ValueError) and "strategy." not in str(err.value)
 
 
 def test_memory_limit_fails_early_naming_the_knobs(net_and_pool):
@@ -71,4 +73,9 @@ def test_memory_limit_fails_early_naming_the_knobs(net_and_pool):
     with pytest.raises(FishermaskError) as err:
         select("fishermask", model, x, [0], n=2, sparsity=0.05, max_memory_gb=1e-4)
     msg = str(err.value)
-    assert "max_memory_gb" in msg and "strategy.sparsity" in msg and "execution.shards" in msg
+    assert isinstance(err.value, MemoryLimitError)
+    assert "max_memory_gb is 0.0001" in msg and "Lower sparsity" in msg and "more shards" in msg
+    assert "strategy." not in msg and "execution." not in msg  # library terms, not config keys
+    keyed = err.value.in_terms_of({"max_memory_gb": "execution.max_memory_gb",
+                                   "sparsity": "strategy.sparsity", "shards": "execution.shards"})
+    assert "execution.max_memory_gb is 0.0001" in keyed and "strategy.sparsity" in keyed

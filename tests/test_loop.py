@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fishermask.loop import ActiveLearningLoop
-from fishermask.tracking import MlflowTracker
+from fishermask.tracking.tracker import MlflowTracker
 from tests.helpers import tiny_config
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

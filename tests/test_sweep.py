@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from fishermask.cli import main
 from fishermask.errors import ConfigError
-from fishermask.sweep_grid import absolute_tracking_uri, expand, load_sweep
+from fishermask.sweeps.grid import absolute_tracking_uri, expand, load_sweep
 
 BASE = {"experiment": "g", "data": {"dataset": "digits", "class_counts": [12, 12, 12, 40]},
         "budget": {"initial": 10, "query": 10, "rounds": 2}, "model": {"name": "cnn_small"},
@@ -145,7 +145,7 @@ def test_resume_puts_saved_trials_back_in_grid_order(tiny_sweep, tmp_path):
 
     from ray import tune
 
-    from fishermask.sweep import order_saved_trials
+    from fishermask.sweeps.command import order_saved_trials
 
     exp = tmp_path / "tiny"
     shutil.copytree(tiny_sweep.storage / "tiny", exp)

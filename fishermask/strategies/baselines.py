@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fishermask import diversity, inference
+from fishermask.kernels import diversity
+from fishermask.strategies import inference
 from fishermask.strategies.base import Selection, SelectionContext, Strategy, score_summary, top_n
 
 

@@ -16,32 +16,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fishermask.config import from_dict
+from fishermask.execution.ray.executor import execution_resources
+from fishermask.loop import ActiveLearningLoop
+from fishermask.tracking.tracker import MlflowTracker
+
 FAULT_ENV = "FISHERMASK_FAULT_DIR"  # tests: a file <dir>/fail_round_<r> makes one trial raise once
 
 
 def trial_resources(config: dict[str, Any]):
     """Placement group of a trial (Tune calls this with the trial's config)."""
-    from fishermask.config import from_dict
-
     execution = from_dict(config["trial"]["config"]).execution
     return resources_for(execution)
 
 
 def resources_for(execution):
-    from ray import tune
-
-    try:  # the Ray pool-shard executor's own helper, when it is installed
-        from fishermask.execution.ray_shards import trial_resources as shard_resources
-    except ImportError:
-        shard_resources = None
-    if shard_resources is not None:
-        return shard_resources(execution)
-    shard = {"CPU": execution.cpus_per_shard}
-    if execution.gpus_per_shard:
-        shard["GPU"] = execution.gpus_per_shard
-    if execution.use_ray:
-        return tune.PlacementGroupFactory([{"CPU": 1}] + [dict(shard)] * execution.shards)
-    return tune.PlacementGroupFactory([shard])  # the trial is its own (only) worker
+    """The placement group of a trial with these ``execution`` settings."""
+    return execution_resources(execution)
 
 
 class _Timer:
@@ -87,10 +78,6 @@ def run_trial(config: dict[str, Any]) -> None:
 
     import torch
     from ray import tune
-
-    from fishermask.config import from_dict
-    from fishermask.loop import ActiveLearningLoop
-    from fishermask.tracking import MlflowTracker
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # per-round noise
     spec, ctx = config["trial"], config["sweep"]

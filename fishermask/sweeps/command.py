@@ -1,7 +1,7 @@
 """``fishermask sweep``: a Ray Tune grid of active-learning runs, logged to MLflow; and the
 ``report`` subcommand's wiring.
 
-Layout (DESIGN §5):
+Layout (``docs/design.md`` §5):
 
 * one Tune trial = one AL run; the grid comes from the file's ``sweep:`` block (``sweep_grid``);
 * the driver creates the MLflow store, the experiment and the sweep's **parent run** before any
@@ -24,13 +24,20 @@ import sys
 import time
 from typing import Any, Optional
 
+from fishermask import preflight
+from fishermask.config import from_dict
 from fishermask.errors import ConfigError, FishermaskError
+from fishermask.reports import command as report
+from fishermask.sweeps.cluster import _forget_start, _init_ray, check_trials_fit
+from fishermask.sweeps.grid import absolute_tracking_uri, load_sweep, storage_root
+from fishermask.sweeps.state import (_finish_children, create_parent, DIGEST_TAG,
+                                     order_saved_trials, read_state, remove_experiment, ROLE_TAG,
+                                     STATE_FILE, SWEEP_TAG, write_state)
+from fishermask.sweeps.summary import summarize
+from fishermask.sweeps.trial import run_trial, trial_resources
+from fishermask.tracking import run_meta
+from fishermask.tracking.tracker import make_client
 
-STATE_FILE = "fishermask_sweep.json"
-# bookkeeping tags of the parent run; "mlflow." keys are hidden in the UI
-SWEEP_TAG = "mlflow.fishermask.sweep_path"
-ROLE_TAG = "mlflow.fishermask.role"
-DIGEST_TAG = "mlflow.fishermask.sweep_digest"
 
 
 def add_parsers(subparsers, add_common) -> None:
@@ -53,8 +60,6 @@ def add_parsers(subparsers, add_common) -> None:
                    help="Tune storage root (default .fishermask/sweeps here; on a multi-node "
                         "cluster a shared path or s3://bucket/prefix)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and exit")
-
-    from fishermask import report
 
     report.add_parser(subparsers)
 
@@ -97,113 +102,6 @@ def resume_command(args) -> str:
 
 # ----------------------------------------------------------------------------- state file
 
-def _fs(path: str):
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(path)
-
-
-def read_state(exp_path: str) -> Optional[dict[str, Any]]:
-    import pyarrow.fs
-
-    fs, p = _fs(exp_path)
-    info = fs.get_file_info(f"{p}/{STATE_FILE}")
-    if info.type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(f"{p}/{STATE_FILE}") as f:
-        return json.loads(f.read().decode())
-
-
-def write_state(exp_path: str, state: dict[str, Any]) -> None:
-    fs, p = _fs(exp_path)
-    fs.create_dir(p, recursive=True)
-    with fs.open_output_stream(f"{p}/{STATE_FILE}") as f:
-        f.write(json.dumps(state, indent=2).encode())
-
-
-def remove_experiment(exp_path: str) -> None:
-    import pyarrow.fs
-
-    fs, p = _fs(exp_path)
-    if fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound:
-        fs.delete_dir(p)
-
-
-def order_saved_trials(exp_path: str) -> bool:
-    """Put the trials of Tune's newest experiment state back in grid order; True if rewritten.
-
-    Tune saves its trial list from a set, so a restored sweep would start its pending trials in
-    an arbitrary order and an interrupted sweep would leave scattered trials rather than whole
-    seeds.  Trial ids end in the grid index (``<run>_00017``); Tune requeues restored trials by
-    their last result time with a stable sort, so after this the unfinished ones resume first and
-    the rest follow the grid.  A state file of another layout is left as it is."""
-    import fnmatch
-
-    import pyarrow.fs
-
-    fs, p = _fs(exp_path)
-    names = [i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(p))
-             if fnmatch.fnmatch(i.base_name, "experiment_state-*.json")]
-    if not names:
-        return False
-    path = f"{p}/{max(names)}"
-    with fs.open_input_stream(path) as f:
-        state = json.loads(f.read().decode())
-    try:
-        index = [int(json.loads(entry[0])["trial_id"].rsplit("_", 1)[1])
-                 for entry in state["trial_data"]]
-    except (KeyError, IndexError, TypeError, ValueError):
-        return False
-    if index == sorted(index):
-        return False
-    state["trial_data"] = [e for _, e in sorted(zip(index, state["trial_data"]),
-                                                key=lambda pair: pair[0])]
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(state).encode())
-    return True
-
-
-# ----------------------------------------------------------------------------- MLflow parent
-
-def create_parent(client, sweep, exp_path: str, context: Optional[dict[str, str]] = None) -> str:
-    """The sweep's parent run: the base config and the axes as params (readable, once), its
-    description, provenance, and the sweep file and trial list as artifacts."""
-    from fishermask import run_meta
-    from fishermask.tracking import get_or_create_experiment
-
-    exp_id = get_or_create_experiment(client, sweep.experiment)
-    run_meta.describe_experiment(client, exp_id)
-    tags = {SWEEP_TAG: exp_path, ROLE_TAG: "sweep", DIGEST_TAG: sweep.digest, "sweep": sweep.name,
-            run_meta.NOTE_TAG: run_meta.sweep_description(sweep),
-            **(context if context is not None else run_meta.context_tags()),
-            **run_meta.versions()}
-    run = client.create_run(exp_id, run_name=f"sweep {sweep.name}", tags=tags)
-    run_id = run.info.run_id
-    run_meta.log_params(client, run_id, run_meta.sweep_params(sweep))
-    client.log_text(run_id, sweep.raw_text, f"sweep/{sweep.path.name}")
-    client.log_dict(run_id, [t.to_dict() for t in sweep.trials], "sweep/trials.json")
-    return run_id
-
-
-def _finish_children(client, experiment: str, parent_id: str) -> dict[str, int]:
-    """Statuses of the child runs; a child still RUNNING (its worker died) is marked FAILED."""
-    from fishermask.tracking import PARENT_TAG
-
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                              max_results=10000)
-    counts: dict[str, int] = {}
-    for r in runs:
-        status = r.info.status
-        if status in ("RUNNING", "SCHEDULED"):
-            client.set_terminated(r.info.run_id, status="FAILED")
-            status = "FAILED"
-        counts[status] = counts.get(status, 0) + 1
-    return counts
-
-
-# ----------------------------------------------------------------------------- Tune
-
 def trial_name(trial) -> str:
     return trial.config["trial"]["label"].replace(" ", "_")
 
@@ -224,8 +122,6 @@ def _reporter(sweep):
 
 def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
     from ray import tune
-
-    from fishermask.sweep_trial import run_trial, trial_resources
 
     trainable = tune.with_resources(run_trial, trial_resources)
     exp_path = f"{storage}/{sweep.name}"
@@ -249,12 +145,6 @@ def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
 # ----------------------------------------------------------------------------- command
 
 def cmd_sweep(args) -> int:
-    from fishermask import run_meta
-    from fishermask.config import from_dict
-    from fishermask.sweep_grid import absolute_tracking_uri, load_sweep, storage_root
-    from fishermask.tracking import make_client
-    from fishermask.sweep_summary import summarize
-
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact table (CLIReporter) below
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if args.resume and args.restart:
@@ -270,8 +160,6 @@ def cmd_sweep(args) -> int:
         for t in sweep.trials:
             print(f"  {t.key}  {t.label}")
         return 0
-
-    from fishermask import preflight
 
     if "://" not in storage:
         preflight.writable_folder(storage, "sweep state (--storage)",
@@ -297,8 +185,6 @@ def cmd_sweep(args) -> int:
 
     import ray
     from ray import tune
-
-    from fishermask.sweep_cluster import _forget_start, _init_ray, check_trials_fit
 
     # Ray first: a cluster that cannot be joined, or cannot place a trial, leaves nothing behind
     started = _init_ray(args.address or sweep.base.execution.address)
@@ -384,8 +270,6 @@ def cmd_sweep(args) -> int:
 
 
 def _print_where_to_look(client, experiment: str, tracking_uri: str) -> None:
-    from fishermask import run_meta
-
     exp = client.get_experiment_by_name(experiment)
     serve = run_meta.ui_command(tracking_uri)
     if serve:
@@ -396,8 +280,6 @@ def _print_where_to_look(client, experiment: str, tracking_uri: str) -> None:
 
 
 def cmd_report(args) -> int:
-    from fishermask import report
-
     return report.cmd_report(args)
 
 

@@ -1,7 +1,7 @@
 """The driver's side of resident shards on Ray actors (:meth:`RayExecutor.embed_resident`).
 
 Each actor embeds its range of the index list and keeps a
-:class:`~fishermask.execution.resident.ResidentShard` under a round key.  ``call(method, *args)``
+:class:`~fishermask.kernels.resident.ResidentShard` under a round key.  ``call(method, *args)``
 puts the arguments in the object store once, runs the method on every actor that holds rows, and
 returns the results in shard order.  Calls that change a shard's state (``MUTATING``) are logged;
 when an actor dies, Ray restarts it, the driver re-embeds its range and replays the log, then
@@ -14,7 +14,7 @@ import uuid
 
 import numpy as np
 
-from fishermask.execution.resident import MUTATING
+from fishermask.kernels.resident import MUTATING
 
 
 class RayGroup:
@@ -30,7 +30,6 @@ class RayGroup:
         self.recoveries0 = ex.recoveries
         self.steps = 0
         pending = {j: self._embed(j) for j in self.active}
-        ex._hook("embed", -1)
         ex._gather(lambda j: pending.pop(j) if j in pending else self._embed(j), self.active)
 
     @property
@@ -61,7 +60,6 @@ class RayGroup:
             self.log.append((method, ref))
         if method == "advance":
             self.steps += 1
-            self.ex._hook("step", self.steps)
         return out
 
     def close(self) -> None:

@@ -14,10 +14,10 @@ import math
 import os
 from typing import Any
 
+from fishermask.sweeps.trial import trial_resources
+
 
 def _slots(results, cluster: dict[str, float]) -> int:
-    from fishermask.sweep_trial import trial_resources
-
     need = []
     for r in results:
         if not r.config:

@@ -7,7 +7,7 @@
   so every batch holds exactly the rows it holds in :class:`LocalExecutor`; sums are combined in the
   canonical tree order of :mod:`fishermask.execution.base`.  Results are identical to the local ones.
 * ``embed_resident`` keeps embeddings on the actors (a CHUNK-aligned range each) for the strategy's
-  greedy, which talks to them through one call per step (:mod:`fishermask.execution.ray_group`).
+  greedy, which talks to them through one call per step (:mod:`fishermask.execution.ray.group`).
 * An actor that dies is restarted by Ray (``max_restarts=-1``); the driver re-sends the failed call,
   re-embedding a resident shard and replaying the calls that changed its state.
 """
@@ -26,9 +26,13 @@ import numpy as np
 import torch
 
 from fishermask.errors import FishermaskError
-from fishermask.execution.base import BatchFn, PoolExecutor, cat_outputs, tree_combine
-from fishermask.execution.shard_actor import PoolShard, ShardStateLost, pool_payload
+from fishermask.execution.base import BatchFn, PoolExecutor
+from fishermask.kernels.reduction import cat_outputs
+from fishermask.execution.ray.actor import PoolShard, ShardStateLost, pool_payload
+from fishermask.execution.ray.cluster import check_bundles, connect, local_cpus, local_shards
+from fishermask.execution.ray.group import RayGroup
 from fishermask.kernels.greedy_shard import CHUNK, shard_bounds
+from fishermask.kernels.reduction import tree_combine
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ RESTART_TIMEOUT_S = 300.0
 """How long the driver waits for Ray to restart a dead shard actor."""
 
 
-def trial_resources(execution, strategy: str = "PACK"):
+def execution_resources(execution, strategy: str = "PACK"):
     """The Ray Tune resource request of one trial running with these ``execution.*`` settings:
     a {"CPU": 1} bundle for the trial (the AL loop, the driver) plus one bundle per shard actor
     ({"CPU": cpus_per_shard, "GPU": gpus_per_shard}); without Ray shards, one bundle for the trial
@@ -74,7 +78,6 @@ class RayExecutor(PoolExecutor):
         self.actors: list = []
         self.actor_info: list[dict] = []
         self.recoveries = 0
-        self.hook: Optional[Callable[[str, int], None]] = None  # tests: hook(event, step)
         self._pool_ref = self._arch_ref = self._weights_ref = self._arch_sig = None
         self._started_ray = False
         if not ray.is_initialized():
@@ -92,14 +95,10 @@ class RayExecutor(PoolExecutor):
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if self.cfg.address:  # a cluster: say what to do when it cannot be joined
-            from fishermask.execution.ray_cluster import connect
-
             connect(self.cfg.address)
             self._started_ray = True
             return
         # this machine's CPUs, never more: too many shards fail in _check_resources
-        from fishermask.preflight import local_cpus, local_shards
-
         local_shards(self.cfg)
         kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
         try:
@@ -119,8 +118,6 @@ class RayExecutor(PoolExecutor):
         if get_current_placement_group() is not None:
             return  # a Tune trial's placement group holds the bundles
         if self.cfg.address:  # a cluster (that may autoscale): each actor must fit on a node
-            from fishermask.execution.ray_cluster import check_bundles
-
             shard = {"CPU": float(self.cfg.cpus_per_shard),
                      **({"GPU": float(self.cfg.gpus_per_shard)} if self.cfg.gpus_per_shard else {})}
             what = " + ".join(f"{v:g} {k}" for k, v in shard.items())
@@ -169,7 +166,7 @@ class RayExecutor(PoolExecutor):
             raise FishermaskError(
                 f"the {self.shards} shard actors were not all running after {READY_TIMEOUT_S:g} s; "
                 "the cluster may lack the CPUs/GPUs execution.* asks for (inside a Tune trial, "
-                "request them with fishermask.execution.ray_shards.trial_resources)") from None
+                "request them with fishermask.execution.ray.executor.execution_resources)") from None
 
     def set_model(self, model: torch.nn.Module) -> None:
         import ray
@@ -204,10 +201,6 @@ class RayExecutor(PoolExecutor):
         self.actors, self.actor_info = [], []
 
     # --------------------------------------------------------------------------- plumbing
-    def _hook(self, event: str, step: int) -> None:
-        if self.hook is not None:
-            self.hook(event, step)
-
     def _refs(self) -> list:
         if not self.actors or self._weights_ref is None:
             raise RuntimeError("call bind(pool) and set_model(model) first")
@@ -300,9 +293,7 @@ class RayExecutor(PoolExecutor):
     # --------------------------------------------------------------------------- resident
     def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray):
         """Each actor embeds its CHUNK-aligned (and, when it can be, batch-aligned) range of the
-        sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray_group.RayGroup`."""
-        from fishermask.execution.ray_group import RayGroup
-
+        sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray.group.RayGroup`."""
         idx = np.asarray(indices, dtype=np.int64)
         unit = math.lcm(CHUNK, self.batch_size)
         if unit > 8 * CHUNK:  # odd batch sizes: give up batch alignment, keep balance
@@ -310,4 +301,4 @@ class RayExecutor(PoolExecutor):
         return RayGroup(self, embed_fn, idx, self._split(len(idx), unit))
 
 
-__all__ = ["RayExecutor", "trial_resources"]
+__all__ = ["RayExecutor", "execution_resources"]

@@ -21,9 +21,10 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from fishermask import _persample as ps
+from fishermask.kernels import _persample as ps
 
-__all__ = ["fisher_diagonal", "top_k_mask", "masked_embeddings", "last_layer_embeddings"]
+__all__ = ["fisher_diagonal", "top_k_mask", "masked_embeddings", "last_layer_embeddings",
+           "last_layer_embeddings_from"]
 
 
 _BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
@@ -247,7 +248,18 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def last_layer_embeddings(features: Tensor, probs: Tensor) -> Tensor:
+def last_layer_embeddings(model: nn.Module, inputs: Tensor) -> Tensor:
+    """BAIT's embedding V_x ∈ R^{C×C·d} of ``inputs`` [B, ...]: the masked embedding on the
+    classifier weight W (C×d) in closed form (:func:`last_layer_embeddings_from` of the model's
+    features h(x) and probabilities p(x), one forward pass in eval mode, no autograd).  Takes
+    the model and inputs like :func:`masked_embeddings`; returns ``[B, C, C·d]``."""
+    with _eval_mode(model), torch.no_grad():
+        h = model.features(inputs)
+        p = torch.softmax(model.classifier(h), dim=1)
+    return last_layer_embeddings_from(h, p)
+
+
+def last_layer_embeddings_from(features: Tensor, probs: Tensor) -> Tensor:
     """BAIT's embedding, the masked embedding on the classifier weight W (C×d), closed form:
 
         row c of V_x = √p_c(x) · ((e_c − p(x)) ⊗ h(x)),   column c'·d + j ↔ W[c', j],

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from fishermask.config import flatten
+from fishermask.execution.base import resolve_device
+from fishermask.reports.data import aubc
+
 NOTE_TAG = "mlflow.note.content"
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3.x UIs that read it open the runs view, not GenAI
 KIND = "custom_model_development"
@@ -68,8 +72,6 @@ def run_params(cfg, given: Optional[dict[str, Any]] = None) -> dict[str, str]:
 def sweep_params(sweep) -> dict[str, str]:
     """Params of a sweep's parent: each axis once (``sweep.<axis>`` = its values) and the base
     config without the axes; strategy parameters only when the strategy is not an axis."""
-    from fishermask.config import flatten
-
     axes = dict(sweep.axes)
     params = {f"sweep.{k}": fmt_value(v) for k, v in axes.items()}
     strategy_axis = any(k == "strategy" or k.startswith("strategy.") for k in axes)
@@ -108,8 +110,6 @@ def versions() -> dict[str, str]:
 
 def device_name(setting: str = "auto") -> str:
     import torch
-
-    from fishermask.execution.base import resolve_device
 
     device = resolve_device(setting)
     if str(device).startswith("cuda") and torch.cuda.is_available():
@@ -240,8 +240,6 @@ def round_metrics(rec) -> dict[str, float]:
 
 def summary_metrics(records) -> dict[str, float]:
     """End-of-run summary: AUBC and final value of each main metric, and the labels used."""
-    from fishermask.report_data import aubc
-
     steps = [r.n_labels for r in records]
     out: dict[str, float] = {"final/labels": float(steps[-1])}
     for m in MAIN_METRICS:

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from fishermask.reports.data import labels_to_reach, t_quantile
+from fishermask.tracking.run_meta import metric_key, NOTE_TAG
+
 BEST_MARK = "**Best variant by AUBC"
 
 
 def _ci95(values: list[float]) -> float:
-    from fishermask.report_data import t_quantile
-
     if len(values) < 2:
         return math.nan
     return t_quantile(len(values)) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
@@ -64,9 +65,6 @@ def _with_best(note: str, line: str) -> str:
 
 def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
     from mlflow.entities import Metric
-
-    from fishermask.report_data import labels_to_reach
-    from fishermask.run_meta import NOTE_TAG, metric_key
 
     target = res["target"]
     for r in runs:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fishermask.errors import FishermaskError
+from fishermask.strategies import STRATEGIES
 
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAGS = ("mlflow.fishermask.role", "fishermask.role")  # newer first; older stores: the second
@@ -235,8 +236,6 @@ def labels_to_reach(steps: np.ndarray, values: np.ndarray, target: float) -> Opt
 
 def group(runs: list[RunData]) -> dict[str, list[RunData]]:
     """Runs by variant, in the strategies' registry order, then by name."""
-    from fishermask.strategies import STRATEGIES
-
     order = {name: i for i, name in enumerate(STRATEGIES)}
     by: dict[str, list[RunData]] = defaultdict(list)
     for r in runs:
