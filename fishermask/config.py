@@ -21,7 +21,7 @@ from fishermask.data.params import BudgetParams, DataParams
 from fishermask.errors import ConfigError
 from fishermask.execution.base import ExecutionParams
 from fishermask.models import ModelParams
-from fishermask.strategies import STRATEGIES, get_strategy_spec
+from fishermask.strategies import STRATEGIES, StrategySpec
 from fishermask.tracking.params import TrackingParams
 from fishermask.training import TrainParams
 
@@ -130,6 +130,15 @@ def _without_defaults(value: Any, default: Any) -> Any:
                 out[k] = v
         return out or _DEFAULT
     return _DEFAULT if value == default else value
+
+
+def get_strategy_spec(name: str) -> StrategySpec:
+    """The registry entry of the strategy ``strategy.name`` names; a :class:`ConfigError` naming
+    the valid strategies otherwise."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy.name: unknown strategy {name!r}; valid strategies: "
+                          f"{', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
 
 
 def all_strategy_params() -> set[str]:

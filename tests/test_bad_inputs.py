@@ -12,6 +12,8 @@ import pytest
 
 from fishermask.cli import main
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 TINY = """\
 experiment: bad
 data: {dataset: digits, class_counts: [12, 12, 12, 40]}

@@ -21,6 +21,8 @@ from mlflow.tracking import MlflowClient
 from fishermask.cli import main
 from fishermask.config import load_config
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 CONFIG = """\
 experiment: faults
 data: {{dataset: digits, class_counts: [12, 12, 12, 40]}}

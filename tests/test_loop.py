@@ -10,6 +10,8 @@ from fishermask.loop import ActiveLearningLoop
 from fishermask.tracking.tracker import MlflowTracker
 from tests.helpers import tiny_config
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 

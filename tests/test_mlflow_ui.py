@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from fishermask.cli import main
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 
 @pytest.fixture(scope="module")
 def reported(tiny_sweep, tmp_path_factory):

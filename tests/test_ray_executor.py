@@ -25,6 +25,8 @@ from fishermask.models import build_model
 from fishermask.strategies import SelectionContext, build_strategy
 from fishermask.strategies.fisher_greedy import FisherDiagonalSum
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 HERE = Path(__file__).resolve().parent
 BATCH = 64
 N_POOL, N_QUERY = 700, 24

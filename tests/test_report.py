@@ -12,6 +12,8 @@ from fishermask.cli import main
 from fishermask.reports.command import build_report
 from fishermask.reports.data import RunData, aubc, diff_ci, group, labels_to_reach, mean_curve
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 
 def test_aubc_is_the_mean_height_over_the_budget():
     assert aubc([10, 20, 30], [0.5, 0.5, 0.5]) == pytest.approx(0.5)

@@ -1,6 +1,6 @@
 """Fisher kernels: Fisher diagonal, top-k mask, masked embeddings, BAIT's last-layer embedding.
 
-Notation (DESIGN §2, the paper's): a model f_θ with C classes and softmax probabilities p_c(x);
+Notation (``docs/design.md`` §2, the paper's): a model f_θ with C classes and softmax probabilities p_c(x);
 the score vector g_{x,c} = ∇_θ log p_c(x). Gradients are always taken with the model in eval
 mode (BatchNorm uses its running statistics); each kernel restores every module's previous
 mode on exit and never touches ``.grad``.

@@ -16,7 +16,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fishermask.errors import ConfigError
 from fishermask.strategies import checks
 from fishermask.strategies.base import NoParams, Selection, SelectionContext, Strategy
 from fishermask.strategies.baselines import (Badge, EntropySampling, KCenterGreedy,
@@ -51,15 +50,6 @@ STRATEGIES: dict[str, StrategySpec] = {s.name: s for s in _SPECS}
 checks.PARAMS.update({s.name: s.params for s in _SPECS})
 
 
-def get_strategy_spec(name: str) -> StrategySpec:
-    """The registry entry of ``name``; a :class:`~fishermask.errors.ConfigError` naming the
-    valid strategies otherwise (the config's ``strategy.name``)."""
-    if name not in STRATEGIES:
-        raise ConfigError(f"strategy.name: unknown strategy {name!r}; valid strategies: "
-                          f"{', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
-
-
 def build_strategy(name: str, **params: Any) -> Strategy:
     """The strategy registered as ``name``, built with ``params`` (checked)."""
     if not isinstance(name, str) or name not in STRATEGIES:
@@ -83,4 +73,4 @@ def select(strategy: str, model, pool, labeled, n: int, *, seed: int = 0, execut
 __all__ = ["Badge", "Bait", "Entropy", "EntropySampling", "FisherMask", "FisherMaskAuthors",
            "KCenter", "KCenterGreedy", "LeastConfidence", "Margin", "MarginSampling", "Random",
            "RandomSampling", "STRATEGIES", "Selection", "SelectionContext", "Strategy",
-           "StrategySpec", "build_strategy", "get_strategy_spec", "select"]
+           "StrategySpec", "build_strategy", "select"]

@@ -1,4 +1,4 @@
-"""Baselines (DESIGN §3): random, entropy, margin, least confidence, k-center greedy, BADGE."""
+"""Baselines: random, entropy, margin, least confidence, k-center greedy, BADGE."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``fishermask sweep``: a Ray Tune grid of active-learning runs, logged to MLflow; and the
 ``report`` subcommand's wiring.
 
-Layout (``docs/design.md`` §5):
+Layout:
 
 * one Tune trial = one AL run; the grid comes from the file's ``sweep:`` block (``sweep_grid``);
 * the driver creates the MLflow store, the experiment and the sweep's **parent run** before any

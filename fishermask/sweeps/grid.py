@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fishermask.config import (all_strategy_params, apply_overrides, Config, from_dict, read_yaml,
-                               set_dotted)
+from fishermask.config import (Config, all_strategy_params, apply_overrides, from_dict,
+                               get_strategy_spec, read_yaml, set_dotted)
 from fishermask.errors import ConfigError
-from fishermask.strategies import get_strategy_spec
 
 DEFAULT_STORAGE = ".fishermask/sweeps"
 

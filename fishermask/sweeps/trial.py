@@ -21,9 +21,6 @@ from fishermask.execution.ray.executor import execution_resources
 from fishermask.loop import ActiveLearningLoop
 from fishermask.tracking.tracker import MlflowTracker
 
-FAULT_ENV = "FISHERMASK_FAULT_DIR"  # tests: a file <dir>/fail_round_<r> makes one trial raise once
-
-
 def trial_resources(config: dict[str, Any]):
     """Placement group of a trial (Tune calls this with the trial's config)."""
     execution = from_dict(config["trial"]["config"]).execution
@@ -47,18 +44,6 @@ class _Timer:
             finally:
                 self.seconds += time.perf_counter() - t0
         return timed
-
-
-def _inject_fault(rnd: int) -> None:
-    folder = os.environ.get(FAULT_ENV)
-    if not folder:
-        return
-    marker = Path(folder) / f"fail_round_{rnd}"
-    try:
-        marker.unlink()  # only the first trial to get here fails, and only once
-    except FileNotFoundError:
-        return
-    raise RuntimeError(f"injected fault in round {rnd} ({FAULT_ENV}={folder})")
 
 
 def _threads() -> int:
@@ -109,7 +94,6 @@ def run_trial(config: dict[str, Any]) -> None:
                 "done": final}
 
     def on_round(loop: ActiveLearningLoop, rec) -> None:
-        _inject_fault(rec.round)
         metrics = {"round": rec.round, "n_labels": rec.n_labels, "accuracy": rec.accuracy,
                    "balanced_accuracy": rec.balanced_accuracy, "query_seconds": rec.query_seconds,
                    "train_seconds": rec.train_seconds, "run_id": tracker.run_id,

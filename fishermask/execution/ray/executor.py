@@ -1,4 +1,5 @@
-"""Ray pool-shard executor (DESIGN §4): ``execution.shards`` actors do the per-sample work of a round.
+"""Ray pool-shard executor: ``shards`` actors do the per-sample work of a round (the sharding rules
+that keep the results identical are ``docs/design.md`` §2.5).
 
 * ``bind(pool)`` puts the pool in the object store once per run (numpy: shared zero-copy by all
   actors of a node) and starts the actors; ``set_model`` puts the architecture once and the weights
