@@ -41,11 +41,11 @@ def test_fishermask_with_classifier_mask_picks_what_bait_picks(net_and_pool, ove
 
 def test_fishermask_diagnostics_and_profile(net_and_pool):
     model, x = net_and_pool
-    sel = select("fishermask", model, x, [0, 1, 2, 3], n=5, sparsity=0.05, device="cpu")
+    sel = select("fishermask", model, x, [0, 1, 2, 3], n=5, sparsity=0.01, device="cpu")
     prof = sel.artifacts["mask_profile"]
     names = [n for n, _ in model.named_parameters()]
     assert [p["name"] for p in prof] == names
-    k = int(0.05 * sum(p.numel() for p in model.parameters()))
+    k = int(0.01 * sum(p.numel() for p in model.parameters()))
     assert sum(p["selected"] for p in prof) == k
     for key in ("phase_mask_seconds", "phase_gradients_seconds", "phase_fisher_seconds",
                 "phase_greedy_seconds"):
@@ -54,8 +54,8 @@ def test_fishermask_diagnostics_and_profile(net_and_pool):
 
 def test_authors_preset_differs_only_where_documented(net_and_pool):
     model, x = net_and_pool
-    a = select("fishermask_authors", model, x, [0, 1], n=5, sparsity=0.05, device="cpu")
-    b = select("fishermask", model, x, [0, 1], n=5, sparsity=0.05, device="cpu",
+    a = select("fishermask_authors", model, x, [0, 1], n=5, sparsity=0.01, device="cpu")
+    b = select("fishermask", model, x, [0, 1], n=5, sparsity=0.01, device="cpu",
                prob_scaling=False, mask_subset="first")
     assert a.indices.tolist() == b.indices.tolist()
 
