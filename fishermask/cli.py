@@ -16,7 +16,12 @@ from fishermask.config import load_config
 from fishermask.errors import FishermaskError, Terminated
 from fishermask.loop import ActiveLearningLoop
 from fishermask.sweeps import command as sweep_mod
+from fishermask.tracking import run_meta
 from fishermask.tracking.tracker import MlflowTracker
+
+
+
+
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -63,7 +68,11 @@ def cmd_run(args) -> int:
           f"{last.n_labels} labels, accuracy {last.accuracy:.4f}, "
           f"balanced accuracy {last.balanced_accuracy:.4f}")
     print(f"MLflow run {tracker.run_id} in experiment '{cfg.experiment}' at {tracker.tracking_uri}")
-    print(f"open the UI with:  mlflow ui --backend-store-uri {tracker.tracking_uri}")
+
+    serve = run_meta.ui_command(tracker.tracking_uri)
+    if serve:
+        print(f"open the UI with:  {serve}")
+    print(f"runs view: {run_meta.runs_url(tracker.tracking_uri, tracker.experiment_id)}")
     return 0
 
 

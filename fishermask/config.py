@@ -72,8 +72,7 @@ class StrategyConfig(BaseModel):
 
 
 class Config(_Section):
-    experiment: str = Field("fishermask", min_length=1, pattern=r"\S",
-                            description="MLflow experiment name (not blank)")
+    experiment: str = Field("fishermask", description="MLflow experiment name (not blank)")
     seed: int = 0
     data: DataConfig = DataConfig()
     budget: BudgetConfig = BudgetConfig(regime="low")
@@ -83,6 +82,13 @@ class Config(_Section):
     execution: ExecutionConfig = ExecutionConfig()
     tracking: TrackingConfig = TrackingConfig()
     sweep: Optional[dict[str, list[Any]]] = None
+
+    @field_validator("experiment")
+    @classmethod
+    def _named(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the MLflow experiment needs a name; e.g. --set experiment=my_study")
+        return v
 
     def to_dict(self, *, with_sweep: bool = False) -> dict[str, Any]:
         d = self.model_dump(mode="json")
@@ -181,7 +187,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model=None) 
         else:
             got = err.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{where}: {err['msg']}{got_s}")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg}{got_s}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -31,6 +31,7 @@ from fishermask.models import build_model
 
 REACH_TIMEOUT_S = 10.0
 """How long an http(s) tracking server may take to answer the reachability probe."""
+PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 _DB_SCHEMES = ("postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
 
@@ -105,12 +106,18 @@ def tracking_uri(uri: Optional[str]) -> str:
 
 
 def _reach(uri: str, flag: str) -> None:
-    url = uri.rstrip("/") + "/health"
+    """One call of MLflow's REST API: it must answer (401/403: the client's credentials, which
+    this probe does not send, are MLflow's business) within ``REACH_TIMEOUT_S``."""
+    url = uri.rstrip("/") + PROBE
     try:
         with urllib.request.urlopen(url, timeout=REACH_TIMEOUT_S):
             return
-    except urllib.error.HTTPError:
-        return  # something answers (a proxy or an older server without /health)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return
+        raise FishermaskError(
+            f"{uri} answers, but not as an MLflow tracking server (HTTP {exc.code} for {PROBE}); "
+            f"check {flag}: host, port and path prefix of the server") from None
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise FishermaskError(

@@ -9,4 +9,12 @@ resume=()
 if [ -f .fishermask/sweeps/quickstart/fishermask_sweep.json ]; then resume=(--resume); fi
 fishermask sweep sweeps/quickstart.yaml "${resume[@]}" "$@"
 fishermask report --experiment quickstart --out report
-echo "report: $ROOT/report/summary.md (PNGs beside it); MLflow UI: $VENV/bin/mlflow ui --backend-store-uri sqlite:///$ROOT/mlflow.db"
+exp_id="$(python -c 'import mlflow; print(mlflow.MlflowClient("sqlite:///mlflow.db").get_experiment_by_name("quickstart").experiment_id)')"
+cat <<EOF
+report: $ROOT/report/report.html (one file, figures inline; summary.md and PNGs beside it)
+MLflow UI (port 5000):  $VENV/bin/mlflow ui --backend-store-uri sqlite:///$ROOT/mlflow.db --port 5000
+then open the runs view: http://127.0.0.1:5000/#/experiments/$exp_id/runs?workflowType=machine_learning
+  compare strategies: Group by -> tag 'variant' (one row per strategy, mean over seeds), sort by
+  aubc/accuracy; the chart view (second icon) then shows accuracy as mean ± band per strategy.
+  The parent run 'sweep quickstart' holds report/report.html.
+EOF

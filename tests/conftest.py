@@ -85,7 +85,8 @@ def ray_local(tmp_path_factory):
 
         ray.tune.report = report
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2,
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=256 * 1024 ** 2,
              runtime_env={"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"},
                           "worker_process_setup_hook": inject_faults})
     yield SimpleNamespace(fault_dir=fault_dir)

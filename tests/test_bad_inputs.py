@@ -65,7 +65,8 @@ def fishermask_file_as_folder(tmp: Path) -> list[str]:
 CASES = [
     ("empty yaml", lambda t: ["run", tiny(t, "# only a comment\n")], "the file is empty"),
     ("not utf-8", lambda t: ["run", _latin1(t)], "not UTF-8 text"),
-    ("experiment empty", lambda t: ["run", tiny(t), "--set", "experiment="], "experiment"),
+    ("experiment empty", lambda t: ["run", tiny(t), "--set", "experiment="],
+     "experiment: the MLflow experiment needs a name"),
     ("lr infinite", lambda t: ["run", tiny(t), "--set", "train.lr=.inf"], "train.lr"),
     ("strategy lam infinite", lambda t: ["run", tiny(t), "--set", "strategy.name=bait", "--set",
                                     "strategy.lam=.inf"], "strategy.lam: must be a finite"),
@@ -101,6 +102,9 @@ CASES = [
         "entropy", "fishermask")), "--storage", str(t / "st")], "smallest valid sparsity"),
     ("sweep unreachable server", lambda t: ["sweep", tiny(t, SWEEP), "--storage", str(t / "st"),
                                             "--tracking-uri", "http://127.0.0.1:9"],
+     "cannot reach"),
+    ("report unreachable server", lambda t: ["report", "--experiment", "bad", "--out",
+                                             str(t / "r"), "--tracking-uri", "http://127.0.0.1:9"],
      "cannot reach"),
     ("max-concurrent 0", lambda t: ["sweep", tiny(t, SWEEP), "--max-concurrent", "0"],
      "--max-concurrent: must be at least 1"),
@@ -167,3 +171,50 @@ def test_tilde_in_checkpoint_dir_is_the_home_folder(tmp_path, capfd, monkeypatch
                               "sqlite:///~/mlflow.db"], capfd)
     assert code == 0 and "already finished all 1 rounds" in out + err
     assert "resuming" not in out + err
+
+
+def test_second_sweep_launch_refuses_naming_the_first(tmp_path, capfd):
+    import os
+    import subprocess
+    import sys
+
+    storage = tmp_path / "st"
+    holder = subprocess.Popen(  # a real other process holding the sweep's lock
+        [sys.executable, "-c", "import sys, time; from fishermask.loop.runlock import RunLock; "
+         "RunLock(sys.argv[1], 'sweep').acquire(); print('held', flush=True); time.sleep(60)",
+         f"{storage}/bad-c.lock"], stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, out, err = run_cli(["sweep", tiny(tmp_path, SWEEP), "--storage", str(storage)], capfd)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and f"pid {holder.pid}" in err and "is already running" in err
+    assert "Traceback" not in err and not (tmp_path / "mlflow.db").exists()
+
+
+def test_ray_resume_hint_becomes_the_fishermask_command():
+    import logging
+
+    from fishermask.sweeps.hints import ResumeHint
+
+    record = logging.LogRecord("ray.tune.tune", logging.WARNING, __file__, 1,
+                               'Experiment has been interrupted, but the most recent state was '
+                               'saved.\nResume experiment with: Tuner.restore(path="%s", '
+                               'trainable=...)', ("/x",), None)
+    assert ResumeHint("fishermask sweep s.yaml --resume").filter(record)
+    text = record.getMessage()
+    assert "Tuner.restore" not in text and text.endswith("fishermask sweep s.yaml --resume")
+
+
+def test_every_committed_sweep_passes_the_mask_capacity_check():
+    from fishermask import preflight
+    from fishermask.config import from_dict
+    from fishermask.sweeps.grid import load_sweep
+
+    files = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+    assert files
+    for f in files:
+        for t in load_sweep(f).trials:
+            preflight.trial_mask_capacity(from_dict(t.config))  # raises if a mask cannot fit

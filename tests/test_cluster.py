@@ -5,13 +5,16 @@ that ran no trial, and a sweep that runs on both nodes."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,8 +76,10 @@ def cluster():
     port = _free_port()
     procs = []
     try:
-        for name, extra in (("head", ["--head", "--port", str(port), "--include-dashboard",
-                                      "false"]),
+        head = ["--head", "--port", str(port), "--include-dashboard", "false"]
+        if importlib.util.find_spec("grpc"):  # ray[client] installed: its server, on a free port
+            head += ["--ray-client-server-port", str(_free_port())]
+        for name, extra in (("head", head),
                             ("node", ["--address", f"127.0.0.1:{port}"])):
             log = root / f"{name}.log"
             with open(log, "w") as out:
@@ -89,17 +94,43 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _cli(args, tmp_path, auth: dict[str, str], timeout: float = 300):
-    """Run ``fishermask ARGS`` in ``tmp_path`` with only the ``auth`` RAY_AUTH_* variables and a
-    home without a token file; (returncode, stdout, stderr, seconds)."""
+@pytest.fixture(scope="module")
+def http1_port():
+    """A port that answers like a web server (the dashboard, MLflow), not like Ray's GCS."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(0.3)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    thread.join()
+    srv.close()
+
+
+def _env(tmp_path, auth: dict[str, str]) -> dict[str, str]:
+    """Only the ``auth`` RAY_* variables, and a home without a token file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(auth, RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
                HOME=str(tmp_path / "home"))
     (tmp_path / "home").mkdir(exist_ok=True)
-    t0 = time.perf_counter()
-    p = subprocess.run(FISHERMASK + list(args), cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=timeout)
-    return p.returncode, p.stdout, p.stderr, time.perf_counter() - t0
+    return env
 
 
 def _sweep_args(tmp_path, address: str, *extra: str) -> list[str]:
@@ -108,58 +139,89 @@ def _sweep_args(tmp_path, address: str, *extra: str) -> list[str]:
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra]
 
 
-@pytest.mark.parametrize("auth, expect", [
-    ({}, ["uses token authentication", "RAY_AUTH_MODE is not set", "export RAY_AUTH_MODE=token",
-          "ray get-auth-token"]),
-    ({"RAY_AUTH_MODE": "token"}, ["RAY_AUTH_MODE=token, but this process has no token",
-                                  "RAY_AUTH_TOKEN"]),
-    ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"},
-     ["rejected this process's token (from RAY_AUTH_TOKEN)", "ray get-auth-token"]),
-    ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "the-token", "address": "unreachable"},
-     ["cannot reach the Ray cluster at 127.0.0.1:", "ray status"]),
-], ids=["mode-unset", "no-token", "wrong-token", "unreachable"])
-def test_cluster_join_mistakes_exit_2_with_what_to_do(cluster, tmp_path, auth, expect):
-    auth = dict(auth)
-    address = (f"127.0.0.1:{_free_port()}" if auth.pop("address", None) == "unreachable"
-               else cluster.address)
-    code, out, err, seconds = _cli(_sweep_args(tmp_path, address), tmp_path, auth)
+JOIN_MISTAKES = {  # case: (RAY_* variables, address, what the message must say)
+    "mode-unset": ({}, "cluster", ["uses token authentication", "RAY_AUTH_MODE is not set",
+                                   "export RAY_AUTH_MODE=token", "ray get-auth-token"]),
+    "no-token": ({"RAY_AUTH_MODE": "token"}, "cluster",
+                 ["RAY_AUTH_MODE=token, but this process has no token", "RAY_AUTH_TOKEN"]),
+    "wrong-token": ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}, "cluster",
+                    ["rejected this process's token (from RAY_AUTH_TOKEN)",
+                     "ray get-auth-token"]),
+    "unreachable": ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"}, "closed",
+                    ["cannot reach the Ray cluster at 127.0.0.1:", "ray status"]),
+    "not-a-gcs": ({}, "http1", ["answers, but not as a Ray cluster's GCS",
+                                "port 6379 by default"]),
+}
+
+
+@pytest.fixture(scope="module")
+def failed_starts(cluster, http1_port, tmp_path_factory):
+    """The command lines that must stop before any work, run at once (each in its own folder):
+    the JOIN_MISTAKES, a sweep whose trials need 3 CPUs, and a ``run`` with 3 shards.
+    {case: (folder, returncode, stdout, stderr)}."""
+    good = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
+    addresses = {"cluster": cluster.address, "closed": f"127.0.0.1:{_free_port()}",
+                 "http1": f"127.0.0.1:{http1_port}"}
+    jobs = {}
+    for case, (auth, where, _) in JOIN_MISTAKES.items():
+        folder = tmp_path_factory.mktemp(case)
+        jobs[case] = (folder, auth, _sweep_args(folder, addresses[where]))
+    folder = tmp_path_factory.mktemp("sweep")  # test_sweep_runs_on_both_nodes runs here next
+    jobs["sweep-shards"] = (folder, good, _sweep_args(folder, cluster.address, "--set",
+                                                      "sweep.seed=[0]", "--set",
+                                                      "execution.shards=2"))
+    folder = tmp_path_factory.mktemp("run")
+    jobs["run-shards"] = (folder, good, [
+        "run", str(write_tiny_sweep(folder)), "--set", f"execution.address={cluster.address}",
+        "--set", "execution.shards=3", "--set", f"tracking.checkpoint_dir={folder / 'ckpt'}",
+        "--no-progress", "--tracking-uri", f"sqlite:///{folder / 'run.db'}"])
+    procs = {case: subprocess.Popen(FISHERMASK + args, cwd=folder, env=_env(folder, auth),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for case, (folder, auth, args) in jobs.items()}
+    results = {}
+    for case, proc in procs.items():
+        out, err = proc.communicate(timeout=400)
+        results[case] = (jobs[case][0], proc.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize("case", list(JOIN_MISTAKES))
+def test_cluster_join_mistakes_exit_2_with_what_to_do(failed_starts, case):
+    folder, code, out, err = failed_starts[case]
     assert code == 2, err
     assert err.startswith("error: ") and "Traceback" not in err
-    for text in expect:
+    for text in JOIN_MISTAKES[case][2]:
         assert text in err, err
-    assert seconds < 60  # Ray's own client retries for 20-40 s, then aborts or raises
-    assert not (tmp_path / "storage").exists()  # a start that ran no trial leaves no state
+    # found before Ray's own client ran: it retries for 20-40 s, logging each try, then aborts
+    # the process (no token) or raises
+    assert "gcs_client" not in err and "Failed to connect" not in err and "rpc_client" not in err
+    assert not (folder / "storage").exists()  # a start that ran no trial leaves no state
 
 
-def test_run_with_more_shards_than_the_cluster_stops_before_any_work(cluster, tmp_path):
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
-    cfg = write_tiny_sweep(tmp_path)
-    code, out, err, _ = _cli(["run", str(cfg), "--set", f"execution.address={cluster.address}",
-                              "--set", "execution.shards=3", "--set",
-                              f"tracking.checkpoint_dir={tmp_path / 'ckpt'}", "--no-progress",
-                              "--tracking-uri", f"sqlite:///{tmp_path / 'run.db'}"],
-                             tmp_path, auth)
+def test_run_with_more_shards_than_the_cluster_stops_before_any_work(failed_starts):
+    folder, code, out, err = failed_starts["run-shards"]
     assert code == 2 and "Traceback" not in err, err
     assert "execution.shards=3 x (1 CPU per shard) needs 3 CPU in all, but the cluster has 2 " \
            "CPU: 1 CPU missing" in err
-    assert "round" not in out and not (tmp_path / "ckpt").exists()
+    assert "round" not in out and not list((folder / "ckpt").rglob("state.pt"))
 
 
-def test_sweep_runs_on_both_nodes_after_a_start_that_ran_no_trial(cluster, tmp_path):
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
-    # a trial asking for 1 + 2 CPUs can never be placed on 2 x 1 CPU: stop at once, no state
-    code, out, err, _ = _cli(_sweep_args(tmp_path, cluster.address, "--set", "sweep.seed=[0]",
-                                         "--set", "execution.shards=2"), tmp_path, auth)
+def test_sweep_runs_on_both_nodes_after_a_start_that_ran_no_trial(cluster, failed_starts):
+    # a trial asking for 1 + 2 CPUs can never be placed on 2 x 1 CPU: it stopped at once
+    folder, code, out, err = failed_starts["sweep-shards"]
     assert code == 2 and "Traceback" not in err, err
     assert "each of 2 trials (e.g. 'random seed=0'), asking for 1 CPU for the trial + " \
            "execution.shards=2 x (1 CPU), needs 3 CPU in all, but the cluster has 2 CPU: " \
            "1 CPU missing" in err
-    assert not (tmp_path / "storage").exists()
-    # the corrected command is not refused (no --resume needed) and runs both trials at once,
-    # one per 1-CPU node
-    code, out, err, _ = _cli(_sweep_args(tmp_path, cluster.address, "--set", "sweep.seed=[0]"),
-                             tmp_path, auth)
-    assert code == 0, out[-3000:] + err[-3000:]
-    assert "MLflow child runs: 2 FINISHED" in out
-    assert "for 2 trials (2 at a time)" in out
-    assert (tmp_path / "storage" / "tiny" / "fishermask_sweep.json").exists()
+    assert not (folder / "storage").exists()
+    # the corrected command in the same folder is not refused (no --resume needed) and runs
+    # both trials at once, one per 1-CPU node
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
+    p = subprocess.run(FISHERMASK + _sweep_args(folder, cluster.address, "--set",
+                                                "sweep.seed=[0]"),
+                       cwd=folder, env=_env(folder, auth), capture_output=True, text=True,
+                       timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "MLflow child runs: 2 FINISHED" in p.stdout
+    assert "for 2 trials (2 at a time)" in p.stdout
+    assert (folder / "storage" / "tiny" / "fishermask_sweep.json").exists()

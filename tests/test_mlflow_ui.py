@@ -85,6 +85,16 @@ def test_parent_has_html_report_and_variant_metrics(reported, tmp_path):
     for v in ("random", "fishermask"):
         assert 0 < m[f"variant_aubc/{v}"] <= 1 and f"variant_final/{v}" in m
     assert "variant_aubc_vs_random/fishermask" in m and "time/sweep_wall_seconds" in m
+    # MLflow's markdown preview shows only absolute http(s) images: they point at get-artifact
+    import urllib.request
+
+    md = open(client.download_artifacts(parent.info.run_id, "report/summary.md",
+                                        str(tmp_path))).read()
+    url = (f"{client.tracking_uri}/get-artifact?path=report/learning_curves.png"
+           f"&run_uuid={parent.info.run_id}")
+    assert f"![learning curves]({url})" in md
+    with urllib.request.urlopen(url, timeout=30) as r:
+        assert r.read(8) == b"\x89PNG\r\n\x1a\n"
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert "sweep/trials.md" in names and "sweep/summary.md" not in names
 

@@ -134,10 +134,15 @@ class FisherEmbeddings:
     def empty_like(self) -> "FisherEmbeddings":
         return self.rows(slice(0, 0))
 
-    def check_finite(self, name: str) -> None:
+    def check_finite(self, name: str, block: int = 1024) -> None:
+        """ValueError if any stored number is NaN or infinite (checked block by block, so no
+        temporary as large as the embeddings is made)."""
         for t in (self.features, self.probs, self.dense):
-            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name} contains NaN or infinite values")
+            if t is None:
+                continue
+            for start in range(0, len(t), block):
+                if not bool(torch.isfinite(t[start:start + block]).all()):
+                    raise ValueError(f"{name} contains NaN or infinite values")
 
     # ------------------------------------------------------------------ products
     def coefficients(self, dtype=torch.float64) -> Tensor:

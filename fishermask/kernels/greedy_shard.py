@@ -120,12 +120,13 @@ class GreedyShard:
         once removals started), then the best candidate of direction ``forward``."""
         a_mat = a_mat.to(device=self.device, dtype=self.dtype)
         w = self.root_w ** 2
-        diag = self.fisher.dim() == 1
+        # A F A once (k³), then Q_x like P_x: for the factored block V_x·(AFA) costs C·d·k, not
+        # C·k² as (V_x A)·F would
+        afa = (a_mat * self.fisher) @ a_mat if self.fisher.dim() == 1 else a_mat @ self.fisher @ a_mat
+        afa = ((afa + afa.T) / 2).contiguous()
         for idx, rows in self._blocks(self.removing):
-            z = rows.matmul(a_mat)                                           # V_x A, [n, C, k]
-            self.p[idx] = w * rows.rowdot(z)
-            zf = z * self.fisher if diag else (z.reshape(-1, z.shape[2]) @ self.fisher).reshape(z.shape)
-            self.q[idx] = w * torch.bmm(zf, z.transpose(1, 2))
+            self.p[idx] = w * rows.rowdot(rows.matmul(a_mat))                # Ṽ_x A Ṽ_xᵀ
+            self.q[idx] = w * rows.rowdot(rows.matmul(afa))                  # Ṽ_x AFA Ṽ_xᵀ
         self.sign = 1 if forward else -1
         self._rescore()
         return self.best(forward)

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from fishermask import preflight
 from fishermask.errors import FishermaskError
 from fishermask.reports import mlflow_log as report_mlflow
 from fishermask.reports.data import (accuracy_table, aubc, baseline_for, child_runs, diff_ci,
@@ -31,6 +32,9 @@ from fishermask.reports.data import (accuracy_table, aubc, baseline_for, child_r
                                      mean_curve, phase_seconds, split_configs)
 from fishermask.reports.html import write_html
 from fishermask.sweeps.grid import absolute_tracking_uri
+
+
+
 
 
 def add_parser(subparsers) -> None:
@@ -267,7 +271,8 @@ def cmd_report(args) -> int:
     from mlflow.tracking import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = absolute_tracking_uri(args.tracking_uri)
+
+    uri = absolute_tracking_uri(preflight.tracking_uri(args.tracking_uri))  # fails fast if down
     _check_store(args, uri)
     out = _out_folder(args.out, create=False)
     client = MlflowClient(uri)

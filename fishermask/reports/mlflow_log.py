@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fishermask.reports.data import labels_to_reach, t_quantile
-from fishermask.tracking.run_meta import metric_key, NOTE_TAG
+from fishermask.tracking.run_meta import metric_key, NOTE_TAG, ui_base
 
 BEST_MARK = "**Best variant by AUBC"
 
@@ -63,6 +63,25 @@ def _with_best(note: str, line: str) -> str:
     return "\n\n".join(kept + [line])
 
 
+def mlflow_markdown(text: str, tracking_uri: str, run_id: str) -> str:
+    """``summary.md`` for MLflow's artifact preview, which shows only images with absolute
+    http(s) URLs: each figure points at the UI's ``get-artifact`` endpoint (a tracking server's
+    own address, else ``mlflow ui`` on the documented port)."""
+    from urllib.parse import quote
+
+    base = ui_base(tracking_uri)
+
+    def url(m: re.Match) -> str:
+        path = quote(f"report/{m.group(2)}", safe="/")
+        return f"![{m.group(1)}]({base}/get-artifact?path={path}&run_uuid={run_id})"
+
+    note = ("*Figures are served by the MLflow UI at " + base + "; `report.html` beside this file "
+            "has them inline.*")
+    body = re.sub(r"!\[([^\]]*)\]\(([^)/:]+\.png)\)", url, text)
+    head, _, rest = body.partition("\n")
+    return f"{head}\n\n{note}\n{rest}"
+
+
 def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
     from mlflow.entities import Metric
 
@@ -75,9 +94,11 @@ def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
         return
     pid = parent.info.run_id
     files = res["files"]
-    for name in ("html", "summary", *[k for k in files if k not in ("html", "summary")]):
+    for name in ("html", *[k for k in files if k not in ("html", "summary")]):
         if name in files:
             client.log_artifact(pid, str(files[name]), "report")
+    client.log_text(pid, mlflow_markdown(files["summary"].read_text(), client.tracking_uri, pid),
+                    "report/summary.md")
     table = variant_table(res, metric)
     base = re.sub(r"[^A-Za-z0-9_]+", "_", table[0]["baseline"] or "baseline") if table else ""
     metrics = [Metric(f"target/{metric}", float(target), 0, 0)]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import time
 from typing import Any, Optional
@@ -27,9 +26,11 @@ from typing import Any, Optional
 from fishermask import preflight
 from fishermask.config import from_dict
 from fishermask.errors import ConfigError, FishermaskError
+from fishermask.loop.runlock import RunLock
 from fishermask.reports import command as report
 from fishermask.sweeps.cluster import _forget_start, _init_ray, check_trials_fit
 from fishermask.sweeps.grid import absolute_tracking_uri, load_sweep, storage_root
+from fishermask.sweeps.hints import int_at_least, resume_command, ResumeHint
 from fishermask.sweeps.state import (_finish_children, create_parent, DIGEST_TAG,
                                      order_saved_trials, read_state, remove_experiment, ROLE_TAG,
                                      STATE_FILE, SWEEP_TAG, write_state)
@@ -37,6 +38,7 @@ from fishermask.sweeps.summary import summarize
 from fishermask.sweeps.trial import run_trial, trial_resources
 from fishermask.tracking import run_meta
 from fishermask.tracking.tracker import make_client
+
 
 
 
@@ -52,9 +54,9 @@ def add_parsers(subparsers, add_common) -> None:
                         "are kept, unfinished and errored ones continue from their last round")
     p.add_argument("--restart", action="store_true",
                    help="discard this sweep's Tune state and start a new sweep (new parent run)")
-    p.add_argument("--max-concurrent", type=_int_at_least(1), default=None, metavar="N",
+    p.add_argument("--max-concurrent", type=int_at_least(1), default=None, metavar="N",
                    help="at most N trials at a time (default: as many as the resources allow)")
-    p.add_argument("--max-failures", type=_int_at_least(0), default=2, metavar="K",
+    p.add_argument("--max-failures", type=int_at_least(0), default=2, metavar="K",
                    help="retry a crashed trial up to K times from its last round (default 2)")
     p.add_argument("--storage", default=None, metavar="PATH|URI",
                    help="Tune storage root (default .fishermask/sweeps here; on a multi-node "
@@ -62,42 +64,6 @@ def add_parsers(subparsers, add_common) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the trials and exit")
 
     report.add_parser(subparsers)
-
-
-def _int_at_least(low: int):
-    import argparse
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-class _ResumeHint:
-    """Logging filter: Ray's "Resume experiment with: Tuner.restore(...)" becomes the fishermask
-    command that resumes the sweep (Tuner.restore alone would lose the MLflow parent run)."""
-
-    def __init__(self, command: str):
-        self.command = command
-
-    def filter(self, record) -> bool:
-        if "Tuner.restore(" in str(record.msg):
-            record.msg, record.args = (f"the sweep was interrupted; its state is saved. Continue "
-                                       f"it with: {self.command}"), ()
-        return True
-
-
-def resume_command(args) -> str:
-    again = sys.argv[1:] if sys.argv[1:2] == ["sweep"] else ["sweep", args.file]
-    again = [a for a in again if a not in ("--resume", "--restart")] + ["--resume"]
-    return "fishermask " + " ".join(shlex.quote(a) for a in again)
 
 
 # ----------------------------------------------------------------------------- state file
@@ -145,6 +111,15 @@ def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
 # ----------------------------------------------------------------------------- command
 
 def cmd_sweep(args) -> int:
+    held: list = []  # the sweep's lock, once taken
+    try:
+        return _cmd_sweep(args, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _cmd_sweep(args, held: list) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact table (CLIReporter) below
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if args.resume and args.restart:
@@ -164,6 +139,8 @@ def cmd_sweep(args) -> int:
     if "://" not in storage:
         preflight.writable_folder(storage, "sweep state (--storage)",
                                   "or pass --storage /a/writable/folder")
+        # one driver per sweep: a second launch refuses, naming the first
+        held.append(RunLock(f"{exp_path}.lock", f"sweep '{sweep.name}' ({exp_path})").acquire())
     local = not (args.address or sweep.base.execution.address or os.environ.get("RAY_ADDRESS"))
     for t in sweep.trials:
         cfg = from_dict(t.config)
@@ -229,7 +206,7 @@ def cmd_sweep(args) -> int:
 
     import logging
 
-    logging.getLogger("ray.tune.tune").addFilter(_ResumeHint(resume_command(args)))
+    logging.getLogger("ray.tune.tune").addFilter(ResumeHint(resume_command(args)))
     status, code, forgotten = "FAILED", 1, False
     t0 = time.perf_counter()
     try:
@@ -254,6 +231,9 @@ def cmd_sweep(args) -> int:
               + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
                  else ""))
         _print_where_to_look(client, sweep.experiment, tracking_uri)
+    except KeyboardInterrupt:  # SIGTERM: the parent run ends KILLED, the state stays resumable
+        status = "KILLED"
+        raise
     except BaseException:
         forgotten = fresh and _forget_start(client, exp_path, parent_id, sweep.experiment)
         if forgotten:

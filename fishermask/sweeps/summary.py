@@ -1,4 +1,5 @@
-"""The end-of-sweep summary: one row per trial, MLflow run statuses, and the Tune + MLflow overhead.
+"""The end-of-sweep trial table (the parent's ``sweep/trials.md``): one row per trial, MLflow run
+statuses, and the Tune + MLflow overhead.
 
 Overhead is measured two ways:
 
@@ -62,7 +63,7 @@ def summarize(results, wall: float, children: dict[str, int], cluster: dict[str,
                     f"{_num(m.get('accuracy'))} | {_num(m.get('balanced_accuracy'))} | "
                     f"{_num(t, '{:.1f}')} | {_num(lp, '{:.1f}')} | `{m.get('run_id', '–')}` |")
     n = len(rows)
-    lines = ["## Sweep summary", "",
+    lines = ["## Trials (per-trial table; the comparison is `fishermask report`)", "",
              "| trial | status | labels | accuracy | balanced acc. | trial s | AL work s | MLflow run |",
              "|---|---|---|---|---|---|---|---|", *rows, "",
              f"MLflow child runs: " + (", ".join(f"{v} {k}" for k, v in sorted(children.items()))

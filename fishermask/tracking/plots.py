@@ -53,7 +53,8 @@ def mask_heatmap(ax, names: list[str], rows: list[str], frac, fig=None) -> None:
                   fontsize=7 if len(names) <= 40 else 5)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     if fig is not None:
-        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="fraction of the tensor in the mask")
+        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01,
+                     label="fraction of the tensor in the mask (black: none)")
 
 
 def mask_profile_rounds(profiles: list[tuple[int, list[dict]]], title: str = "FisherMask mask profile"):

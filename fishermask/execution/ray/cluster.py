@@ -106,6 +106,22 @@ def _probe(target: str) -> Optional[BaseException]:
     return None
 
 
+def _speaks_http2(sock) -> bool:
+    """Whether the server on ``sock`` answers an HTTP/2 preface with a SETTINGS frame, as every
+    gRPC server (Ray's GCS) does; an HTTP/1 server answers otherwise or not at all."""
+    try:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        head = b""
+        while len(head) < 9:
+            chunk = sock.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except OSError:  # no answer in time, or the connection was reset
+        return False
+    return len(head) == 9 and head[3] == 4
+
+
 def check_reachable(address: str) -> None:
     """Raise a :class:`ClusterError` saying what to do when joining ``address`` would fail for a
     reason found in a few seconds: nothing answers there, or this process lacks the cluster's
@@ -120,8 +136,8 @@ def check_reachable(address: str) -> None:
     where = f"the Ray cluster at {address}" + (f" ({target})" if target != address else "")
     host, _, port = target.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S) as s:
+            grpc_server = _speaks_http2(s)
     except ValueError:
         raise ClusterError(f"address {address!r} is not host:port (e.g. 10.0.0.5:6379), 'auto' "
                            f"or ray://host:port") from None
@@ -130,6 +146,11 @@ def check_reachable(address: str) -> None:
             f"cannot reach {where}: {exc.strerror or type(exc).__name__}. Check the address "
             f"(the head's `ray start --head` prints it; `ray status` on the head checks the "
             f"cluster) and that the cluster is up") from None
+    if not grpc_server:  # e.g. the dashboard's port: Ray's client would retry for ~40 s
+        raise ClusterError(
+            f"{where} answers, but not as a Ray cluster's GCS (gRPC). Give the address that "
+            f"`ray start --head` printed (port 6379 by default), not the dashboard's (8265, for "
+            f"`ray job submit`) or another service's")
     uses_token = _client_uses_token(address)
     token, source = _token()
     if uses_token and token is None:  # Ray's client would abort the process here
@@ -229,7 +250,8 @@ def shortfall(bundles: list[dict[str, float]], cap: Capacity) -> Optional[str]:
     if missing:
         return (f"needs {_fmt(need)} in all, but the cluster "
                 + ("can grow to" if cap.autoscaling_max is not None else "has")
-                + f" {_fmt({k: limit.get(k, 0.0) for k in need})}: {_fmt(missing)} missing")
+                + f" {', '.join(f'{limit.get(k, 0.0):g} {k}' for k in sorted(need) if need[k])}"
+                + f": {_fmt(missing)} missing")
     places = cap.nodes + cap.node_types
     for b in bundles:
         if b and not any(all(p.get(k, 0.0) + 1e-9 >= v for k, v in b.items()) for p in places):

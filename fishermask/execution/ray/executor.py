@@ -30,7 +30,8 @@ from fishermask.errors import FishermaskError
 from fishermask.execution.base import BatchFn, PoolExecutor
 from fishermask.kernels.reduction import cat_outputs
 from fishermask.execution.ray.actor import PoolShard, ShardStateLost, pool_payload
-from fishermask.execution.ray.cluster import check_bundles, connect, local_cpus, local_shards
+from fishermask.execution.ray.cluster import (check_bundles, check_reachable, local_cpus,
+                                              local_shards)
 from fishermask.execution.ray.group import RayGroup
 from fishermask.kernels.greedy_shard import CHUNK, shard_bounds
 from fishermask.kernels.reduction import tree_combine
@@ -95,13 +96,12 @@ class RayExecutor(PoolExecutor):
         import ray
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if self.cfg.address:  # a cluster: say what to do when it cannot be joined
-            connect(self.cfg.address)
-            self._started_ray = True
-            return
-        # this machine's CPUs, never more: too many shards fail in _check_resources
-        local_shards(self.cfg)
-        kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
+        if self.cfg.address:
+            check_reachable(self.cfg.address)  # unreachable, token auth: say what to do
+            kwargs: dict[str, Any] = {"address": self.cfg.address}
+        else:  # this machine's CPUs, never more: too many shards fail in _check_resources
+            local_shards(self.cfg)
+            kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
         try:
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
