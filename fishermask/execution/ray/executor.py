@@ -202,13 +202,15 @@ class RayExecutor(PoolExecutor):
         self.actors, self.actor_info = [], []
 
     # --------------------------------------------------------------------------- plumbing
-    def _refs(self) -> list:
+    def refs(self) -> list:
+        """The [pool, architecture, weights] object references every shard call carries (the
+        driver-side interface :class:`~fishermask.execution.ray.group.RayGroup` uses)."""
         if not self.actors or self._weights_ref is None:
             raise RuntimeError("call bind(pool) and set_model(model) first")
         # nested in a list: each actor fetches a reference only when it changed (or it restarted)
         return [self._pool_ref, self._arch_ref, self._weights_ref]
 
-    def _gather(self, submit: Callable[[int], Any], shards, restore=None) -> list:
+    def gather(self, submit: Callable[[int], Any], shards, restore=None) -> list:
         """``submit(j)`` → ObjectRef for every shard j; results in shard order.  A shard whose call
         fails because its actor died (or lost its state) is restored (``restore(j)``, blocking)
         once Ray has restarted it, and its call submitted again."""
@@ -263,14 +265,14 @@ class RayExecutor(PoolExecutor):
         import ray
 
         idx = np.asarray(indices, dtype=np.int64)
-        refs = self._refs()
+        refs = self.refs()
         bounds = [(j, a, b) for j, (a, b) in enumerate(self._split(len(idx), self.batch_size))
                   if b > a]
         if not bounds:
             return cat_outputs([])
         fn_ref = ray.put(fn)
         ranges = {j: (a, b) for j, a, b in bounds}
-        parts = self._gather(lambda j: self.actors[j].map.remote(
+        parts = self.gather(lambda j: self.actors[j].map.remote(
             refs, fn_ref, idx[ranges[j][0]:ranges[j][1]]), ranges)
         return cat_outputs(parts)
 
@@ -278,7 +280,7 @@ class RayExecutor(PoolExecutor):
         import ray
 
         idx = np.asarray(indices, dtype=np.int64)
-        refs = self._refs()
+        refs = self.refs()
         n_leaves = -(-len(idx) // self.batch_size)
         if n_leaves == 0:
             return None
@@ -287,7 +289,7 @@ class RayExecutor(PoolExecutor):
         ranges = {j: (a, b) for j, (a, b) in enumerate(self._split(n_leaves, unit)) if b > a}
         fn_ref = ray.put(fn)
         B = self.batch_size
-        parts = self._gather(lambda j: self.actors[j].sum_nodes.remote(
+        parts = self.gather(lambda j: self.actors[j].sum_nodes.remote(
             refs, fn_ref, idx[ranges[j][0] * B:ranges[j][1] * B], *ranges[j], n_leaves), ranges)
         return tree_combine({k: v for p in parts for k, v in p.items()}, n_leaves)
 

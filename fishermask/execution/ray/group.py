@@ -23,14 +23,14 @@ class RayGroup:
 
         self.ex, self.indices, self.bounds = ex, indices, bounds
         self.key = uuid.uuid4().hex
-        self.refs = ex._refs()
+        self.refs = ex.refs()
         self.fn_ref = ray.put(embed_fn)
         self.active = [j for j, (a, b) in enumerate(bounds) if b > a]
         self.log: list = []
         self.recoveries0 = ex.recoveries
         self.steps = 0
         pending = {j: self._embed(j) for j in self.active}
-        ex._gather(lambda j: pending.pop(j) if j in pending else self._embed(j), self.active)
+        ex.gather(lambda j: pending.pop(j) if j in pending else self._embed(j), self.active)
 
     @property
     def recoveries(self) -> int:
@@ -53,7 +53,7 @@ class RayGroup:
         import ray
 
         ref = ray.put(args)
-        out = self.ex._gather(
+        out = self.ex.gather(
             lambda j: self.ex.actors[j].resident_call.remote(self.key, method, ref),
             self.active, restore=self._restore)
         if method in MUTATING:
