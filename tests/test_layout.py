@@ -51,6 +51,11 @@ ALLOWED = {  # layer (module prefix) -> the fishermask modules it may import
     "fishermask.execution": ("fishermask.errors", "fishermask.kernels", "fishermask.strategies",
                              "fishermask.data", "fishermask.execution"),
     "fishermask.tracking.params": (),
+    "fishermask.tracking": ("fishermask.errors", "fishermask.config", "fishermask.execution",
+                            "fishermask.loop", "fishermask.tracking"),
+    "fishermask.loop": ("fishermask.errors", "fishermask.config", "fishermask.preflight",
+                        "fishermask.data", "fishermask.execution", "fishermask.models",
+                        "fishermask.strategies", "fishermask.training", "fishermask.loop"),
     "fishermask._compat": (),
     "fishermask.errors": (),
 }

@@ -8,7 +8,8 @@ __all__ = ["PoolExecutor", "LocalExecutor", "make_executor"]
 
 
 def make_executor(cfg) -> PoolExecutor:
-    """Build the executor the ``execution:`` parameters (:class:`~fishermask.execution.base.ExecutionParams`) ask for."""
+    """Build the executor the ``execution:`` parameters
+    (:class:`~fishermask.execution.base.ExecutionParams`) ask for."""
     if cfg.use_ray:
         return RayExecutor(cfg)
     return LocalExecutor(device=cfg.device, batch_size=cfg.batch_size,

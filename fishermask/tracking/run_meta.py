@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+import numpy as np
+
 from fishermask.config import flatten
 from fishermask.execution.base import resolve_device
-from fishermask.reports.data import aubc
 
 NOTE_TAG = "mlflow.note.content"
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3.x UIs that read it open the runs view, not GenAI
@@ -236,6 +238,17 @@ def round_metrics(rec) -> dict[str, float]:
         values[f"class_accuracy/{c}"] = a
         values[f"class_labels/{c}"] = n
     return values
+
+
+def aubc(steps: np.ndarray, values: np.ndarray) -> float:
+    """Area under the curve over the labels axis, divided by its width (a mean accuracy in [0, 1])."""
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    if len(steps) == 0:
+        return math.nan
+    if len(steps) == 1 or steps[-1] == steps[0]:
+        return float(values[-1])
+    area = np.sum((values[1:] + values[:-1]) * np.diff(steps)) / 2.0
+    return float(area / (steps[-1] - steps[0]))
 
 
 def summary_metrics(records) -> dict[str, float]:
