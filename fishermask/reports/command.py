@@ -13,7 +13,7 @@
 
 and logs them to the sweep's parent run under ``report/`` (plus per-variant summary metrics, a
 ``report/variants.json`` table and the best variant in the parent's description; see
-``report_mlflow``).  Only FINISHED child runs count; runs that share a variant label but not the
+``reports.mlflow_log``).  Only FINISHED child runs count; runs that share a variant label but not the
 config are reported as separate variants, and a seed run twice counts once (its newest run).
 """
 

@@ -3,7 +3,7 @@
 
 Layout:
 
-* one Tune trial = one AL run; the grid comes from the file's ``sweep:`` block (``sweep_grid``);
+* one Tune trial = one AL run; the grid comes from the file's ``sweep:`` block (``sweeps.grid``);
 * the driver creates the MLflow store, the experiment and the sweep's **parent run** before any
   trial starts; each trial logs into a **child run** (tag ``mlflow.parentRunId``) found-or-created
   by the key ``<parent run id>:<trial key>``, so retries and resumes never duplicate runs;
