@@ -68,8 +68,8 @@ def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainPar
             loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"training diverged: the loss is {loss.detach().item()} in epoch {epoch} (train.lr="
-                    f"{cfg.lr:g}); lower train.lr or set train.grad_clamp (e.g. 1.0)")
+                    f"training diverged: the loss is {loss.detach().item()} in epoch {epoch} "
+                    f"(train.lr={cfg.lr:g}); lower train.lr or set train.grad_clamp (e.g. 1.0)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clamp:

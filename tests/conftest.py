@@ -39,13 +39,6 @@ def write_tiny_sweep(folder: Path, experiment: str = "tiny") -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _work_in_tmp(tmp_path, monkeypatch):
-    """Every test runs in its own temporary folder, so what lands in the working directory by
-    default (MLflow's ./mlruns artifacts, mlflow.db, .fishermask/) never reaches the checkout."""
-    monkeypatch.chdir(tmp_path)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,6 +78,7 @@ def ray_local(tmp_path_factory):
 
         ray.tune.report = report
 
+    # address="local": a new Ray of our own even when a `ray start` cluster runs on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              object_store_memory=256 * 1024 ** 2,
              runtime_env={"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"},

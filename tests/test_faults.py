@@ -71,12 +71,13 @@ def checkpoint(path: str) -> Path:
 
 
 def test_second_launch_refuses_and_a_stale_lock_does_not_block(tmp_path, capfd):
-    path = write(tmp_path, rounds=1, train="epochs: 25")
+    path = write(tmp_path)
     MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the store exists (killed below later)
     lock = Path(f"{checkpoint(path)}.lock")
     first = spawn(["run", path, "--no-progress"], tmp_path)
-    try:  # the first run holds the lock
+    try:  # the first run holds the lock; freeze it there, however fast the machine is
         wait_for(lambda: lock.is_file() and lock.read_text(), first)
+        first.send_signal(signal.SIGSTOP)
         code, out, err = cli(["run", path, "--no-progress"], capfd)
         assert code == 2 and f"pid {first.pid} on host {socket.gethostname()}" in err
         assert "is already running" in err
@@ -112,7 +113,7 @@ def test_sigterm_ends_the_run_killed_with_its_checkpoint_intact(tmp_path, capfd)
 
 
 def test_damaged_checkpoint_names_the_file_and_suggests_restart(tmp_path, capfd):
-    path = write(tmp_path)
+    path = write(tmp_path, rounds=0)
     assert cli(["run", path, "--no-progress"], capfd)[0] == 0
     state = checkpoint(path) / "state.pt"
     state.write_bytes(state.read_bytes()[:500])  # cut short
@@ -131,6 +132,15 @@ def test_first_runs_at_once_create_a_fresh_store_safely(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
     client, found = runs(uri)
     assert sorted(r.info.status for r in found) == ["FINISHED"] * 2
+
+
+def test_an_unreadable_store_is_named(tmp_path, capfd):
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"not a database, e.g. left by an interrupted copy" * 100)
+    code, out, err = cli(["run", write(tmp_path), "--no-progress", "--tracking-uri",
+                          f"sqlite:///{db}"], capfd)
+    assert code == 2 and f"cannot open the MLflow store sqlite:///{db}" in err
+    assert "if it holds results, keep it" in err
 
 
 def test_a_silent_tracking_server_fails_within_seconds(tmp_path, capfd, monkeypatch):

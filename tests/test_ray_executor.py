@@ -104,7 +104,8 @@ def ray_session(request):
         try:
             request.getfixturevalue("ray_local")
         except pytest.FixtureLookupError:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2)
+            ray.init(address="local", num_cpus=2, include_dashboard=False,
+                     object_store_memory=256 * 1024 ** 2)
             own = True
     yield
     if own:
@@ -353,7 +354,8 @@ def trial(config):
     ex.close()
     tune.report({"done": 1, "payload": json.dumps(info)})
 
-ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, object_store_memory=200 * 1024 ** 2)
+ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False,
+         object_store_memory=200 * 1024 ** 2)
 from fishermask.execution.local import LocalExecutor
 want = t.select_with(LocalExecutor(device="cpu", batch_size=t.BATCH), t.make_problem(200), "bait",
                      {}, n=5).indices.tolist()

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from fishermask.cli import main
 from fishermask.sweeps.command import create_parent, read_state, write_state
-from fishermask.sweeps.cluster import _forget_start
+from fishermask.sweeps.cluster import forget_start
 from fishermask.sweeps.grid import load_sweep
 from fishermask.tracking.tracker import PARENT_TAG
 
@@ -38,7 +38,7 @@ def test_a_start_that_ran_no_trial_is_forgotten(tmp_path, make_tiny_sweep):
     exp_path = str(tmp_path / "st" / sweep.name)
     parent = create_parent(client, sweep, exp_path)
     write_state(exp_path, {"parent_run_id": parent})
-    assert _forget_start(client, exp_path, parent, sweep.experiment)
+    assert forget_start(client, exp_path, parent, sweep.experiment)
     assert read_state(exp_path) is None
     assert client.get_run(parent).info.lifecycle_stage == "deleted"
     # once a trial has started (it has a child run), the state stays for --resume
@@ -46,6 +46,6 @@ def test_a_start_that_ran_no_trial_is_forgotten(tmp_path, make_tiny_sweep):
     write_state(exp_path, {"parent_run_id": parent})
     exp = client.get_experiment_by_name(sweep.experiment)
     client.create_run(exp.experiment_id, tags={PARENT_TAG: parent})
-    assert not _forget_start(client, exp_path, parent, sweep.experiment)
+    assert not forget_start(client, exp_path, parent, sweep.experiment)
     assert read_state(exp_path)["parent_run_id"] == parent
     assert client.get_run(parent).info.lifecycle_stage == "active"

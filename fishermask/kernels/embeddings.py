@@ -134,14 +134,15 @@ class FisherEmbeddings:
     def empty_like(self) -> "FisherEmbeddings":
         return self.rows(slice(0, 0))
 
-    def check_finite(self, name: str, block: int = 1024) -> None:
-        """ValueError if any stored number is NaN or infinite (checked block by block, so no
-        temporary as large as the embeddings is made)."""
+    def check_finite(self, name: str, block_elements: int = 1 << 22) -> None:
+        """Raise ValueError on NaN or ±inf; block by block (torch.isfinite on the whole tensor
+        makes temporaries of about 1.75× its bytes)."""
         for t in (self.features, self.probs, self.dense):
-            if t is None:
+            if t is None or not t.numel():
                 continue
-            for start in range(0, len(t), block):
-                if not bool(torch.isfinite(t[start:start + block]).all()):
+            rows = max(1, block_elements // max(1, t[0].numel()))
+            for start in range(0, len(t), rows):
+                if not bool(torch.isfinite(t[start:start + rows]).all()):
                     raise ValueError(f"{name} contains NaN or infinite values")
 
     # ------------------------------------------------------------------ products

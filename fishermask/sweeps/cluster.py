@@ -15,7 +15,7 @@ from fishermask.sweeps.trial import trial_resources
 from fishermask.tracking.tracker import PARENT_TAG
 
 
-def _init_ray(address: Optional[str]) -> bool:
+def init_ray(address: Optional[str]) -> bool:
     """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start a local Ray
     of our own (never silently join some other local cluster).  True when we started it.  An
     unreachable cluster, or one whose token authentication this process does not meet, ends in a
@@ -56,7 +56,7 @@ def check_trials_fit(sweep) -> None:
                                 "add nodes to the cluster")
 
 
-def _forget_start(client, exp_path: str, parent_id: str, experiment: str) -> bool:
+def forget_start(client, exp_path: str, parent_id: str, experiment: str) -> bool:
     """After a fresh sweep failed: if no trial ever started (no child run), remove its state and
     the empty parent run, so that the next try starts afresh rather than asking for --resume."""
     try:

@@ -28,7 +28,7 @@ from fishermask.config import from_dict
 from fishermask.errors import ConfigError, FishermaskError
 from fishermask.loop.runlock import RunLock
 from fishermask.reports import command as report
-from fishermask.sweeps.cluster import _forget_start, _init_ray, check_trials_fit
+from fishermask.sweeps.cluster import check_trials_fit, forget_start, init_ray
 from fishermask.sweeps.grid import absolute_tracking_uri, load_sweep, storage_root
 from fishermask.sweeps.hints import int_at_least, resume_command, ResumeHint
 from fishermask.sweeps.state import (_finish_children, create_parent, DIGEST_TAG,
@@ -164,7 +164,7 @@ def _cmd_sweep(args, held: list) -> int:
     from ray import tune
 
     # Ray first: a cluster that cannot be joined, or cannot place a trial, leaves nothing behind
-    started = _init_ray(args.address or sweep.base.execution.address)
+    started = init_ray(args.address or sweep.base.execution.address)
     try:
         check_trials_fit(sweep)
     except BaseException:
@@ -235,7 +235,7 @@ def _cmd_sweep(args, held: list) -> int:
         status = "KILLED"
         raise
     except BaseException:
-        forgotten = fresh and _forget_start(client, exp_path, parent_id, sweep.experiment)
+        forgotten = fresh and forget_start(client, exp_path, parent_id, sweep.experiment)
         if forgotten:
             print(f"no trial started; the sweep's state in {exp_path} and its parent run were "
                   f"removed, so running the same command again starts it afresh",

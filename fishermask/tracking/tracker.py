@@ -59,9 +59,9 @@ def make_client(tracking_uri: str):
         except Exception as exc:  # e.g. a first run killed while it created the tables
             raise FishermaskError(
                 f"cannot open the MLflow store {tracking_uri} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}). If a first run was stopped while it created "
-                f"the store, {db} holds no results: delete it and run again; otherwise pass "
-                f"another --tracking-uri") from None
+                f"{str(exc).splitlines()[0][:200]}). If {db} is new (a first run was stopped "
+                f"while it created the store), delete it and run again; if it holds results, keep "
+                f"it and check the file, or pass another --tracking-uri") from None
 
 
 def get_or_create_experiment(client, name: str) -> str:

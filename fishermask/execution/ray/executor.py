@@ -96,12 +96,13 @@ class RayExecutor(PoolExecutor):
         import ray
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if self.cfg.address:
-            check_reachable(self.cfg.address)  # unreachable, token auth: say what to do
-            kwargs: dict[str, Any] = {"address": self.cfg.address}
-        else:  # this machine's CPUs, never more: too many shards fail in _check_resources
+        address = self.cfg.address or os.environ.get("RAY_ADDRESS")  # RAY_ADDRESS: ray job submit
+        if address:
+            check_reachable(address)  # unreachable, token auth: say what to do
+            kwargs: dict[str, Any] = {"address": address}
+        else:  # a new local Ray of this machine's CPUs (never another `ray start` cluster)
             local_shards(self.cfg)
-            kwargs = {"num_cpus": local_cpus(), "include_dashboard": False}
+            kwargs = {"address": "local", "num_cpus": local_cpus(), "include_dashboard": False}
         try:
             ray.init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
