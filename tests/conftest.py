@@ -39,6 +39,13 @@ def write_tiny_sweep(folder: Path, experiment: str = "tiny") -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder, so what lands in the working directory by
+    default (MLflow's ./mlruns artifacts, mlflow.db, .fishermask/) never reaches the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
