@@ -244,14 +244,15 @@ def plot(steps, rounds, path: str) -> None:
         rs = [r for r in steps if r["kind"] == kind]
         if rs:
             sizes = [r["size"] for r in rs]
-            ax.plot(sizes, [r["shard_s"] + r["driver_s"] for r in rs], marker + "-",
-                    label=f"{kind}: s/step, 1 shard")
+            ax.plot(sizes, [r["shard_s"] + r["driver_s"] for r in rs], marker + "-", alpha=0.5,
+                    label=f"{kind}: wall s/step, 1 shard")
+            ax.plot(sizes, [r["cpu_s"] for r in rs], marker + "-", label=f"{kind}: CPU s/step")
             ax.plot(sizes, [r["floor"] for r in rs], marker + ":", label=f"{kind}: floor")
         for shards in (1, 2):
             rr = [r for r in rounds if r["kind"] == kind and r["shards"] == shards]
             if rr:
                 ax.plot([r["size"] for r in rr], [r["step"] for r in rr], marker + "--",
-                        alpha=0.6, label=f"{kind}: s/step in a round, {shards} shard(s)")
+                        alpha=0.6, label=f"{kind}: wall s/step in a round, {shards} shard(s)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("pool size")
