@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         rows.append((part, r))
     print("\n| part | seconds | peak memory GB | picks | details |\n|---|---:|---:|---:|---|")
     for part, r in rows:
-        print(f"| {part} | {r['seconds']:.1f} | {r['peak_gb']:.2f} | {r['picks']} | {r['detail']} |")
+        print(f"| {part} | {r['seconds']:.3g} | {r['peak_gb']:.2f} | {r['picks']} | {r['detail']} |")
     return 0
 
 

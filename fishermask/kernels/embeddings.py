@@ -161,10 +161,13 @@ class FisherEmbeddings:
             parts.append(self.dense.to(dtype))
         return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
-    def matmul(self, x: Tensor) -> Tensor:
+    def matmul(self, x: Tensor, work: Optional[Tensor] = None) -> Tensor:
         """V_x X for every row: X [k, m] → [n, C, m], in X's dtype.
 
         Factored block: (D ⊗ hᵀ) X_f = D · T with T[c', μ] = Σ_j h_j X_f[c'·d + j, μ].
+        ``work``: an optional flat buffer of X's dtype for the dense block's cast (no allocation
+        per call).  For a narrow X (a greedy step's k×2C update) the dense product is taken as
+        (Xᵀ Rᵀ)ᵀ, which BLAS runs about twice as fast as R X for few columns.
         """
         n, c, dt = len(self), self.num_classes, x.dtype
         out = None
@@ -174,8 +177,17 @@ class FisherEmbeddings:
             t = (self.features.to(dt) @ xf).reshape(n, c, m)
             out = torch.bmm(self.coefficients(dt), t)
         if self.dense is not None:
-            r = self.dense.to(dt)
-            dense = (r.reshape(n * c, -1) @ x[self.k_factored:]).reshape(n, c, -1)
+            r = self.dense.reshape(n * c, -1)
+            if r.dtype != dt:
+                if work is not None and work.numel() >= r.numel() and work.dtype == dt:
+                    r = work[: r.numel()].view(r.shape).copy_(r)
+                else:
+                    r = r.to(dt)
+            xd = x[self.k_factored:]
+            if xd.shape[1] <= 64:
+                dense = (xd.T.contiguous() @ r.T).T.reshape(n, c, -1)
+            else:
+                dense = (r @ xd).reshape(n, c, -1)
             out = dense if out is None else out + dense
         return out
 

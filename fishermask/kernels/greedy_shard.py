@@ -80,6 +80,10 @@ class GreedyShard:
         self.scores = torch.full((self.size,), float("-inf"), dtype=compute_dtype, device=self.device)
         self.sign = 1
         self.removing = False  # after the first removal only selected rows are current
+        cast = emb.dense is not None and emb.dense.dtype != compute_dtype
+        # one chunk's dense block in the compute dtype, reused by every product (no allocation)
+        self._work = (torch.empty(min(self.chunk, self.size) * c * emb.k_dense, dtype=compute_dtype,
+                                  device=self.device) if cast and self.size else None)
 
     # ------------------------------------------------------------------ helpers
     def _blocks(self, only_selected: bool):
@@ -125,8 +129,8 @@ class GreedyShard:
         afa = (a_mat * self.fisher) @ a_mat if self.fisher.dim() == 1 else a_mat @ self.fisher @ a_mat
         afa = ((afa + afa.T) / 2).contiguous()
         for idx, rows in self._blocks(self.removing):
-            self.p[idx] = w * rows.rowdot(rows.matmul(a_mat))                # Ṽ_x A Ṽ_xᵀ
-            self.q[idx] = w * rows.rowdot(rows.matmul(afa))                  # Ṽ_x AFA Ṽ_xᵀ
+            self.p[idx] = w * rows.rowdot(rows.matmul(a_mat, self._work))      # Ṽ_x A Ṽ_xᵀ
+            self.q[idx] = w * rows.rowdot(rows.matmul(afa, self._work))        # Ṽ_x AFA Ṽ_xᵀ
         self.sign = 1 if forward else -1
         self._rescore()
         return self.best(forward)
@@ -153,7 +157,7 @@ class GreedyShard:
         c = s_inv.shape[0]
         self.scores.fill_(float("-inf"))
         for idx, rows in self._blocks(self.removing):
-            gh = rows.matmul(x)                                                # [n, C, 2C]
+            gh = rows.matmul(x, self._work)                                    # [n, C, 2C]
             gg, hh = gh[..., :c], gh[..., c:]
             gs = gg @ s_inv                                                    # g S⁻¹
             self.p[idx] -= gs @ gg.transpose(1, 2)

@@ -43,14 +43,14 @@ class ResidentShard:
         last = -(-(self.offset + len(self)) // FISHER_BLOCK) if len(self) else first
         def leaves():
             for start in range(0, len(self), FISHER_BLOCK):
-                yield self.emb.rows(slice(start, start + FISHER_BLOCK)).gram(diagonal).cpu()
+                yield self.emb.rows(slice(start, start + FISHER_BLOCK)).gram(diagonal)
 
         it, out = leaves(), {}
         for node in tree_cover(first, last, n_leaves):
             tree = TreeSum()
             for _ in tree_node_range(node, n_leaves):
                 tree.add(next(it))
-            out[node] = tree.result()
+            out[node] = tree.result().cpu()  # sums stay on the device; one copy per node
         return out
 
     # ------------------------------------------------------------------ greedy

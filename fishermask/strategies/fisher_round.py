@@ -84,7 +84,9 @@ def fisher_round(ex, embed_fn, *, candidates, labeled, n: int, fisher_target: st
             total = total + ex.sum(_GramSum(embed_fn, diagonal), other)
         fisher = total / num_pool
         t2 = time.perf_counter()
-        driver = GreedyDriver(v_lab, fisher, int(n), lam=lam, weighting=weighting, k=k)
+        # the driver's k×k work on the executor's device (a GPU when the pool is embedded there)
+        driver = GreedyDriver(v_lab, fisher, int(n), lam=lam, weighting=weighting, k=k,
+                              device=getattr(ex, "device", None))
         group.call("start", driver.fisher, driver.w_s)
         order, ginfo = run_greedy(group, driver, len(cand), int(n), int(oversample))
         t3 = time.perf_counter()

@@ -163,46 +163,50 @@ def _cmd_sweep(args, held: list) -> int:
     import ray
     from ray import tune
 
-    # Ray first: a cluster that cannot be joined, or cannot place a trial, leaves nothing behind
+    # The tracking store (cheap: a server that is down must not wait for Ray), then Ray: a cluster
+    # that cannot be joined, or cannot place a trial, leaves no sweep state behind
+    preflight.tracking_uri(state["tracking_uri"] if state is not None
+                           else args.tracking_uri or sweep.base.tracking.tracking_uri)
     started = init_ray(args.address or sweep.base.execution.address)
-    try:
+    try:  # nothing below may leave this process's Ray running
         check_trials_fit(sweep)
+        if args.restart and state is not None:
+            remove_experiment(exp_path)
+            state = None
+        fresh = state is None
+        if state is not None:
+            tracking_uri = state["tracking_uri"]
+            if args.tracking_uri and absolute_tracking_uri(args.tracking_uri) != tracking_uri:
+                raise ConfigError(f"--resume: this sweep logs to {tracking_uri}, not "
+                                  f"{args.tracking_uri}; drop --tracking-uri or pass the "
+                                  f"original one")
+            preflight.tracking_uri(tracking_uri)
+            client = make_client(tracking_uri)
+            parent_id = state["parent_run_id"]
+            try:
+                client.get_run(parent_id)
+            except Exception as exc:
+                raise FishermaskError(f"--resume: parent run {parent_id} not found at {tracking_uri} "
+                                      f"({type(exc).__name__}); is the tracking server up?") from None
+            client.update_run(parent_id, status="RUNNING")
+            if state.get("digest") != sweep.digest:
+                print(f"warning: {sweep.path} changed since the sweep started; resuming the sweep as "
+                      f"it was started", file=sys.stderr)
+        else:
+            tracking_uri = absolute_tracking_uri(
+                preflight.tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri))
+            context = run_meta.context_tags()
+            client = make_client(tracking_uri)
+            parent_id = create_parent(client, sweep, exp_path, context)
+            state = {"parent_run_id": parent_id, "tracking_uri": tracking_uri, "digest": sweep.digest,
+                     "experiment": sweep.experiment, "file": str(sweep.path)}
+            write_state(exp_path, state)
+        print(f"MLflow: experiment '{sweep.experiment}', parent run {parent_id} at {tracking_uri}")
+        print(f"Tune:   {exp_path}")
     except BaseException:
         if started:
             ray.shutdown()
         raise
-    if args.restart and state is not None:
-        remove_experiment(exp_path)
-        state = None
-    fresh = state is None
-    if state is not None:
-        tracking_uri = state["tracking_uri"]
-        if args.tracking_uri and absolute_tracking_uri(args.tracking_uri) != tracking_uri:
-            raise ConfigError(f"--resume: this sweep logs to {tracking_uri}, not "
-                              f"{args.tracking_uri}; drop --tracking-uri or pass the original one")
-        preflight.tracking_uri(tracking_uri)
-        client = make_client(tracking_uri)
-        parent_id = state["parent_run_id"]
-        try:
-            client.get_run(parent_id)
-        except Exception as exc:
-            raise FishermaskError(f"--resume: parent run {parent_id} not found at {tracking_uri} "
-                                  f"({type(exc).__name__}); is the tracking server up?") from None
-        client.update_run(parent_id, status="RUNNING")
-        if state.get("digest") != sweep.digest:
-            print(f"warning: {sweep.path} changed since the sweep started; resuming the sweep as "
-                  f"it was started", file=sys.stderr)
-    else:
-        tracking_uri = absolute_tracking_uri(
-            preflight.tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri))
-        context = run_meta.context_tags()
-        client = make_client(tracking_uri)
-        parent_id = create_parent(client, sweep, exp_path, context)
-        state = {"parent_run_id": parent_id, "tracking_uri": tracking_uri, "digest": sweep.digest,
-                 "experiment": sweep.experiment, "file": str(sweep.path)}
-        write_state(exp_path, state)
-    print(f"MLflow: experiment '{sweep.experiment}', parent run {parent_id} at {tracking_uri}")
-    print(f"Tune:   {exp_path}")
 
     import logging
 
