@@ -38,7 +38,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fishermask.fisher import fisher_diagonal, masked_embeddings, top_k_mask
+from fishermask.kernels.fisher import fisher_diagonal, masked_embeddings, top_k_mask
 from fishermask.models import build_model
 
 DEFAULT_BATCH = {"resnet18": 16, "resnet18_narrow": 64, "cnn_small": 128}

@@ -134,7 +134,7 @@ def one_round(kind: str, size: int, shards: int, args, seconds) -> dict:
 
     from fishermask.config import ExecutionConfig
     from fishermask.data import ImageData
-    from fishermask.execution.ray_shards import RayExecutor
+    from fishermask.execution.ray.executor import RayExecutor
     from fishermask.models import build_model
     from fishermask.strategies import SelectionContext, build_strategy
 
@@ -163,7 +163,7 @@ def one_round(kind: str, size: int, shards: int, args, seconds) -> dict:
                                num_classes=C, rng=np.random.default_rng(args.seed))
         seconds.clear()
         t0 = time.perf_counter()
-        sel = build_strategy(kind, **params).select(ctx, args.round_n)
+        sel = build_strategy(kind, **params).run_round(ctx, args.round_n)
         total = time.perf_counter() - t0
     finally:
         ex.close()

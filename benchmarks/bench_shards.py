@@ -44,7 +44,7 @@ def make_pool(n: int, classes: int, size: int, seed: int):
 def make_executor(kind: str, args):
     from fishermask.config import ExecutionConfig
     from fishermask.execution.local import LocalExecutor
-    from fishermask.execution.ray_shards import RayExecutor
+    from fishermask.execution.ray.executor import RayExecutor
 
     if kind == "local":
         return LocalExecutor(device="cpu", batch_size=args.batch_size, max_memory_gb=64)
@@ -76,7 +76,7 @@ def one_round(kind: str, pool_size: int, query: int, args) -> dict:
         ctx = SelectionContext(model=model, executor=ex, labeled=labeled, unlabeled=unlabeled,
                                num_classes=args.classes, rng=np.random.default_rng(args.seed))
         t2 = time.perf_counter()
-        sel = strategy.select(ctx, query)
+        sel = strategy.run_round(ctx, query)
         t3 = time.perf_counter()
     finally:
         ex.close()

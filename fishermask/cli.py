@@ -11,7 +11,17 @@ import os
 import sys
 from typing import Optional
 
-from fishermask.errors import FishermaskError
+from fishermask import preflight
+from fishermask.config import load_config
+from fishermask.errors import FishermaskError, Terminated
+from fishermask.loop import ActiveLearningLoop
+from fishermask.sweeps import command as sweep_mod
+from fishermask.tracking import run_meta
+from fishermask.tracking.tracker import MlflowTracker
+
+
+
+
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -33,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     try:
-        from fishermask import sweep as sweep_mod
-
         sweep_mod.add_parsers(sub, _add_common)
     except ImportError:  # pragma: no cover - sweeps not installed
         pass
@@ -43,12 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     import shutil
-
-    from fishermask.config import load_config
-    from fishermask.loop import ActiveLearningLoop
-    from fishermask.tracking import MlflowTracker
-
-    from fishermask import preflight
 
     cfg = load_config(args.file, args.overrides)
     if args.tracking_uri:
@@ -66,7 +68,6 @@ def cmd_run(args) -> int:
           f"{last.n_labels} labels, accuracy {last.accuracy:.4f}, "
           f"balanced accuracy {last.balanced_accuracy:.4f}")
     print(f"MLflow run {tracker.run_id} in experiment '{cfg.experiment}' at {tracker.tracking_uri}")
-    from fishermask import run_meta
 
     serve = run_meta.ui_command(tracker.tracking_uri)
     if serve:
@@ -76,16 +77,12 @@ def cmd_run(args) -> int:
 
 
 def _on_sigterm(signum, frame):
-    from fishermask.errors import Terminated
-
     raise Terminated()
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     import signal
     import threading
-
-    from fishermask.errors import Terminated
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -101,12 +98,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from fishermask.errors import Terminated
-
     handlers = {"run": cmd_run}
     try:
-        from fishermask import sweep as sweep_mod
-
         handlers.update(sweep_mod.HANDLERS)
     except ImportError:  # pragma: no cover
         pass

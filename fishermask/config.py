@@ -17,95 +17,26 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fishermask.data.params import BudgetParams, DataParams
 from fishermask.errors import ConfigError
+from fishermask.execution.base import ExecutionParams
+from fishermask.models import ModelParams
+from fishermask.strategies import STRATEGIES, StrategySpec
+from fishermask.tracking.params import TrackingParams
+from fishermask.training import TrainParams
 
-DATASETS = ("digits", "fashion_mnist", "cifar10", "image_folder")
-REGIMES = {
-    # name: (initial labels, labels per round, total budget)
-    "low": (15, 70, 575),
-    "high": (250, 250, 5750),
-    "setting2": (500, 500, 6500),
-}
+CONFIG_KEYS = {"max_memory_gb": "execution.max_memory_gb", "shards": "execution.shards",
+               "sparsity": "strategy.sparsity", "fisher_target": "strategy.fisher_target"}
+"""Library parameter names → the config keys that set them (for messages raised under the CLI)."""
+
+# The layers' parameter models, composed below under their config section names.
+DataConfig, BudgetConfig = DataParams, BudgetParams
+ModelConfig, TrainConfig = ModelParams, TrainParams
+ExecutionConfig, TrackingConfig = ExecutionParams, TrackingParams
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class DataConfig(_Section):
-    dataset: Literal["digits", "fashion_mnist", "cifar10", "image_folder"] = "digits"
-    data_dir: str = "./data"
-    download: bool = False
-    setting: Optional[Literal[1, 2]] = None
-    class_counts: Optional[list[int]] = None
-    augment: bool = False
-    image_size: int = Field(32, ge=4, le=1024,
-                            description="image_folder only: images are resized to this")
-    test_fraction: float = Field(0.3, gt=0, lt=1, description="digits only: stratified hold-out")
-
-    @field_validator("class_counts")
-    @classmethod
-    def _counts(cls, v):
-        if v is not None and (not v or any(c < 0 for c in v) or sum(v) == 0):
-            raise ValueError("class_counts must be a non-empty list of non-negative counts, "
-                             "position i = number of pool images of class i")
-        return v
-
-    @model_validator(mode="after")
-    def _one_imbalance(self):
-        if self.setting is not None and self.class_counts is not None:
-            raise ValueError("give either data.setting or data.class_counts, not both")
-        return self
-
-
-class BudgetConfig(_Section):
-    regime: Optional[Literal["low", "high", "setting2"]] = None
-    initial: Optional[int] = Field(None, ge=1)
-    query: Optional[int] = Field(None, ge=1)
-    rounds: Optional[int] = Field(None, ge=0)
-    total: Optional[int] = Field(None, ge=1)
-
-    def resolved(self) -> tuple[int, int, int]:
-        """Return ``(initial, query, rounds)`` after applying the regime preset."""
-        initial, query, total = REGIMES.get(self.regime or "", (None, None, None))
-        initial = self.initial if self.initial is not None else initial
-        query = self.query if self.query is not None else query
-        total = self.total if self.total is not None else total
-        if initial is None or query is None:
-            raise ConfigError("budget: set budget.regime (low | high | setting2) or both "
-                              "budget.initial and budget.query")
-        if self.rounds is not None:
-            rounds = self.rounds
-            if self.total is not None and initial + rounds * query != self.total:
-                raise ConfigError(f"budget.total={self.total} disagrees with budget.initial "
-                                  f"({initial}) + budget.rounds ({rounds}) × budget.query "
-                                  f"({query}) = {initial + rounds * query}; give one of them")
-        elif total is not None:
-            if total < initial or (total - initial) % query:
-                raise ConfigError(f"budget.total={total} must equal budget.initial ({initial}) "
-                                  f"plus a whole number of rounds of budget.query ({query})")
-            rounds = (total - initial) // query
-        else:
-            raise ConfigError("budget: set budget.rounds or budget.total")
-        return initial, query, rounds
-
-
-class ModelConfig(_Section):
-    name: Literal["resnet18", "resnet18_narrow", "cnn_small"] = "cnn_small"
-
-
-class TrainConfig(_Section):
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    target_accuracy: Optional[float] = Field(0.99, gt=0, le=1)
-    max_epochs: int = Field(100, ge=1)
-    epochs: Optional[int] = Field(None, ge=1, description="fixed epochs; overrides target_accuracy")
-    grad_clamp: Optional[float] = Field(None, gt=0, description="element-wise gradient clamp")
-    weight_decay: float = Field(0.0, ge=0)
-    reinit: Literal["conv_linear", "all", "none"] = "conv_linear"
-    eval_batch_size: int = Field(512, ge=1)
-    bn_recalibrate: bool = Field(False, description="after training, set every BatchNorm's "
-                                 "running statistics to their plain average over the labeled set")
 
 
 class StrategyConfig(BaseModel):
@@ -117,8 +48,6 @@ class StrategyConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _resolve(cls, data: Any):
-        from fishermask.strategies import get_strategy_spec
-
         if not isinstance(data, dict):
             raise ValueError("strategy must be a mapping with at least a 'name'")
         data = dict(data)
@@ -140,30 +69,6 @@ class StrategyConfig(BaseModel):
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-
-class ExecutionConfig(_Section):
-    backend: Literal["auto", "local", "ray"] = "auto"
-    shards: int = Field(1, ge=1)
-    cpus_per_shard: float = Field(1, gt=0)
-    gpus_per_shard: float = Field(0, ge=0)
-    address: Optional[str] = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(256, ge=1, description="inference/embedding batch size")
-    max_memory_gb: float = Field(16.0, gt=0)
-    threads: Optional[int] = Field(None, ge=1, description="torch threads per process")
-
-    @property
-    def use_ray(self) -> bool:
-        if self.backend == "auto":
-            return self.shards > 1 or self.address is not None
-        return self.backend == "ray"
-
-
-class TrackingConfig(_Section):
-    tracking_uri: Optional[str] = None
-    run_name: Optional[str] = None
-    checkpoint_dir: str = ".fishermask/checkpoints"
 
 
 class Config(_Section):
@@ -233,9 +138,16 @@ def _without_defaults(value: Any, default: Any) -> Any:
     return _DEFAULT if value == default else value
 
 
-def all_strategy_params() -> set[str]:
-    from fishermask.strategies import STRATEGIES
+def get_strategy_spec(name: str) -> StrategySpec:
+    """The registry entry of the strategy ``strategy.name`` names; a :class:`ConfigError` naming
+    the valid strategies otherwise."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy.name: unknown strategy {name!r}; valid strategies: "
+                          f"{', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
 
+
+def all_strategy_params() -> set[str]:
     return {f for spec in STRATEGIES.values() for f in spec.params.model_fields}
 
 

@@ -19,3 +19,32 @@ class TrainingDiverged(FishermaskError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception so that runs end KILLED with their checkpoint intact."""
+
+
+class MemoryLimitError(FishermaskError):
+    """A computation would need more memory than its limit allows.  The message names the
+    parameters that lower the need in the library's terms (``max_memory_gb``, ``sparsity``, …);
+    :meth:`in_terms_of` renders it with other names for them (the config's dotted keys)."""
+
+    def __init__(self, template: str, **values):
+        self.template, self.values = template, values
+        super().__init__(self.in_terms_of({}))
+
+    def in_terms_of(self, names: dict[str, str]) -> str:
+        import string
+
+        fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f}
+        return self.template.format(**{f: names.get(f, f) for f in fields - set(self.values)},
+                                    **self.values)
+
+    def renamed(self, names: dict[str, str]) -> "MemoryLimitError":
+        """The same error, its message naming the parameters by ``names``."""
+        err = MemoryLimitError(self.template, **self.values)
+        err.args = (self.in_terms_of(names),)
+        return err
+
+
+class ParameterError(FishermaskError, ValueError):
+    """A parameter's value cannot work with this model or pool (e.g. a FisherMask sparsity whose
+    mask cannot hold the classifier).  The message starts with ``name=value:``, so the config
+    layer can prefix its section (``strategy.``)."""

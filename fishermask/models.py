@@ -7,10 +7,11 @@ Every model maps ``[B, C_in, H, W]`` float inputs to logits ``[B, C]`` and expos
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from fishermask._compat import import_torchvision
@@ -139,3 +140,10 @@ def reinit_parameters(model: nn.Module, mode: str = "conv_linear") -> None:
                 m.reset_parameters()
         if mode == "all" and isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
+
+
+class ModelParams(BaseModel):
+    """Which network (``model:``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    name: Literal["resnet18", "resnet18_narrow", "cnn_small"] = "cnn_small"

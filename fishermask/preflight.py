@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from fishermask.errors import ConfigError, FishermaskError
+from fishermask.data.params import SETTINGS
+from fishermask.config import CONFIG_KEYS
+from fishermask.errors import ConfigError, FishermaskError, MemoryLimitError
+from fishermask.execution.ray.cluster import local_cpus, local_shards
+from fishermask.kernels.greedy import check_memory, greedy_memory_gb
+from fishermask.models import build_model
 
 REACH_TIMEOUT_S = 10.0
 """How long an http(s) tracking server may take to answer the reachability probe."""
@@ -123,48 +128,6 @@ def _reach(uri: str, flag: str) -> None:
 
 # ----------------------------------------------------------------------------- resources
 
-def local_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def local_shards(execution) -> None:
-    """``execution.shards`` that a new local Ray (no cluster address) cannot run at once."""
-    if not execution.use_ray or execution.address:
-        return
-    import ray
-
-    if ray.is_initialized():  # a Ray started by the caller (not a Tune trial's bundles)
-        from ray.util import get_current_placement_group
-
-        if get_current_placement_group() is not None:
-            return
-        cpus, where = int(ray.cluster_resources().get("CPU", 0)), "the running Ray has"
-    elif os.environ.get("RAY_ADDRESS"):
-        return  # a cluster: the executor checks its resources once joined
-    else:
-        cpus, where = local_cpus(), "this machine has"
-    need = execution.shards * execution.cpus_per_shard
-    if need > cpus + 1e-9:
-        most = max(1, int(cpus // execution.cpus_per_shard))
-        raise ConfigError(
-            f"execution.shards={execution.shards} × execution.cpus_per_shard="
-            f"{execution.cpus_per_shard:g} needs {need:g} CPUs, but {where} {cpus}; use "
-            f"at most execution.shards={most} here, or join a cluster (execution.address)")
-    if execution.gpus_per_shard > 0:
-        import torch
-
-        gpus = torch.cuda.device_count()
-        need_g = execution.shards * execution.gpus_per_shard
-        if need_g > gpus + 1e-9:
-            raise ConfigError(
-                f"execution.shards={execution.shards} × execution.gpus_per_shard="
-                f"{execution.gpus_per_shard:g} needs {need_g:g} GPUs, but this machine has "
-                f"{gpus}; lower execution.shards or execution.gpus_per_shard")
-
-
 def local_trial(execution, label: str) -> None:
     """A sweep trial on a new local Ray: its placement group (one CPU for the trial plus one
     bundle per shard, or one bundle) must fit this machine, or it stays PENDING for ever."""
@@ -208,16 +171,15 @@ def mask_capacity(cfg, model, pool_size: int, num_classes: int) -> None:
             f"(model.name=resnet18_narrow)")
     if cfg.execution.use_ray:
         return  # the shards split the greedy's arrays; the executor checks each one
-    try:
-        from fishermask.execution.base import check_memory, greedy_memory_gb
-    except ImportError:  # pragma: no cover - another memory model
-        return
     initial = cfg.budget.resolved()[0]
     gb = greedy_memory_gb(pool_size, max(pool_size - initial, 0), num_classes, k,
                           p.get("fisher_target", "dense"))
-    check_memory(gb, cfg.execution.max_memory_gb,
-                 what=f"the FisherMask greedy (strategy.sparsity={sparsity:g}: k={k} weights, "
-                      f"pool {pool_size} × {num_classes} classes)")
+    try:
+        check_memory(gb, cfg.execution.max_memory_gb,
+                     what=f"the FisherMask greedy (strategy.sparsity={sparsity:g}: k={k} "
+                          f"weights, pool {pool_size} × {num_classes} classes)")
+    except MemoryLimitError as exc:
+        raise exc.renamed(CONFIG_KEYS) from None
 
 
 def _smallest_sparsity(need: int, n_params: int) -> float:
@@ -242,9 +204,6 @@ def trial_mask_capacity(cfg) -> None:
         return
     if cfg.data.dataset not in _BUILTIN:
         return
-    from fishermask.data import SETTINGS
-    from fishermask.models import build_model
-
     channels, classes, size = _BUILTIN[cfg.data.dataset]
     counts = (SETTINGS[cfg.data.setting] if cfg.data.setting is not None
               else cfg.data.class_counts)

@@ -1,4 +1,4 @@
-"""The greedy Fisher-trace selection of BAIT and FisherMask: public entry points.
+"""Alias of the stable public greedy entry point (it lives in :mod:`fishermask.kernels.greedy`).
 
 :func:`fisher_greedy` chooses n candidates minimising tr(M_S⁻¹ F) (see
 :mod:`fishermask.kernels.greedy` for the objective, the per-candidate C×C state and the verified
@@ -7,8 +7,6 @@ picks); candidates may be dense ``[U, C, k]`` tensors or
 """
 
 from fishermask.kernels.embeddings import FisherEmbeddings
-from fishermask.kernels.greedy import (WEIGHTINGS, GreedyDriver, LocalShards, fisher_greedy,
-                                       greedy_steps, run_greedy)
-from fishermask.kernels.greedy_shard import CHUNK, GreedyShard, shard_bounds
+from fishermask.kernels.greedy import fisher_greedy
 
 __all__ = ["FisherEmbeddings", "fisher_greedy"]

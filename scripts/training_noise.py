@@ -30,8 +30,8 @@ def main() -> None:
     from fishermask.config import apply_overrides, from_dict
     from fishermask.data import load_experiment_data
     from fishermask.models import build_model
-    from fishermask.sweep_grid import absolute_tracking_uri
-    from fishermask.train import evaluate, recalibrate_batchnorm, train_model
+    from fishermask.sweeps.grid import absolute_tracking_uri
+    from fishermask.training import evaluate, recalibrate_batchnorm, train_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", required=True)

@@ -61,15 +61,35 @@ def make_tiny_sweep():
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
     """One local Ray for the session (2 CPUs).  ``fault_dir``: a file ``fail_round_<r>`` there
-    makes the next trial reaching round r raise once (FISHERMASK_FAULT_DIR, set for the workers)."""
+    makes the next trial reaching round r raise once, before it reports the round to Tune (a
+    worker setup hook wraps ``ray.tune.report`` in every worker; production code has no hook)."""
     import ray
 
     fault_dir = tmp_path_factory.mktemp("faults")
+
+    def inject_faults():  # nested, so that Ray pickles it by value for the workers
+        import ray.tune
+
+        real = ray.tune.report
+
+        def report(metrics, *args, **kwargs):
+            marker = Path(fault_dir) / f"fail_round_{metrics.get('round')}"
+            if not metrics.get("done", True):  # a round's report, not the final one
+                try:
+                    marker.unlink()  # only the first trial to get here fails, and only once
+                except FileNotFoundError:
+                    pass
+                else:
+                    raise RuntimeError(f"injected fault in round {metrics['round']}")
+            return real(metrics, *args, **kwargs)
+
+        ray.tune.report = report
+
     # address="local": a new Ray of our own even when a `ray start` cluster runs on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              object_store_memory=256 * 1024 ** 2,
-             runtime_env={"env_vars": {"FISHERMASK_FAULT_DIR": str(fault_dir),
-                                       "MLFLOW_DISABLE_TELEMETRY": "true"}})
+             runtime_env={"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"},
+                          "worker_process_setup_hook": inject_faults})
     yield SimpleNamespace(fault_dir=fault_dir)
     ray.shutdown()
 
@@ -128,9 +148,21 @@ def tiny_sweep(mlflow_process, ray_local, mlflow_server, tmp_path_factory):
     code = main(["sweep", str(path), "--tracking-uri", mlflow_server.uri, "--storage", str(storage),
                  "--max-failures", "2"])
     wall = time.perf_counter() - t0
-    from fishermask.sweep import read_state
+    from fishermask.sweeps.command import read_state
 
     state = read_state(f"{storage}/tiny")
     return SimpleNamespace(code=code, path=path, work=work, storage=storage, wall=wall,
                            uri=mlflow_server.uri, parent_run_id=state["parent_run_id"],
                            experiment="tiny", fault_marker=ray_local.fault_dir / "fail_round_1")
+
+
+INTEGRATION_FIXTURES = {"ray_local", "mlflow_process", "mlflow_server", "tiny_sweep",
+                        "ray_session", "executors"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses Ray or an MLflow server through a fixture is an integration test even
+    when its module forgot the marker (the modules that start them mark themselves)."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -12,6 +12,8 @@ import pytest
 
 from fishermask.cli import main
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 TINY = """\
 experiment: bad
 data: {dataset: digits, class_counts: [12, 12, 12, 40]}
@@ -179,7 +181,7 @@ def test_second_sweep_launch_refuses_naming_the_first(tmp_path, capfd):
 
     storage = tmp_path / "st"
     holder = subprocess.Popen(  # a real other process holding the sweep's lock
-        [sys.executable, "-c", "import sys, time; from fishermask.runlock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from fishermask.loop.runlock import RunLock; "
          "RunLock(sys.argv[1], 'sweep').acquire(); print('held', flush=True); time.sleep(60)",
          f"{storage}/bad-c.lock"], stdout=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
@@ -196,7 +198,7 @@ def test_second_sweep_launch_refuses_naming_the_first(tmp_path, capfd):
 def test_ray_resume_hint_becomes_the_fishermask_command():
     import logging
 
-    from fishermask.sweep_hints import ResumeHint
+    from fishermask.sweeps.hints import ResumeHint
 
     record = logging.LogRecord("ray.tune.tune", logging.WARNING, __file__, 1,
                                'Experiment has been interrupted, but the most recent state was '
@@ -210,7 +212,7 @@ def test_ray_resume_hint_becomes_the_fishermask_command():
 def test_every_committed_sweep_passes_the_mask_capacity_check():
     from fishermask import preflight
     from fishermask.config import from_dict
-    from fishermask.sweep_grid import load_sweep
+    from fishermask.sweeps.grid import load_sweep
 
     files = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
     assert files

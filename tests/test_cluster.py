@@ -23,6 +23,8 @@ import pytest
 
 from conftest import _free_port, write_tiny_sweep
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 RAY = str(Path(sys.executable).with_name("ray"))
 FISHERMASK = [sys.executable, "-m", "fishermask"]
 

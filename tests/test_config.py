@@ -77,6 +77,7 @@ def test_unknown_key_lists_valid_keys():
     assert "valid keys here:" in str(err.value) and "lr" in str(err.value)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overrides,fragment", [
     (["strategy.name=no_such_strategy"], "valid strategies"),
     (["budget.rounds=40"], "pool has only"),
@@ -92,6 +93,7 @@ def test_cli_exit_code_2_without_traceback(overrides, fragment, tmp_path, capsys
     assert not (tmp_path / ".fishermask").exists()  # failed before writing anything
 
 
+@pytest.mark.integration
 def test_cli_subprocess_unknown_strategy(tmp_path):
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run([sys.executable, "-m", "fishermask", "run", str(QUICK), "--set",

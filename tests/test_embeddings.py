@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fishermask.fisher import last_layer_embeddings
+from fishermask.kernels.fisher import last_layer_embeddings_from
 from fishermask.kernels.embeddings import FisherEmbeddings, as_embeddings
 from tests.greedy_reference import dense_from_parts
 
@@ -50,7 +50,7 @@ def test_to_dense_of_the_factored_block_is_last_layer_embeddings():
     for dtype, tol in ((torch.float64, 1e-14), (torch.float32, 1e-6)):
         h, p, _ = _parts(1, dtype=dtype)
         emb = FisherEmbeddings(h, p)
-        want = last_layer_embeddings(h, p)
+        want = last_layer_embeddings_from(h, p)
         torch.testing.assert_close(emb.to_dense(dtype), want, rtol=tol, atol=tol)
     h, p, _ = _parts(2)
     # row c = √p_c (e_c − p) ⊗ h, column c'·d + j ↔ W[c', j]

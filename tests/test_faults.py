@@ -21,6 +21,8 @@ from mlflow.tracking import MlflowClient
 from fishermask.cli import main
 from fishermask.config import load_config
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 CONFIG = """\
 experiment: faults
 data: {{dataset: digits, class_counts: [12, 12, 12, 40]}}
@@ -178,7 +180,7 @@ def test_a_real_tracking_server_passes_the_probe(mlflow_server):
 
 def test_resume_after_the_mlflow_run_was_deleted(tmp_path, capfd):
     from fishermask.loop import ActiveLearningLoop
-    from fishermask.tracking import MlflowTracker
+    from fishermask.tracking.tracker import MlflowTracker
 
     path = write(tmp_path, rounds=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fishermask.fisher import fisher_diagonal, last_layer_embeddings, masked_embeddings, top_k_mask
+from fishermask.kernels.fisher import (fisher_diagonal, last_layer_embeddings,
+                                       last_layer_embeddings_from, masked_embeddings, top_k_mask)
 from fishermask.models import build_model
 
 TOL64 = dict(rtol=1e-9, atol=1e-12)
@@ -150,7 +151,7 @@ def test_fisher_diagonal_matches_brute_force(case, request):
 def test_fisher_diagonal_gram_form(narrow, monkeypatch):
     """On 16×16 inputs the last stages have L ≤ 2C − 1 output positions: the Gram form runs
     there (and the per-class form elsewhere); both must match brute force."""
-    import fishermask._persample as ps
+    from fishermask.kernels import _persample as ps
 
     used = []
     orig = ps.SqSum._gram_ok
@@ -187,10 +188,11 @@ def test_masked_embeddings_dense_and_edge_masks(tiny):
 @pytest.mark.parametrize("case", ["cnn", "narrow"])  # classifier with and without bias
 def test_last_layer_embeddings(case, request):
     model, x, G, p = request.getfixturevalue(case)
-    W = model.classifier_weight_name
+    W = next(n for n, p in model.named_parameters() if p is model.classifier.weight)
     with torch.no_grad():
         h, probs = model.features(x), torch.softmax(model(x), dim=1)
-    V = last_layer_embeddings(h, probs)
+    V = last_layer_embeddings_from(h, probs)
+    torch.testing.assert_close(last_layer_embeddings(model, x), V, **TOL64)  # (model, inputs)
     C, d = probs.shape[1], h.shape[1]
     assert V.shape == (x.shape[0], C, C * d)
     torch.testing.assert_close(V, masked_embeddings(model, x, {W: torch.arange(C * d)}), **TOL64)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from fishermask.fisher import fisher_diagonal, top_k_mask
+from fishermask.kernels.fisher import fisher_diagonal, top_k_mask
 from fishermask.strategies import select
 from tests.greedy_reference import brute_force, objective
 

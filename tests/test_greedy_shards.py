@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fishermask.selection import (CHUNK, GreedyDriver, GreedyShard, LocalShards, fisher_greedy,
-                                  run_greedy, shard_bounds)
+from fishermask.kernels import (CHUNK, GreedyDriver, GreedyShard, LocalShards, fisher_greedy,
+                                run_greedy, shard_bounds)
 from tests.greedy_reference import objective, problem, reference_dense
 
 
@@ -133,7 +133,7 @@ def test_sharded_runs_pick_exactly_what_one_shard_picks(oversample, diag, hard):
     merged = lambda tr: [(m, max(r, key=lambda t: (t[0], -t[1])) if r else None)  # noqa: E731
                          for m, r in tr]
     for shards in (2, 3, 4, 7):
-        # empty trailing ranges (7 shards, 6 chunks) hold no shard, as in execution.resident
+        # empty trailing ranges (7 shards, 6 chunks) hold no shard, as in kernels.resident
         bounds = [(a, b) for a, b in shard_bounds(num_u, shards, chunk) if a < b]
         assert all(a % chunk == 0 for a, _ in bounds) and bounds[-1][1] == num_u
         order, info, trace, obj_s = _sharded_run(5, bounds, n=n, oversample=oversample,

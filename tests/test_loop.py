@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from fishermask.loop import ActiveLearningLoop
-from fishermask.tracking import MlflowTracker
+from fishermask.tracking.tracker import MlflowTracker
 from tests.helpers import tiny_config
+
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from fishermask.cli import main
 
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
+
 
 @pytest.fixture(scope="module")
 def reported(tiny_sweep, tmp_path_factory):
@@ -99,7 +101,7 @@ def test_parent_has_html_report_and_variant_metrics(reported, tmp_path):
 
 def test_sweep_prints_the_runs_view_url(tiny_sweep, capsys):
     # the fixture's sweep ran before this test captured; the message is built by this helper
-    from fishermask.sweep import _print_where_to_look
+    from fishermask.sweeps.command import _print_where_to_look
 
     client = MlflowClient(tiny_sweep.uri)
     _print_where_to_look(client, "tiny", tiny_sweep.uri)

@@ -15,15 +15,17 @@ import numpy as np
 import pytest
 import torch
 
-from fishermask import inference
+from fishermask.strategies import inference
 from fishermask.config import ExecutionConfig
 from fishermask.data import ImageData
 from fishermask.errors import FishermaskError
-from fishermask.execution.base import TreeSum, tree_combine, tree_cover, tree_node_range
+from fishermask.kernels.reduction import TreeSum, tree_combine, tree_cover, tree_node_range
 from fishermask.execution.local import LocalExecutor
 from fishermask.models import build_model
 from fishermask.strategies import SelectionContext, build_strategy
-from fishermask.strategies.fisher import FisherDiagonalSum
+from fishermask.strategies.fisher_greedy import FisherDiagonalSum
+
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 
 HERE = Path(__file__).resolve().parent
 BATCH = 64
@@ -61,7 +63,7 @@ def select_with(executor, problem, name: str, params: dict, n: int = N_QUERY, bi
     executor.set_model(model)
     ctx = SelectionContext(model=model, executor=executor, labeled=labeled, unlabeled=unlabeled,
                            num_classes=pool.num_classes, rng=np.random.default_rng(0))
-    return build_strategy(name, **params).select(ctx, n)
+    return build_strategy(name, **params).run_round(ctx, n)
 
 
 def ray_cfg(shards: int, **kw) -> ExecutionConfig:
@@ -118,7 +120,7 @@ def problem():
 @pytest.fixture(scope="module")
 def executors(ray_session, problem):
     """RayExecutors with 1, 2 and 3 shards, bound to the pool once for the module."""
-    from fishermask.execution.ray_shards import RayExecutor
+    from fishermask.execution.ray.executor import RayExecutor
 
     out = {}
     for shards in (1, 2, 3):
@@ -164,13 +166,13 @@ def test_tree_reduction_is_the_same_for_any_split():
 
 
 def test_trial_resources_bundles():
-    from fishermask.execution.ray_shards import trial_resources
+    from fishermask.execution.ray.executor import execution_resources
 
-    pgf = trial_resources(ExecutionConfig(shards=3, cpus_per_shard=2, gpus_per_shard=0.5))
+    pgf = execution_resources(ExecutionConfig(shards=3, cpus_per_shard=2, gpus_per_shard=0.5))
     assert pgf.bundles == [{"CPU": 1}] + [{"CPU": 2, "GPU": 0.5}] * 3
-    pgf = trial_resources(ExecutionConfig(shards=2, cpus_per_shard=1))
+    pgf = execution_resources(ExecutionConfig(shards=2, cpus_per_shard=1))
     assert pgf.bundles == [{"CPU": 1}, {"CPU": 1}, {"CPU": 1}]
-    assert trial_resources(ExecutionConfig()).bundles == [{"CPU": 1}]
+    assert execution_resources(ExecutionConfig()).bundles == [{"CPU": 1}]
 
 
 @pytest.mark.parametrize("shards", [2, 3])
@@ -218,22 +220,36 @@ def test_other_strategies_are_identical_to_local(executors, problem, name):
 
 @pytest.mark.parametrize("event,step", [("embed", -1), ("step", 55)])
 def test_killed_actor_is_restarted_and_picks_do_not_change(executors, problem, local_picks,
-                                                           event, step):
+                                                           event, step, monkeypatch):
     """SIGKILL shard 1's process while its embedding runs, in the forward phase, or in the
     backward phase (n 24, oversample 2: steps 0–47 add, 48–71 remove)."""
+    from fishermask.execution.ray.group import RayGroup
+
     ex = executors[2]
     killed = []
 
-    def hook(ev, st):
+    def kill(ev, st):
         if (ev, st) == (event, step) and not killed:
             killed.append(ex.actor_info[1]["pid"])
             os.kill(killed[0], signal.SIGKILL)
 
-    ex.hook = hook
-    try:
-        sel = select_with(ex, problem, *GREEDY_CASES["fishermask_diag"], bind=False)
-    finally:
-        ex.hook = None
+    embed, call = RayGroup._embed, RayGroup.call
+
+    def embedding(group, j):  # kill shard 1 once every shard's embedding has been submitted
+        ref = embed(group, j)
+        if j == group.active[-1]:
+            kill("embed", -1)
+        return ref
+
+    def calling(group, method, *args):
+        out = call(group, method, *args)
+        if method == "advance":
+            kill("step", group.steps)
+        return out
+
+    monkeypatch.setattr(RayGroup, "_embed", embedding)
+    monkeypatch.setattr(RayGroup, "call", calling)
+    sel = select_with(ex, problem, *GREEDY_CASES["fishermask_diag"], bind=False)
     assert killed and sel.diagnostics["recoveries"] >= 1
     assert ex.actor_info[1]["pid"] != killed[0]  # a new process
     assert sel.indices.tolist() == local_picks["fishermask_diag"].tolist()
@@ -251,7 +267,7 @@ def test_actor_killed_between_calls_recovers_map(executors, problem):
 
 
 def test_memory_check_names_the_shards(executors, problem):
-    from fishermask.execution.ray_shards import RayExecutor
+    from fishermask.execution.ray.executor import RayExecutor
 
     ex = RayExecutor(ray_cfg(2, max_memory_gb=1e-5))
     borrowed = executors[2]  # borrow the running actors and the pool they hold
@@ -261,11 +277,12 @@ def test_memory_check_names_the_shards(executors, problem):
             select_with(ex, problem, "fishermask", {"sparsity": 0.006}, bind=False)
     finally:
         ex.actors = []
-    assert "2 shards" in str(err.value) and "execution.shards (now 2)" in str(err.value)
+    assert "2 shards" in str(err.value) and "more shards (now 2)" in str(err.value)
+    assert "execution." not in str(err.value)  # the executor's own terms; the loop adds the keys
 
 
 def test_impossible_resources_fail_fast(ray_session, problem):
-    from fishermask.execution.ray_shards import RayExecutor
+    from fishermask.execution.ray.executor import RayExecutor
 
     with pytest.raises(FishermaskError, match="GPU"):
         RayExecutor(ray_cfg(2, gpus_per_shard=1)).bind(problem[0])
@@ -294,7 +311,7 @@ import json, ray
 from ray.cluster_utils import Cluster
 import test_ray_executor as t
 from fishermask.execution.local import LocalExecutor
-from fishermask.execution.ray_shards import RayExecutor
+from fishermask.execution.ray.executor import RayExecutor
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
 cluster.add_node(num_cpus=2)
 cluster.wait_for_nodes()
@@ -322,9 +339,9 @@ import json, tempfile, numpy as np, ray
 from ray import tune
 from ray.util import get_current_placement_group
 import test_ray_executor as t
-from fishermask import inference
+from fishermask.strategies import inference
 from fishermask.config import ExecutionConfig
-from fishermask.execution.ray_shards import RayExecutor, trial_resources
+from fishermask.execution.ray.executor import RayExecutor, execution_resources
 cfg = ExecutionConfig(shards=2, cpus_per_shard=1, gpus_per_shard=1, batch_size=t.BATCH)
 
 def trial(config):
@@ -342,7 +359,7 @@ ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False,
 from fishermask.execution.local import LocalExecutor
 want = t.select_with(LocalExecutor(device="cpu", batch_size=t.BATCH), t.make_problem(200), "bait",
                      {}, n=5).indices.tolist()
-tuner = tune.Tuner(tune.with_resources(trial, trial_resources(cfg)),
+tuner = tune.Tuner(tune.with_resources(trial, execution_resources(cfg)),
                    run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), name="gpu", verbose=0),
                    tune_config=tune.TuneConfig(num_samples=1))
 result = tuner.fit()[0]

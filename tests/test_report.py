@@ -9,8 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fishermask.cli import main
-from fishermask.report import build_report
-from fishermask.report_data import RunData, aubc, diff_ci, group, labels_to_reach, mean_curve
+from fishermask.reports.command import build_report
+from fishermask.reports.data import RunData, aubc, diff_ci, group, labels_to_reach, mean_curve
+
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 
 
 def test_aubc_is_the_mean_height_over_the_budget():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from fishermask import diversity
+from fishermask.kernels import diversity
 from fishermask.strategies import STRATEGIES, select
 
 

@@ -15,7 +15,9 @@ from mlflow.tracking import MlflowClient
 
 from fishermask.cli import main
 from fishermask.errors import ConfigError
-from fishermask.sweep_grid import absolute_tracking_uri, expand, load_sweep
+from fishermask.sweeps.grid import absolute_tracking_uri, expand, load_sweep
+
+pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 
 BASE = {"experiment": "g", "data": {"dataset": "digits", "class_counts": [12, 12, 12, 40]},
         "budget": {"initial": 10, "query": 10, "rounds": 2}, "model": {"name": "cnn_small"},
@@ -145,7 +147,7 @@ def test_resume_puts_saved_trials_back_in_grid_order(tiny_sweep, tmp_path):
 
     from ray import tune
 
-    from fishermask.sweep import order_saved_trials
+    from fishermask.sweeps.command import order_saved_trials
 
     exp = tmp_path / "tiny"
     shutil.copytree(tiny_sweep.storage / "tiny", exp)
@@ -178,7 +180,7 @@ def test_resume_after_sigkill_of_the_driver(tiny_sweep, tmp_path, make_tiny_swee
     storage = tmp_path / "storage"
     cmd = [sys.executable, "-m", "fishermask", "sweep", str(path), "--tracking-uri",
            tiny_sweep.uri, "--storage", str(storage), "--address", "local"]
-    env = dict(os.environ, FISHERMASK_FAULT_DIR="")
+    env = dict(os.environ)
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -3,13 +3,16 @@ sqlite MLflow store): trials the Ray cannot place, and a start that ran no trial
 
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from fishermask.cli import main
-from fishermask.sweep import create_parent, read_state, write_state
-from fishermask.sweep_cluster import forget_start
-from fishermask.sweep_grid import load_sweep
-from fishermask.tracking import PARENT_TAG
+from fishermask.sweeps.command import create_parent, read_state, write_state
+from fishermask.sweeps.cluster import forget_start
+from fishermask.sweeps.grid import load_sweep
+from fishermask.tracking.tracker import PARENT_TAG
+
+pytestmark = pytest.mark.integration  # Ray, an MLflow store, the CLI
 
 
 def test_trials_the_ray_cannot_place_stop_before_any_state(ray_local, tmp_path, capsys,

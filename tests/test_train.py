@@ -5,7 +5,7 @@ import torch
 
 from fishermask.config import TrainConfig
 from fishermask.models import build_model
-from fishermask.train import recalibrate_batchnorm, train_model
+from fishermask.training import recalibrate_batchnorm, train_model
 
 
 class _Rows:

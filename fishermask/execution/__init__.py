@@ -2,15 +2,15 @@
 
 from fishermask.execution.base import PoolExecutor
 from fishermask.execution.local import LocalExecutor
+from fishermask.execution.ray.executor import RayExecutor
 
 __all__ = ["PoolExecutor", "LocalExecutor", "make_executor"]
 
 
 def make_executor(cfg) -> PoolExecutor:
-    """Build the executor an :class:`~fishermask.config.ExecutionConfig` asks for."""
+    """Build the executor the ``execution:`` parameters
+    (:class:`~fishermask.execution.base.ExecutionParams`) ask for."""
     if cfg.use_ray:
-        from fishermask.execution.ray_shards import RayExecutor
-
         return RayExecutor(cfg)
     return LocalExecutor(device=cfg.device, batch_size=cfg.batch_size,
                          max_memory_gb=cfg.max_memory_gb)

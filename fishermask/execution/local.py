@@ -1,49 +1,18 @@
-"""In-process executor: the whole pool in this process, batches on one device."""
+"""In-process executor: the whole pool in this process, batches on one device.
+
+The implementation is the strategies' own in-process executor
+(:class:`~fishermask.strategies.inprocess.InProcessExecutor`); here it takes the executor
+interface that the loop talks to.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
-from fishermask.execution.base import (BatchFn, PoolExecutor, TreeSum, add_outputs, cat_outputs,
-                                       resolve_device, to_cpu)
-from fishermask.execution.resident import LocalGroup, ResidentShard, cat_embeddings
+from fishermask.execution.base import PoolExecutor
+from fishermask.strategies.inprocess import InProcessExecutor
 
 
-class LocalExecutor(PoolExecutor):
-    def __init__(self, device: str = "auto", batch_size: int = 256, max_memory_gb: float = 16.0):
-        self.device = resolve_device(device)
-        self.batch_size = batch_size
-        self.max_memory_gb = max_memory_gb
-        self.shards = 1
-        self.pool = None
-        self.model = None
+class LocalExecutor(InProcessExecutor, PoolExecutor):
+    """The in-process :class:`~fishermask.execution.base.PoolExecutor`."""
 
-    def bind(self, pool) -> None:
-        self.pool = pool
 
-    def set_model(self, model: torch.nn.Module) -> None:
-        self.model = model.to(self.device).eval()
-
-    def _batches(self, fn: BatchFn, indices: np.ndarray):
-        if self.pool is None or self.model is None:
-            raise RuntimeError("call bind(pool) and set_model(model) first")
-        indices = np.asarray(indices, dtype=np.int64)
-        for start in range(0, len(indices), self.batch_size):
-            idx = indices[start:start + self.batch_size]
-            x = self.pool.inputs(idx).to(self.device)
-            yield fn(self.model, x)
-
-    def map(self, fn: BatchFn, indices: np.ndarray):
-        return cat_outputs([to_cpu(out) for out in self._batches(fn, indices)])
-
-    def sum(self, fn: BatchFn, indices: np.ndarray):
-        tree = TreeSum()  # canonical pairwise order over batches: sharded sums are bit-identical
-        for out in self._batches(fn, indices):
-            tree.add(add_outputs(None, out))
-        return tree.result()
-
-    def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray) -> LocalGroup:
-        """One shard holding every row (on the executor's device)."""
-        parts = [out for out in self._batches(embed_fn, indices)]
-        return LocalGroup(ResidentShard(cat_embeddings(parts), 0))
+__all__ = ["LocalExecutor"]

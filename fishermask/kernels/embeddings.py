@@ -12,7 +12,7 @@ A Fisher embedding V_x ∈ R^{C×k} (row c = √p_c · g_{x,c} restricted to k w
   classifier weight), stored as is in the storage dtype (float32 or bfloat16).
 
 Either block may be absent.  Every product is taken in a compute dtype (float64 by default) on the
-fly, one row block at a time, so the big arrays exist once.  :func:`fishermask.fisher.last_layer_embeddings`
+fly, one row block at a time, so the big arrays exist once.  :func:`fishermask.kernels.fisher.last_layer_embeddings`
 is ``to_dense()`` of an embedding with only the factored block.
 """
 
@@ -253,4 +253,13 @@ def as_embeddings(v, name: str) -> FisherEmbeddings:
     return FisherEmbeddings(dense=v)
 
 
-__all__ = ["FisherEmbeddings", "STORAGE_DTYPES", "as_embeddings", "factored_coefficients"]
+def cat_embeddings(parts: list, empty: "FisherEmbeddings | None" = None):
+    """The non-empty ``parts`` concatenated (one part as it is; ``empty`` when none)."""
+    parts = [p for p in parts if p is not None and len(p)]
+    if not parts:
+        return empty
+    return parts[0] if len(parts) == 1 else FisherEmbeddings.cat(parts)
+
+
+__all__ = ["FisherEmbeddings", "STORAGE_DTYPES", "as_embeddings", "cat_embeddings",
+           "factored_coefficients"]

@@ -30,6 +30,7 @@ import time
 import torch
 from torch import Tensor
 
+from fishermask.errors import MemoryLimitError
 from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings, as_embeddings
 from fishermask.kernels.greedy_shard import GreedyShard
 
@@ -68,6 +69,26 @@ def check_fisher(fisher, k: int) -> Tensor:
     if not bool(torch.isfinite(fisher).all()):
         raise ValueError("fisher contains NaN or infinite values")
     return fisher.to(torch.float64)
+
+
+def greedy_memory_gb(rows: int, row_bytes: int, num_classes: int, k: int,
+                     fisher_target: str) -> float:
+    """GB one process holds for the Fisher greedy: ``rows`` resident embeddings of ``row_bytes``
+    each with their C×C state (P, Q in float64), and the driver's k×k float64 matrices (F, M, A and
+    a work copy; k-vectors for a diagonal F)."""
+    per_row = row_bytes + 2 * num_classes * num_classes * 8 + 16
+    square = (4 * k * k * 8) if fisher_target == "dense" else (3 * k * k * 8)
+    return (rows * per_row + square) / 1e9
+
+
+def check_memory(need_gb: float, limit_gb: float, *, what: str, shards: int = 1) -> None:
+    """Raise :class:`~fishermask.errors.MemoryLimitError` when ``need_gb`` exceeds ``limit_gb``."""
+    if need_gb > limit_gb:
+        raise MemoryLimitError(
+            "{what} needs about {need:.1f} GB per process but {max_memory_gb} is {limit:g}. "
+            "Lower {sparsity} (smaller mask k), use {fisher_target}=diag, spread the pool over "
+            "more {shards} (now {now}), or raise {max_memory_gb} if the machine has the memory.",
+            what=what, need=need_gb, limit=limit_gb, now=shards)
 
 
 def _inverse(m: Tensor) -> Tensor:
@@ -307,5 +328,6 @@ def fisher_greedy(candidates, labeled, fisher, n: int, *, lam: float = 1.0, over
     return (out, info) if return_info else out
 
 
-__all__ = ["GreedyDriver", "LocalShards", "WEIGHTINGS", "check_fisher", "check_options",
-           "fisher_greedy", "greedy_steps", "run_greedy", "weights"]
+__all__ = ["GreedyDriver", "LocalShards", "WEIGHTINGS", "check_fisher", "check_memory",
+           "check_options", "fisher_greedy", "greedy_memory_gb", "greedy_steps", "run_greedy",
+           "weights"]

@@ -1,8 +1,12 @@
 """Strategy interface: selection logic only (no Ray, no MLflow, no files).
 
-A strategy gets a :class:`SelectionContext` (the trained model, the labeled/unlabeled pool
-indices, a seeded RNG and a :class:`~fishermask.execution.base.PoolExecutor` that runs per-sample
-work over the pool wherever the pool lives) and returns a :class:`Selection`.
+A :class:`Strategy` is built once with validated parameters (``FisherMask(sparsity=0.002)``)
+and called every round: :meth:`Strategy.select` takes the caller's model, pool and labeled
+indices, runs the strategy in this process (or on the executor given) and returns a
+:class:`Selection`.  Inside, a strategy's :meth:`~Strategy.query` sees a
+:class:`SelectionContext`: the model, the labeled/unlabeled pool indices, a seeded RNG and an
+executor that runs per-sample work over the pool wherever the pool lives (``map``, ``sum``,
+``embed_resident``: the interface of :class:`fishermask.execution.base.PoolExecutor`, passed in).
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:  # pragma: no cover
-    from fishermask.execution.base import PoolExecutor
+from fishermask.strategies.checks import (_as_pool, _is_int, _TensorPool, check_labeled,
+                                          check_model, check_number, check_params,
+                                          check_positive_int)
+from fishermask.strategies.inprocess import InProcessExecutor
 
 
 class NoParams(BaseModel):
@@ -29,7 +35,7 @@ class NoParams(BaseModel):
 @dataclass
 class SelectionContext:
     model: torch.nn.Module
-    executor: "PoolExecutor"
+    executor: Any                 # map / sum / embed_resident over the pool (PoolExecutor)
     labeled: np.ndarray           # pool indices already labeled
     unlabeled: np.ndarray         # pool indices that may be queried
     num_classes: int
@@ -46,16 +52,89 @@ class Selection:
 
 
 class Strategy(ABC):
-    """Base class.  Subclasses set ``name``, ``Params`` and implement :meth:`query`."""
+    """Base class.  Subclasses set ``name``, ``Params`` and implement :meth:`query`.
+
+    ``Strategy(**params)`` checks the parameters once: a ``TypeError`` for a name the strategy
+    does not take (saying which strategies take it), a ``ValueError`` for a bad value, each
+    naming the parameter and the strategy.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, **params: Any):
-        self.params = self.Params(**params)
+        self.params = check_params(self.name, self.Params, params)
 
-    def select(self, ctx: SelectionContext, n: int) -> Selection:
-        """Pick ``n`` pool indices from ``ctx.unlabeled``; validates and times the query."""
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}({args})"
+
+    def select(self, model: torch.nn.Module, pool, labeled, n: int, *, seed: int = 0,
+               executor=None, device: str = "auto", batch_size: int = 256,
+               max_memory_gb: float = 16.0) -> Selection:
+        """Pick ``n`` pool indices to label next.
+
+        ``model`` is an ``nn.Module`` with ``features(x) -> [B, d]`` (the penultimate embedding)
+        and ``classifier`` (the final ``nn.Linear``, so ``forward = classifier(features(x))``);
+        ``pool`` an :class:`~fishermask.data.ImageData` or a tensor (or array) of model-ready
+        inputs ``[N, ...]``; ``labeled`` the pool indices already labeled; ``seed`` seeds the
+        strategy's randomness.  Without ``executor`` the work runs in this process on ``device``
+        in batches of ``batch_size`` (``max_memory_gb`` bounds the Fisher greedy); an executor
+        the caller built (e.g. a :class:`~fishermask.execution.ray.executor.RayExecutor`) is
+        used as it is, bound to ``pool`` when it holds another.
+
+        The model is left as it was given: the strategy runs it in eval mode (no BatchNorm
+        statistic changes) and restores every module's train/eval flag and the device after.
+        Every strategy checks its arguments the same way, before any work: a ``TypeError`` or
+        ``ValueError`` naming the argument.
+        """
+        n = check_positive_int("n", n)
+        if not _is_int(seed):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
+        if executor is None:
+            batch_size = check_positive_int("batch_size", batch_size)
+            if device not in ("auto", "cpu", "cuda"):
+                raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+            check_number("max_memory_gb", max_memory_gb)
+        check_model(model)
+        pool = _as_pool(pool)
+        labeled = check_labeled(labeled, len(pool))
+        if n > len(pool) - len(labeled):
+            raise ValueError(f"n: cannot pick n={n} points, the pool has only "
+                             f"{len(pool) - len(labeled)} unlabeled ({len(pool)} points, "
+                             f"{len(labeled)} labeled)")
+        if executor is None:
+            executor = InProcessExecutor(device=device, batch_size=batch_size,
+                                         max_memory_gb=max_memory_gb)
+        modes = [(m, m.training) for m in model.modules()]
+        param = next(iter(model.parameters()), None)
+        where = param.device if param is not None else None
+        try:
+            model.eval()  # before any forward: BatchNorm statistics stay as they are
+            with torch.no_grad():
+                first = pool.inputs(np.arange(1)) if hasattr(pool, "inputs") else pool[:1]
+                if where is not None:
+                    first = first.to(where)
+                num_classes = int(model(first).shape[1])
+            if not hasattr(pool, "inputs"):
+                pool = _TensorPool(pool, num_classes)
+            if getattr(executor, "pool", None) is not pool:
+                executor.bind(pool)
+            executor.set_model(model)
+            unlabeled = np.setdiff1d(np.arange(len(pool)), labeled)
+            ctx = SelectionContext(model=executor.model, executor=executor, labeled=labeled,
+                                   unlabeled=unlabeled, num_classes=num_classes,
+                                   rng=np.random.default_rng(seed))
+            return self.run_round(ctx, n)
+        finally:
+            if where is not None:
+                model.to(where)
+            for m, mode in modes:
+                m.training = mode
+
+    def run_round(self, ctx: SelectionContext, n: int) -> Selection:
+        """Pick ``n`` pool indices from ``ctx.unlabeled`` (the loop's entry point, with the
+        executor and model already set up); validates and times the query."""
         if not _is_int(n):
             raise TypeError(f"n must be an integer, got {n!r} ({type(n).__name__})")
         if n < 0:
@@ -88,99 +167,3 @@ def score_summary(scores: np.ndarray) -> dict[str, float]:
     if s.size == 0:
         return {}
     return {"min": float(s.min()), "mean": float(s.mean()), "max": float(s.max())}
-
-
-# ----------------------------------------------------------------------------- library checks
-
-def _is_int(v) -> bool:
-    import numbers
-
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
-def check_positive_int(name: str, value) -> int:
-    """``value`` as an int > 0; TypeError / ValueError naming ``name`` otherwise."""
-    if not _is_int(value):
-        raise TypeError(f"{name} must be a positive integer, got {value!r} "
-                        f"({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_model(model) -> None:
-    """The model protocol every strategy relies on: an ``nn.Module`` with ``features(x)`` (the
-    penultimate embedding) and ``classifier`` (the last ``nn.Linear``), finite parameters."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module with features(x) and a classifier "
-                        f"nn.Linear, got {type(model).__name__}")
-    missing = [a for a in ("features", "classifier") if not hasattr(model, a)]
-    if missing:
-        raise TypeError(f"model: {type(model).__name__} has no {' or '.join(missing)}; strategies "
-                        f"need model.features(x) -> [B, d] (the penultimate embedding) and "
-                        f"model.classifier (the final nn.Linear, so forward = "
-                        f"classifier(features(x)))")
-    if not callable(model.features):
-        raise TypeError(f"model.features must be a method features(x) -> [B, d], got "
-                        f"{type(model.features).__name__}")
-    if not isinstance(model.classifier, torch.nn.Linear):
-        raise TypeError(f"model.classifier must be the final torch.nn.Linear layer, got "
-                        f"{type(model.classifier).__name__}")
-    for pname, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise ValueError(f"model: parameter {pname} has NaN or infinite values "
-                             f"(did training diverge?)")
-
-
-def classifier_weight_name(model: torch.nn.Module) -> str:
-    """Name in ``named_parameters()`` of ``model.classifier.weight`` (for models that do not
-    say it themselves with a ``classifier_weight_name`` attribute)."""
-    name = getattr(model, "classifier_weight_name", None)
-    if isinstance(name, str):
-        return name
-    for pname, p in model.named_parameters():
-        if p is model.classifier.weight:
-            return pname
-    raise TypeError("model: model.classifier.weight is not among model.named_parameters()")
-
-
-def check_finite_inputs(inputs: torch.Tensor, name: str = "pool") -> None:
-    if inputs.is_floating_point() or inputs.is_complex():
-        bad = ~torch.isfinite(inputs.reshape(len(inputs), -1)).all(1)
-        if bad.any():
-            rows = torch.nonzero(bad).flatten()
-            raise ValueError(f"{name}: {len(rows)} of {len(inputs)} inputs contain NaN or "
-                             f"infinite values (first at index {int(rows[0])}); clean or drop "
-                             f"them before selecting")
-
-
-def check_labeled(labeled, pool_size: int) -> np.ndarray:
-    """``labeled`` as sorted int64 pool indices: 1-D integers in [0, pool_size), no duplicates."""
-    arr = np.asarray(labeled.cpu() if isinstance(labeled, torch.Tensor) else labeled)
-    if arr.ndim != 1:
-        if arr.ndim == 0 or arr.size:
-            raise TypeError(f"labeled must be a 1-D sequence of pool indices, got an array of "
-                            f"shape {arr.shape}")
-        arr = arr.reshape(0)
-    if arr.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer)
-                                 or (np.issubdtype(arr.dtype, np.floating)
-                                     and np.isfinite(arr).all()
-                                     and (arr == np.round(arr)).all())):
-        raise TypeError(f"labeled must hold integer pool indices, got dtype {arr.dtype} "
-                        f"(e.g. {arr.ravel()[0].item()!r})")
-    arr = arr.astype(np.int64)
-    neg = arr[arr < 0]
-    if len(neg):
-        raise ValueError(f"labeled: negative pool indices {sorted(set(neg.tolist()))[:5]}; "
-                         f"indices are positions 0..{pool_size - 1} in the pool")
-    over = arr[arr >= pool_size]
-    if len(over):
-        raise ValueError(f"labeled: indices {sorted(set(over.tolist()))[:5]} are out of range "
-                         f"for a pool of {pool_size} (valid: 0..{pool_size - 1})")
-    uniq, counts = np.unique(arr, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"labeled: duplicated indices {uniq[counts > 1][:5].tolist()}; "
-                         f"each pool index may appear once")
-    return uniq

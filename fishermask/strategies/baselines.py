@@ -1,11 +1,12 @@
-"""Baselines (DESIGN §3): random, entropy, margin, least confidence, k-center greedy, BADGE."""
+"""Baselines: random, entropy, margin, least confidence, k-center greedy, BADGE."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from fishermask import diversity, inference
+from fishermask.kernels import diversity
+from fishermask.strategies import inference
 from fishermask.strategies.base import Selection, SelectionContext, Strategy, score_summary, top_n
 
 

@@ -16,9 +16,10 @@ import time
 import numpy as np
 import torch
 
-from fishermask.execution.base import TreeSum, check_memory, greedy_memory_gb, tree_combine
-from fishermask.execution.resident import cat_embeddings, leaf_count
-from fishermask.kernels.greedy import GreedyDriver, check_options, run_greedy
+from fishermask.kernels.embeddings import cat_embeddings
+from fishermask.kernels.greedy import (GreedyDriver, check_memory, check_options, greedy_memory_gb,
+                                      run_greedy)
+from fishermask.kernels.reduction import TreeSum, leaf_count, tree_combine
 
 
 class _GramSum:

@@ -13,7 +13,7 @@
 
 and logs them to the sweep's parent run under ``report/`` (plus per-variant summary metrics, a
 ``report/variants.json`` table and the best variant in the parent's description; see
-``report_mlflow``).  Only FINISHED child runs count; runs that share a variant label but not the
+``reports.mlflow_log``).  Only FINISHED child runs count; runs that share a variant label but not the
 config are reported as separate variants, and a seed run twice counts once (its newest run).
 """
 
@@ -24,7 +24,17 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from fishermask import preflight
 from fishermask.errors import FishermaskError
+from fishermask.reports import mlflow_log as report_mlflow
+from fishermask.reports.data import (accuracy_table, aubc, baseline_for, child_runs, diff_ci,
+                                     find_parent, group, labels_to_reach, load_run, mask_layers,
+                                     mean_curve, phase_seconds, split_configs)
+from fishermask.reports.html import write_html
+from fishermask.sweeps.grid import absolute_tracking_uri
+
+
+
 
 
 def add_parser(subparsers) -> None:
@@ -65,9 +75,7 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
     """Write the figures, ``summary.md`` and ``report.html`` for ``runs`` (RunData) into ``out``."""
     import numpy as np
 
-    from fishermask import report_plots as plots
-    from fishermask.report_data import (aubc, baseline_for, diff_ci, group, labels_to_reach,
-                                        mask_layers, mean_curve)
+    from fishermask.reports import plots
 
     out.mkdir(parents=True, exist_ok=True)
     groups = group(runs)
@@ -157,7 +165,6 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
     L += _time_section(runs)
     (out / "summary.md").write_text("\n".join(L) + "\n")
     files["summary"] = out / "summary.md"
-    from fishermask.report_html import write_html
 
     files["html"] = write_html(files["summary"], out / "report.html", f"Report: {title}")
     return {"files": files, "rows": rows, "target": target, "groups": groups, "scores": scores}
@@ -165,8 +172,6 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
 
 def _versus_section(groups, scores, metric: str) -> list[str]:
     """Each FisherMask variant against every other variant: paired AUBC differences."""
-    from fishermask.report_data import diff_ci
-
     fm = [v for v, rs in groups.items() if rs[0].strategy.startswith("fishermask")]
     if not fm or len(groups) < 2:
         return []
@@ -188,8 +193,6 @@ def _versus_section(groups, scores, metric: str) -> list[str]:
 
 def _budget_section(runs, metric: str) -> list[str]:
     """Mean ± std accuracy over seeds at every label count (the curves as numbers)."""
-    from fishermask.report_data import accuracy_table
-
     steps, table = accuracy_table(runs, metric)
     if not steps:
         return []
@@ -204,8 +207,6 @@ def _budget_section(runs, metric: str) -> list[str]:
 
 def _time_section(runs) -> list[str]:
     """Wall time per phase, mean over seeds of a run's total (all rounds)."""
-    from fishermask.report_data import phase_seconds
-
     names, table = phase_seconds(runs)
     if not names:
         return []
@@ -269,12 +270,7 @@ def _baseline(requested: Optional[str], runs) -> str:
 def cmd_report(args) -> int:
     from mlflow.tracking import MlflowClient
 
-    from fishermask import report_mlflow
-    from fishermask.report_data import child_runs, find_parent, load_run, split_configs
-    from fishermask.sweep_grid import absolute_tracking_uri
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from fishermask import preflight
 
     uri = absolute_tracking_uri(preflight.tracking_uri(args.tracking_uri))  # fails fast if down
     _check_store(args, uri)

@@ -1,9 +1,9 @@
 """``fishermask sweep``: a Ray Tune grid of active-learning runs, logged to MLflow; and the
 ``report`` subcommand's wiring.
 
-Layout (DESIGN §5):
+Layout:
 
-* one Tune trial = one AL run; the grid comes from the file's ``sweep:`` block (``sweep_grid``);
+* one Tune trial = one AL run; the grid comes from the file's ``sweep:`` block (``sweeps.grid``);
 * the driver creates the MLflow store, the experiment and the sweep's **parent run** before any
   trial starts; each trial logs into a **child run** (tag ``mlflow.parentRunId``) found-or-created
   by the key ``<parent run id>:<trial key>``, so retries and resumes never duplicate runs;
@@ -23,14 +23,23 @@ import sys
 import time
 from typing import Any, Optional
 
+from fishermask import preflight
+from fishermask.config import from_dict
 from fishermask.errors import ConfigError, FishermaskError
-from fishermask.sweep_hints import ResumeHint, int_at_least, resume_command
+from fishermask.loop.runlock import RunLock
+from fishermask.reports import command as report
+from fishermask.sweeps.cluster import check_trials_fit, forget_start, init_ray
+from fishermask.sweeps.grid import absolute_tracking_uri, load_sweep, storage_root
+from fishermask.sweeps.hints import int_at_least, resume_command, ResumeHint
+from fishermask.sweeps.state import (_finish_children, create_parent, DIGEST_TAG,
+                                     order_saved_trials, read_state, remove_experiment, ROLE_TAG,
+                                     STATE_FILE, SWEEP_TAG, write_state)
+from fishermask.sweeps.summary import summarize
+from fishermask.sweeps.trial import run_trial, trial_resources
+from fishermask.tracking import run_meta
+from fishermask.tracking.tracker import make_client
 
-STATE_FILE = "fishermask_sweep.json"
-# bookkeeping tags of the parent run; "mlflow." keys are hidden in the UI
-SWEEP_TAG = "mlflow.fishermask.sweep_path"
-ROLE_TAG = "mlflow.fishermask.role"
-DIGEST_TAG = "mlflow.fishermask.sweep_digest"
+
 
 
 def add_parsers(subparsers, add_common) -> None:
@@ -54,119 +63,10 @@ def add_parsers(subparsers, add_common) -> None:
                         "cluster a shared path or s3://bucket/prefix)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and exit")
 
-    from fishermask import report
-
     report.add_parser(subparsers)
 
 
 # ----------------------------------------------------------------------------- state file
-
-def _fs(path: str):
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(path)
-
-
-def read_state(exp_path: str) -> Optional[dict[str, Any]]:
-    import pyarrow.fs
-
-    fs, p = _fs(exp_path)
-    info = fs.get_file_info(f"{p}/{STATE_FILE}")
-    if info.type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(f"{p}/{STATE_FILE}") as f:
-        return json.loads(f.read().decode())
-
-
-def write_state(exp_path: str, state: dict[str, Any]) -> None:
-    fs, p = _fs(exp_path)
-    fs.create_dir(p, recursive=True)
-    with fs.open_output_stream(f"{p}/{STATE_FILE}") as f:
-        f.write(json.dumps(state, indent=2).encode())
-
-
-def remove_experiment(exp_path: str) -> None:
-    import pyarrow.fs
-
-    fs, p = _fs(exp_path)
-    if fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound:
-        fs.delete_dir(p)
-
-
-def order_saved_trials(exp_path: str) -> bool:
-    """Put the trials of Tune's newest experiment state back in grid order; True if rewritten.
-
-    Tune saves its trial list from a set, so a restored sweep would start its pending trials in
-    an arbitrary order and an interrupted sweep would leave scattered trials rather than whole
-    seeds.  Trial ids end in the grid index (``<run>_00017``); Tune requeues restored trials by
-    their last result time with a stable sort, so after this the unfinished ones resume first and
-    the rest follow the grid.  A state file of another layout is left as it is."""
-    import fnmatch
-
-    import pyarrow.fs
-
-    fs, p = _fs(exp_path)
-    names = [i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(p))
-             if fnmatch.fnmatch(i.base_name, "experiment_state-*.json")]
-    if not names:
-        return False
-    path = f"{p}/{max(names)}"
-    with fs.open_input_stream(path) as f:
-        state = json.loads(f.read().decode())
-    try:
-        index = [int(json.loads(entry[0])["trial_id"].rsplit("_", 1)[1])
-                 for entry in state["trial_data"]]
-    except (KeyError, IndexError, TypeError, ValueError):
-        return False
-    if index == sorted(index):
-        return False
-    state["trial_data"] = [e for _, e in sorted(zip(index, state["trial_data"]),
-                                                key=lambda pair: pair[0])]
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(state).encode())
-    return True
-
-
-# ----------------------------------------------------------------------------- MLflow parent
-
-def create_parent(client, sweep, exp_path: str, context: Optional[dict[str, str]] = None) -> str:
-    """The sweep's parent run: the base config and the axes as params (readable, once), its
-    description, provenance, and the sweep file and trial list as artifacts."""
-    from fishermask import run_meta
-    from fishermask.tracking import get_or_create_experiment
-
-    exp_id = get_or_create_experiment(client, sweep.experiment)
-    run_meta.describe_experiment(client, exp_id)
-    tags = {SWEEP_TAG: exp_path, ROLE_TAG: "sweep", DIGEST_TAG: sweep.digest, "sweep": sweep.name,
-            run_meta.NOTE_TAG: run_meta.sweep_description(sweep),
-            **(context if context is not None else run_meta.context_tags()),
-            **run_meta.versions()}
-    run = client.create_run(exp_id, run_name=f"sweep {sweep.name}", tags=tags)
-    run_id = run.info.run_id
-    run_meta.log_params(client, run_id, run_meta.sweep_params(sweep))
-    client.log_text(run_id, sweep.raw_text, f"sweep/{sweep.path.name}")
-    client.log_dict(run_id, [t.to_dict() for t in sweep.trials], "sweep/trials.json")
-    return run_id
-
-
-def _finish_children(client, experiment: str, parent_id: str) -> dict[str, int]:
-    """Statuses of the child runs; a child still RUNNING (its worker died) is marked FAILED."""
-    from fishermask.tracking import PARENT_TAG
-
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                              max_results=10000)
-    counts: dict[str, int] = {}
-    for r in runs:
-        status = r.info.status
-        if status in ("RUNNING", "SCHEDULED"):
-            client.set_terminated(r.info.run_id, status="FAILED")
-            status = "FAILED"
-        counts[status] = counts.get(status, 0) + 1
-    return counts
-
-
-# ----------------------------------------------------------------------------- Tune
 
 def trial_name(trial) -> str:
     return trial.config["trial"]["label"].replace(" ", "_")
@@ -188,8 +88,6 @@ def _reporter(sweep):
 
 def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
     from ray import tune
-
-    from fishermask.sweep_trial import run_trial, trial_resources
 
     trainable = tune.with_resources(run_trial, trial_resources)
     exp_path = f"{storage}/{sweep.name}"
@@ -222,12 +120,6 @@ def cmd_sweep(args) -> int:
 
 
 def _cmd_sweep(args, held: list) -> int:
-    from fishermask import run_meta
-    from fishermask.config import from_dict
-    from fishermask.sweep_grid import absolute_tracking_uri, load_sweep, storage_root
-    from fishermask.tracking import make_client
-    from fishermask.sweep_summary import summarize
-
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact table (CLIReporter) below
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if args.resume and args.restart:
@@ -244,11 +136,7 @@ def _cmd_sweep(args, held: list) -> int:
             print(f"  {t.key}  {t.label}")
         return 0
 
-    from fishermask import preflight
-
     if "://" not in storage:
-        from fishermask.runlock import RunLock
-
         preflight.writable_folder(storage, "sweep state (--storage)",
                                   "or pass --storage /a/writable/folder")
         # one driver per sweep: a second launch refuses, naming the first
@@ -274,8 +162,6 @@ def _cmd_sweep(args, held: list) -> int:
 
     import ray
     from ray import tune
-
-    from fishermask.sweep_cluster import check_trials_fit, forget_start, init_ray
 
     # The tracking store (cheap: a server that is down must not wait for Ray), then Ray: a cluster
     # that cannot be joined, or cannot place a trial, leaves no sweep state behind
@@ -368,8 +254,6 @@ def _cmd_sweep(args, held: list) -> int:
 
 
 def _print_where_to_look(client, experiment: str, tracking_uri: str) -> None:
-    from fishermask import run_meta
-
     exp = client.get_experiment_by_name(experiment)
     serve = run_meta.ui_command(tracking_uri)
     if serve:
@@ -380,8 +264,6 @@ def _print_where_to_look(client, experiment: str, tracking_uri: str) -> None:
 
 
 def cmd_report(args) -> int:
-    from fishermask import report
-
     return report.cmd_report(args)
 
 

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fishermask import fisher
+from fishermask.errors import ParameterError
+from fishermask.kernels import fisher
 from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings
-from fishermask.strategies.base import (Selection, SelectionContext, Strategy,
-                                        classifier_weight_name)
+from fishermask.strategies.base import Selection, SelectionContext, Strategy
+from fishermask.strategies.checks import classifier_weight_name
 from fishermask.strategies.fisher_round import fisher_round
 
 STORAGE_BYTES = {"float32": 4, "bfloat16": 2}
@@ -162,8 +163,7 @@ class FisherMask(_FisherGreedyStrategy):
         try:
             mask = fisher.top_k_mask(diag, k, force=force)
         except ValueError as exc:
-            from fishermask.errors import ConfigError
-            raise ConfigError(f"strategy.sparsity={p.sparsity}: {exc}") from None
+            raise ParameterError(f"sparsity={p.sparsity}: {exc}") from None
         return mask, time.perf_counter() - t0
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
@@ -176,6 +176,20 @@ class FisherMask(_FisherGreedyStrategy):
         profile = mask_profile(ctx.model, mask)
         return Selection(picks, diagnostics=info, metrics=_phase_metrics(info),
                          artifacts={"mask_profile": profile})
+
+
+class FisherMaskAuthorsParams(FisherMaskParams):
+    """The authors' public code: no √p scaling, mask Fisher on the first 1024 pool items."""
+
+    prob_scaling: bool = False
+    mask_subset: Literal["random", "first"] = "first"
+
+
+class FisherMaskAuthors(FisherMask):
+    """FisherMask as in the authors' public code (no √p, first-1024 mask Fisher)."""
+
+    name = "fishermask_authors"
+    Params = FisherMaskAuthorsParams
 
 
 def _phase_metrics(info: dict) -> dict[str, float]:

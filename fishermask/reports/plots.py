@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fishermask.report_data import mask_rounds, mean_curve  # noqa: E402
+from fishermask.reports.data import mask_rounds, mean_curve  # noqa: E402
+from fishermask.tracking.plots import mask_heatmap  # noqa: E402
 
 LABELS = {"accuracy": "test accuracy", "balanced_accuracy": "balanced test accuracy"}
 
@@ -93,8 +94,6 @@ def class_balance(groups, path: Path) -> Path:
 def mask_profile(groups, path: Path):
     """FisherMask's mask over rounds: per FisherMask variant, a rounds × tensors heat map (tensors
     named, in network order) of the fraction of each tensor in the mask, mean over seeds."""
-    from fishermask.plots import mask_heatmap
-
     items = []
     for variant, runs in groups.items():
         names, by_round = mask_rounds(runs)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fishermask._compat import import_torchvision
-from fishermask.config import DataConfig
+from fishermask.data.params import DataParams
 from fishermask.errors import DataError
 
 NORMALIZATION = {  # standard per-channel constants on the [0, 1] scale
@@ -59,7 +59,7 @@ def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean.tolist()), tuple((s2 / n - mean**2).clamp_min(1e-12).sqrt().tolist())
 
 
-def load_digits(cfg: DataConfig, seed: int):
+def load_digits(cfg: DataParams, seed: int):
     from sklearn import datasets as sk_datasets
 
     d = sk_datasets.load_digits()
@@ -118,7 +118,7 @@ def _unpack_fashion_gz(raw: Path) -> Path:
     return root
 
 
-def load_fashion_mnist(cfg: DataConfig, seed: int):
+def load_fashion_mnist(cfg: DataParams, seed: int):
     tv = import_torchvision()
     root = Path(cfg.data_dir).expanduser()
 
@@ -192,7 +192,7 @@ def _cifar10_class():
     return _CIFAR10
 
 
-def load_cifar10(cfg: DataConfig, seed: int):
+def load_cifar10(cfg: DataParams, seed: int):
     root = Path(cfg.data_dir).expanduser()
     folder = root / "cifar-10-batches-py"
     missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
@@ -259,7 +259,7 @@ def _read_images(root: Path, paths: list[str], size: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def load_image_folder(cfg: DataConfig, seed: int):
+def load_image_folder(cfg: DataParams, seed: int):
     tv = import_torchvision()
     root = Path(cfg.data_dir).expanduser()
     if not root.is_dir():

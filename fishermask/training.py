@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
-from fishermask.config import TrainConfig
 from fishermask.errors import TrainingDiverged
+
+
+class TrainParams(BaseModel):
+    """How a round trains the model (``train:``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    target_accuracy: Optional[float] = Field(0.99, gt=0, le=1)
+    max_epochs: int = Field(100, ge=1)
+    epochs: Optional[int] = Field(None, ge=1, description="fixed epochs; overrides target_accuracy")
+    grad_clamp: Optional[float] = Field(None, gt=0, description="element-wise gradient clamp")
+    weight_decay: float = Field(0.0, ge=0)
+    reinit: Literal["conv_linear", "all", "none"] = "conv_linear"
+    eval_batch_size: int = Field(512, ge=1)
+    bn_recalibrate: bool = Field(False, description="after training, set every BatchNorm's "
+                                 "running statistics to their plain average over the labeled set")
 
 
 @dataclass
@@ -20,7 +38,7 @@ class TrainResult:
     seconds: float
 
 
-def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainConfig, *,
+def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainParams, *,
                 augment: bool, device: torch.device, generator: torch.Generator) -> TrainResult:
     """Train ``model`` on ``data`` rows ``indices``.
 

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from fishermask.reports.data import labels_to_reach, t_quantile
+from fishermask.tracking.run_meta import metric_key, NOTE_TAG, ui_base
+
 BEST_MARK = "**Best variant by AUBC"
 
 
 def _ci95(values: list[float]) -> float:
-    from fishermask.report_data import t_quantile
-
     if len(values) < 2:
         return math.nan
     return t_quantile(len(values)) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
@@ -68,8 +69,6 @@ def mlflow_markdown(text: str, tracking_uri: str, run_id: str) -> str:
     own address, else ``mlflow ui`` on the documented port)."""
     from urllib.parse import quote
 
-    from fishermask.run_meta import ui_base
-
     base = ui_base(tracking_uri)
 
     def url(m: re.Match) -> str:
@@ -85,9 +84,6 @@ def mlflow_markdown(text: str, tracking_uri: str, run_id: str) -> str:
 
 def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
     from mlflow.entities import Metric
-
-    from fishermask.report_data import labels_to_reach
-    from fishermask.run_meta import NOTE_TAG, metric_key
 
     target = res["target"]
     for r in runs:

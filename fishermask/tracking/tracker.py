@@ -11,6 +11,10 @@ from typing import Any, Optional
 
 import yaml
 
+from fishermask.errors import FishermaskError
+from fishermask.loop.runlock import blocking_lock
+from fishermask.tracking import run_meta
+
 RUN_KEY_TAG = "mlflow.fishermask.run_key"  # "mlflow." keys are hidden in the UI
 OLD_RUN_KEY_TAG = "fishermask.run_key"     # stores written before the key was hidden
 PARENT_TAG = "mlflow.parentRunId"
@@ -46,10 +50,6 @@ def make_client(tracking_uri: str):
     if not m or m.group(1) == ":memory:":
         return MlflowClient(tracking_uri)
     from pathlib import Path
-
-    from fishermask.runlock import blocking_lock
-
-    from fishermask.errors import FishermaskError
 
     db = Path(m.group(1)).absolute()
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +108,6 @@ class MlflowTracker(Tracker):
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, cfg, run_id: Optional[str] = None) -> str:
-        from fishermask import run_meta
-
         exp_id = get_or_create_experiment(self.client, self.experiment or cfg.experiment)
         self.experiment_id = exp_id
         run_meta.describe_experiment(self.client, exp_id)
@@ -147,8 +145,6 @@ class MlflowTracker(Tracker):
 
     def _tags(self, cfg) -> dict[str, str]:
         """Provenance, the description, and what params do not say (variant, seed, sweep)."""
-        from fishermask import run_meta
-
         tags = dict(self.context if self.context is not None else run_meta.context_tags())
         tags.update(run_meta.versions())
         tags["device"] = run_meta.device_name(cfg.execution.device)
@@ -160,14 +156,10 @@ class MlflowTracker(Tracker):
         return tags
 
     def _log_params(self, cfg) -> None:
-        from fishermask import run_meta
-
         run_meta.log_params(self.client, self.run_id, run_meta.run_params(cfg, self.given))
 
     def _log_inputs(self, loop) -> None:
         """The pool and the test set as the run's dataset inputs (once, also across resumes)."""
-        from fishermask import run_meta
-
         self._inputs_logged = True
         have = {(d.dataset.name, d.dataset.digest)
                 for d in self.client.get_run(self.run_id).inputs.dataset_inputs}
@@ -182,8 +174,6 @@ class MlflowTracker(Tracker):
         if status == "FINISHED" and loop.records:  # the UI sorts by these as the report ranks
             from mlflow.entities import Metric
 
-            from fishermask import run_meta
-
             step = loop.records[-1].n_labels
             self.client.log_batch(self.run_id, metrics=[
                 Metric(k, float(v), 0, step)
@@ -194,7 +184,7 @@ class MlflowTracker(Tracker):
     def log_round(self, rec, loop, replay: bool = False) -> None:
         from mlflow.entities import Metric
 
-        from fishermask import plots, run_meta
+        from fishermask.tracking import plots
 
         if not self._inputs_logged:
             self._log_inputs(loop)

@@ -4,7 +4,7 @@ statuses, and the Tune + MLflow overhead.
 Overhead is measured two ways:
 
 * **in-trial**: a trial's wall time (trainable entry to exit) minus its active-learning work (data,
-  training, queries; see ``sweep_trial``): imports, MLflow calls, Tune reports and checkpoints;
+  training, queries; see ``sweeps.trial``): imports, MLflow calls, Tune reports and checkpoints;
 * **sweep-level**: ``wall × parallel slots − Σ AL work``, per trial: adds actor start-up,
   scheduling and idle slots at the end (meaningful for an uninterrupted sweep).
 """
@@ -15,10 +15,10 @@ import math
 import os
 from typing import Any
 
+from fishermask.sweeps.trial import trial_resources
+
 
 def _slots(results, cluster: dict[str, float]) -> int:
-    from fishermask.sweep_trial import trial_resources
-
     need = []
     for r in results:
         if not r.config:

@@ -1,7 +1,7 @@
 """The driver's side of resident shards on Ray actors (:meth:`RayExecutor.embed_resident`).
 
 Each actor embeds its range of the index list and keeps a
-:class:`~fishermask.execution.resident.ResidentShard` under a round key.  ``call(method, *args)``
+:class:`~fishermask.kernels.resident.ResidentShard` under a round key.  ``call(method, *args)``
 puts the arguments in the object store once, runs the method on every actor that holds rows, and
 returns the results in shard order.  Calls that change a shard's state (``MUTATING``) are logged;
 when an actor dies, Ray restarts it, the driver re-embeds its range and replays the log, then
@@ -14,7 +14,7 @@ import uuid
 
 import numpy as np
 
-from fishermask.execution.resident import MUTATING
+from fishermask.kernels.resident import MUTATING
 
 
 class RayGroup:
@@ -23,15 +23,14 @@ class RayGroup:
 
         self.ex, self.indices, self.bounds = ex, indices, bounds
         self.key = uuid.uuid4().hex
-        self.refs = ex._refs()
+        self.refs = ex.refs()
         self.fn_ref = ray.put(embed_fn)
         self.active = [j for j, (a, b) in enumerate(bounds) if b > a]
         self.log: list = []
         self.recoveries0 = ex.recoveries
         self.steps = 0
         pending = {j: self._embed(j) for j in self.active}
-        ex._hook("embed", -1)
-        ex._gather(lambda j: pending.pop(j) if j in pending else self._embed(j), self.active)
+        ex.gather(lambda j: pending.pop(j) if j in pending else self._embed(j), self.active)
 
     @property
     def recoveries(self) -> int:
@@ -54,14 +53,13 @@ class RayGroup:
         import ray
 
         ref = ray.put(args)
-        out = self.ex._gather(
+        out = self.ex.gather(
             lambda j: self.ex.actors[j].resident_call.remote(self.key, method, ref),
             self.active, restore=self._restore)
         if method in MUTATING:
             self.log.append((method, ref))
         if method == "advance":
             self.steps += 1
-            self.ex._hook("step", self.steps)
         return out
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fishermask.errors import FishermaskError
+from fishermask.errors import ConfigError, FishermaskError
 
 PROBE_TIMEOUT_S = 5.0
 AUTH_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
@@ -273,6 +273,50 @@ def check_bundles(requests: dict[str, list[dict[str, float]]], *, fix: str,
         lack = shortfall(bundles, cap)
         if lack:
             raise ClusterError(f"{what} {lack}; it would wait forever. {fix}")
+
+
+# ----------------------------------------------------------------------------- a local Ray
+
+def local_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def local_shards(execution) -> None:
+    """``execution.shards`` that a new local Ray (no cluster address) cannot run at once."""
+    if not execution.use_ray or execution.address:
+        return
+    import ray
+
+    if ray.is_initialized():  # a Ray started by the caller (not a Tune trial's bundles)
+        from ray.util import get_current_placement_group
+
+        if get_current_placement_group() is not None:
+            return
+        cpus, where = int(ray.cluster_resources().get("CPU", 0)), "the running Ray has"
+    elif os.environ.get("RAY_ADDRESS"):
+        return  # a cluster: the executor checks its resources once joined
+    else:
+        cpus, where = local_cpus(), "this machine has"
+    need = execution.shards * execution.cpus_per_shard
+    if need > cpus + 1e-9:
+        most = max(1, int(cpus // execution.cpus_per_shard))
+        raise ConfigError(
+            f"execution.shards={execution.shards} × execution.cpus_per_shard="
+            f"{execution.cpus_per_shard:g} needs {need:g} CPUs, but {where} {cpus}; use "
+            f"at most execution.shards={most} here, or join a cluster (execution.address)")
+    if execution.gpus_per_shard > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        need_g = execution.shards * execution.gpus_per_shard
+        if need_g > gpus + 1e-9:
+            raise ConfigError(
+                f"execution.shards={execution.shards} × execution.gpus_per_shard="
+                f"{execution.gpus_per_shard:g} needs {need_g:g} GPUs, but this machine has "
+                f"{gpus}; lower execution.shards or execution.gpus_per_shard")
 
 
 __all__ = ["ClusterError", "Capacity", "capacity", "check_bundles", "check_reachable", "connect",

@@ -1,4 +1,5 @@
-"""Ray pool-shard executor (DESIGN §4): ``execution.shards`` actors do the per-sample work of a round.
+"""Ray pool-shard executor: ``shards`` actors do the per-sample work of a round (the sharding rules
+that keep the results identical are ``docs/design.md`` §2.5).
 
 * ``bind(pool)`` puts the pool in the object store once per run (numpy: shared zero-copy by all
   actors of a node) and starts the actors; ``set_model`` puts the architecture once and the weights
@@ -7,7 +8,7 @@
   so every batch holds exactly the rows it holds in :class:`LocalExecutor`; sums are combined in the
   canonical tree order of :mod:`fishermask.execution.base`.  Results are identical to the local ones.
 * ``embed_resident`` keeps embeddings on the actors (a CHUNK-aligned range each) for the strategy's
-  greedy, which talks to them through one call per step (:mod:`fishermask.execution.ray_group`).
+  greedy, which talks to them through one call per step (:mod:`fishermask.execution.ray.group`).
 * An actor that dies is restarted by Ray (``max_restarts=-1``); the driver re-sends the failed call,
   re-embedding a resident shard and replaying the calls that changed its state.
 """
@@ -26,9 +27,14 @@ import numpy as np
 import torch
 
 from fishermask.errors import FishermaskError
-from fishermask.execution.base import BatchFn, PoolExecutor, cat_outputs, tree_combine
-from fishermask.execution.shard_actor import PoolShard, ShardStateLost, pool_payload
+from fishermask.execution.base import BatchFn, PoolExecutor
+from fishermask.kernels.reduction import cat_outputs
+from fishermask.execution.ray.actor import PoolShard, ShardStateLost, pool_payload
+from fishermask.execution.ray.cluster import (check_bundles, check_reachable, local_cpus,
+                                              local_shards)
+from fishermask.execution.ray.group import RayGroup
 from fishermask.kernels.greedy_shard import CHUNK, shard_bounds
+from fishermask.kernels.reduction import tree_combine
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ RESTART_TIMEOUT_S = 300.0
 """How long the driver waits for Ray to restart a dead shard actor."""
 
 
-def trial_resources(execution, strategy: str = "PACK"):
+def execution_resources(execution, strategy: str = "PACK"):
     """The Ray Tune resource request of one trial running with these ``execution.*`` settings:
     a {"CPU": 1} bundle for the trial (the AL loop, the driver) plus one bundle per shard actor
     ({"CPU": cpus_per_shard, "GPU": gpus_per_shard}); without Ray shards, one bundle for the trial
@@ -74,7 +80,6 @@ class RayExecutor(PoolExecutor):
         self.actors: list = []
         self.actor_info: list[dict] = []
         self.recoveries = 0
-        self.hook: Optional[Callable[[str, int], None]] = None  # tests: hook(event, step)
         self._pool_ref = self._arch_ref = self._weights_ref = self._arch_sig = None
         self._started_ray = False
         if not ray.is_initialized():
@@ -93,13 +98,9 @@ class RayExecutor(PoolExecutor):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = self.cfg.address or os.environ.get("RAY_ADDRESS")  # RAY_ADDRESS: ray job submit
         if address:
-            from fishermask.execution.ray_cluster import check_reachable
-
             check_reachable(address)  # unreachable, token auth: say what to do
             kwargs: dict[str, Any] = {"address": address}
         else:  # a new local Ray of this machine's CPUs (never another `ray start` cluster)
-            from fishermask.preflight import local_cpus, local_shards
-
             local_shards(self.cfg)
             kwargs = {"address": "local", "num_cpus": local_cpus(), "include_dashboard": False}
         try:
@@ -119,8 +120,6 @@ class RayExecutor(PoolExecutor):
         if get_current_placement_group() is not None:
             return  # a Tune trial's placement group holds the bundles
         if self.cfg.address:  # a cluster (that may autoscale): each actor must fit on a node
-            from fishermask.execution.ray_cluster import check_bundles
-
             shard = {"CPU": float(self.cfg.cpus_per_shard),
                      **({"GPU": float(self.cfg.gpus_per_shard)} if self.cfg.gpus_per_shard else {})}
             what = " + ".join(f"{v:g} {k}" for k, v in shard.items())
@@ -169,7 +168,7 @@ class RayExecutor(PoolExecutor):
             raise FishermaskError(
                 f"the {self.shards} shard actors were not all running after {READY_TIMEOUT_S:g} s; "
                 "the cluster may lack the CPUs/GPUs execution.* asks for (inside a Tune trial, "
-                "request them with fishermask.execution.ray_shards.trial_resources)") from None
+                "request them with fishermask.execution.ray.executor.execution_resources)") from None
 
     def set_model(self, model: torch.nn.Module) -> None:
         import ray
@@ -204,17 +203,15 @@ class RayExecutor(PoolExecutor):
         self.actors, self.actor_info = [], []
 
     # --------------------------------------------------------------------------- plumbing
-    def _hook(self, event: str, step: int) -> None:
-        if self.hook is not None:
-            self.hook(event, step)
-
-    def _refs(self) -> list:
+    def refs(self) -> list:
+        """The [pool, architecture, weights] object references every shard call carries (the
+        driver-side interface :class:`~fishermask.execution.ray.group.RayGroup` uses)."""
         if not self.actors or self._weights_ref is None:
             raise RuntimeError("call bind(pool) and set_model(model) first")
         # nested in a list: each actor fetches a reference only when it changed (or it restarted)
         return [self._pool_ref, self._arch_ref, self._weights_ref]
 
-    def _gather(self, submit: Callable[[int], Any], shards, restore=None) -> list:
+    def gather(self, submit: Callable[[int], Any], shards, restore=None) -> list:
         """``submit(j)`` → ObjectRef for every shard j; results in shard order.  A shard whose call
         fails because its actor died (or lost its state) is restored (``restore(j)``, blocking)
         once Ray has restarted it, and its call submitted again."""
@@ -269,14 +266,14 @@ class RayExecutor(PoolExecutor):
         import ray
 
         idx = np.asarray(indices, dtype=np.int64)
-        refs = self._refs()
+        refs = self.refs()
         bounds = [(j, a, b) for j, (a, b) in enumerate(self._split(len(idx), self.batch_size))
                   if b > a]
         if not bounds:
             return cat_outputs([])
         fn_ref = ray.put(fn)
         ranges = {j: (a, b) for j, a, b in bounds}
-        parts = self._gather(lambda j: self.actors[j].map.remote(
+        parts = self.gather(lambda j: self.actors[j].map.remote(
             refs, fn_ref, idx[ranges[j][0]:ranges[j][1]]), ranges)
         return cat_outputs(parts)
 
@@ -284,7 +281,7 @@ class RayExecutor(PoolExecutor):
         import ray
 
         idx = np.asarray(indices, dtype=np.int64)
-        refs = self._refs()
+        refs = self.refs()
         n_leaves = -(-len(idx) // self.batch_size)
         if n_leaves == 0:
             return None
@@ -293,16 +290,14 @@ class RayExecutor(PoolExecutor):
         ranges = {j: (a, b) for j, (a, b) in enumerate(self._split(n_leaves, unit)) if b > a}
         fn_ref = ray.put(fn)
         B = self.batch_size
-        parts = self._gather(lambda j: self.actors[j].sum_nodes.remote(
+        parts = self.gather(lambda j: self.actors[j].sum_nodes.remote(
             refs, fn_ref, idx[ranges[j][0] * B:ranges[j][1] * B], *ranges[j], n_leaves), ranges)
         return tree_combine({k: v for p in parts for k, v in p.items()}, n_leaves)
 
     # --------------------------------------------------------------------------- resident
     def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray):
         """Each actor embeds its CHUNK-aligned (and, when it can be, batch-aligned) range of the
-        sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray_group.RayGroup`."""
-        from fishermask.execution.ray_group import RayGroup
-
+        sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray.group.RayGroup`."""
         idx = np.asarray(indices, dtype=np.int64)
         unit = math.lcm(CHUNK, self.batch_size)
         if unit > 8 * CHUNK:  # odd batch sizes: give up batch alignment, keep balance
@@ -310,4 +305,4 @@ class RayExecutor(PoolExecutor):
         return RayGroup(self, embed_fn, idx, self._split(len(idx), unit))
 
 
-__all__ = ["RayExecutor", "trial_resources"]
+__all__ = ["RayExecutor", "execution_resources"]

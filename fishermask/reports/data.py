@@ -19,6 +19,8 @@ from typing import Any, Optional
 import numpy as np
 
 from fishermask.errors import FishermaskError
+from fishermask.strategies import STRATEGIES
+from fishermask.tracking.run_meta import aubc  # noqa: F401  (runs log it; the report uses it)
 
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAGS = ("mlflow.fishermask.role", "fishermask.role")  # newer first; older stores: the second
@@ -187,17 +189,6 @@ def split_configs(runs: list[RunData]) -> tuple[list[RunData], list[str]]:
 
 # ----------------------------------------------------------------------------- statistics
 
-def aubc(steps: np.ndarray, values: np.ndarray) -> float:
-    """Area under the curve over the labels axis, divided by its width (a mean accuracy in [0, 1])."""
-    steps, values = np.asarray(steps, float), np.asarray(values, float)
-    if len(steps) == 0:
-        return math.nan
-    if len(steps) == 1 or steps[-1] == steps[0]:
-        return float(values[-1])
-    area = np.sum((values[1:] + values[:-1]) * np.diff(steps)) / 2.0
-    return float(area / (steps[-1] - steps[0]))
-
-
 def t_quantile(n: int) -> float:
     from scipy import stats
 
@@ -235,8 +226,6 @@ def labels_to_reach(steps: np.ndarray, values: np.ndarray, target: float) -> Opt
 
 def group(runs: list[RunData]) -> dict[str, list[RunData]]:
     """Runs by variant, in the strategies' registry order, then by name."""
-    from fishermask.strategies import STRATEGIES
-
     order = {name: i for i, name in enumerate(STRATEGIES)}
     by: dict[str, list[RunData]] = defaultdict(list)
     for r in runs:

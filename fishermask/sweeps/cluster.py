@@ -8,7 +8,11 @@ import json
 import os
 from typing import Any, Optional
 
-from fishermask.sweep import remove_experiment
+from fishermask.config import from_dict
+from fishermask.execution.ray.cluster import check_bundles, connect
+from fishermask.sweeps.state import remove_experiment
+from fishermask.sweeps.trial import trial_resources
+from fishermask.tracking.tracker import PARENT_TAG
 
 
 def init_ray(address: Optional[str]) -> bool:
@@ -17,8 +21,6 @@ def init_ray(address: Optional[str]) -> bool:
     unreachable cluster, or one whose token authentication this process does not meet, ends in a
     message saying what to do."""
     import ray
-
-    from fishermask.execution.ray_cluster import connect
 
     if ray.is_initialized():
         return False
@@ -33,10 +35,6 @@ def init_ray(address: Optional[str]) -> bool:
 def check_trials_fit(sweep) -> None:
     """Every trial's placement group (``trial_resources``) against the Ray cluster joined: a
     trial the cluster can never place would stay PENDING in silence."""
-    from fishermask.config import from_dict
-    from fishermask.execution.ray_cluster import check_bundles
-    from fishermask.sweep_trial import trial_resources
-
     groups: dict[str, tuple[list, list[str], Any]] = {}
     for t in sweep.trials:
         spec = t.to_dict()
@@ -61,8 +59,6 @@ def check_trials_fit(sweep) -> None:
 def forget_start(client, exp_path: str, parent_id: str, experiment: str) -> bool:
     """After a fresh sweep failed: if no trial ever started (no child run), remove its state and
     the empty parent run, so that the next try starts afresh rather than asking for --resume."""
-    from fishermask.tracking import PARENT_TAG
-
     try:
         exp = client.get_experiment_by_name(experiment)
         if client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
+
+import numpy as np
+
+from fishermask.config import flatten
+from fishermask.execution.base import resolve_device
 
 NOTE_TAG = "mlflow.note.content"
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3.x UIs that read it open the runs view, not GenAI
@@ -68,8 +74,6 @@ def run_params(cfg, given: Optional[dict[str, Any]] = None) -> dict[str, str]:
 def sweep_params(sweep) -> dict[str, str]:
     """Params of a sweep's parent: each axis once (``sweep.<axis>`` = its values) and the base
     config without the axes; strategy parameters only when the strategy is not an axis."""
-    from fishermask.config import flatten
-
     axes = dict(sweep.axes)
     params = {f"sweep.{k}": fmt_value(v) for k, v in axes.items()}
     strategy_axis = any(k == "strategy" or k.startswith("strategy.") for k in axes)
@@ -108,8 +112,6 @@ def versions() -> dict[str, str]:
 
 def device_name(setting: str = "auto") -> str:
     import torch
-
-    from fishermask.execution.base import resolve_device
 
     device = resolve_device(setting)
     if str(device).startswith("cuda") and torch.cuda.is_available():
@@ -238,10 +240,19 @@ def round_metrics(rec) -> dict[str, float]:
     return values
 
 
+def aubc(steps: np.ndarray, values: np.ndarray) -> float:
+    """Area under the curve over the labels axis, divided by its width (a mean accuracy in [0, 1])."""
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    if len(steps) == 0:
+        return math.nan
+    if len(steps) == 1 or steps[-1] == steps[0]:
+        return float(values[-1])
+    area = np.sum((values[1:] + values[:-1]) * np.diff(steps)) / 2.0
+    return float(area / (steps[-1] - steps[0]))
+
+
 def summary_metrics(records) -> dict[str, float]:
     """End-of-run summary: AUBC and final value of each main metric, and the labels used."""
-    from fishermask.report_data import aubc
-
     steps = [r.n_labels for r in records]
     out: dict[str, float] = {"final/labels": float(steps[-1])}
     for m in MAIN_METRICS:

@@ -14,11 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fishermask import datasets
-from fishermask.config import DataConfig
+from fishermask.data import readers as datasets
+from fishermask.data.params import SETTINGS, DataParams
 from fishermask.errors import ConfigError, DataError
 
-SETTINGS: dict[int, list[int]] = {1: [250, 5000, 250, 250], 2: [250] * 9 + [5000]}
 CROP_PADDING = 4
 
 
@@ -136,7 +135,7 @@ def initial_labeled(pool: ImageData, n: int, rng: np.random.Generator) -> np.nda
     return np.sort(rng.choice(len(pool), size=n, replace=False)).astype(np.int64)
 
 
-def load_experiment_data(cfg: DataConfig, seed: int) -> ExperimentData:
+def load_experiment_data(cfg: DataParams, seed: int) -> ExperimentData:
     """Load ``cfg.dataset``, apply the imbalance setting and return pool + test set (seeded)."""
     if seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed}")

@@ -15,19 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fishermask.execution.base import FISHER_BLOCK, TreeSum, tree_cover, tree_node_range
-from fishermask.kernels.embeddings import FisherEmbeddings
+from fishermask.kernels.embeddings import FisherEmbeddings, cat_embeddings
+from fishermask.kernels.reduction import (FISHER_BLOCK, TreeSum, leaf_count, tree_cover,
+                                         tree_node_range)
 from fishermask.kernels.greedy_shard import GreedyShard
 
 MUTATING = frozenset({"start", "reset", "advance", "override", "mark"})
 """Methods that change a shard's state (a restarted shard replays them in order)."""
-
-
-def cat_embeddings(parts: list, empty: FisherEmbeddings | None = None):
-    parts = [p for p in parts if p is not None and len(p)]
-    if not parts:
-        return empty
-    return parts[0] if len(parts) == 1 else FisherEmbeddings.cat(parts)
 
 
 class ResidentShard:
@@ -104,10 +98,6 @@ def gram_leaf_ranges(bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
         first = a // FISHER_BLOCK
         out.append((first, -(-b // FISHER_BLOCK) if b > a else first))
     return out
-
-
-def leaf_count(total: int) -> int:
-    return -(-total // FISHER_BLOCK)
 
 
 def sorted_unique(indices) -> np.ndarray:

@@ -16,32 +16,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-FAULT_ENV = "FISHERMASK_FAULT_DIR"  # tests: a file <dir>/fail_round_<r> makes one trial raise once
-
+from fishermask.config import from_dict
+from fishermask.execution.ray.executor import execution_resources
+from fishermask.loop import ActiveLearningLoop
+from fishermask.tracking.tracker import MlflowTracker
 
 def trial_resources(config: dict[str, Any]):
     """Placement group of a trial (Tune calls this with the trial's config)."""
-    from fishermask.config import from_dict
-
     execution = from_dict(config["trial"]["config"]).execution
     return resources_for(execution)
 
 
 def resources_for(execution):
-    from ray import tune
-
-    try:  # the Ray pool-shard executor's own helper, when it is installed
-        from fishermask.execution.ray_shards import trial_resources as shard_resources
-    except ImportError:
-        shard_resources = None
-    if shard_resources is not None:
-        return shard_resources(execution)
-    shard = {"CPU": execution.cpus_per_shard}
-    if execution.gpus_per_shard:
-        shard["GPU"] = execution.gpus_per_shard
-    if execution.use_ray:
-        return tune.PlacementGroupFactory([{"CPU": 1}] + [dict(shard)] * execution.shards)
-    return tune.PlacementGroupFactory([shard])  # the trial is its own (only) worker
+    """The placement group of a trial with these ``execution`` settings."""
+    return execution_resources(execution)
 
 
 class _Timer:
@@ -56,18 +44,6 @@ class _Timer:
             finally:
                 self.seconds += time.perf_counter() - t0
         return timed
-
-
-def _inject_fault(rnd: int) -> None:
-    folder = os.environ.get(FAULT_ENV)
-    if not folder:
-        return
-    marker = Path(folder) / f"fail_round_{rnd}"
-    try:
-        marker.unlink()  # only the first trial to get here fails, and only once
-    except FileNotFoundError:
-        return
-    raise RuntimeError(f"injected fault in round {rnd} ({FAULT_ENV}={folder})")
 
 
 def _threads() -> int:
@@ -87,10 +63,6 @@ def run_trial(config: dict[str, Any]) -> None:
 
     import torch
     from ray import tune
-
-    from fishermask.config import from_dict
-    from fishermask.loop import ActiveLearningLoop
-    from fishermask.tracking import MlflowTracker
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # per-round noise
     spec, ctx = config["trial"], config["sweep"]
@@ -122,7 +94,6 @@ def run_trial(config: dict[str, Any]) -> None:
                 "done": final}
 
     def on_round(loop: ActiveLearningLoop, rec) -> None:
-        _inject_fault(rec.round)
         metrics = {"round": rec.round, "n_labels": rec.n_labels, "accuracy": rec.accuracy,
                    "balanced_accuracy": rec.balanced_accuracy, "query_seconds": rec.query_seconds,
                    "train_seconds": rec.train_seconds, "run_id": tracker.run_id,

@@ -1,10 +1,10 @@
-"""The pool-shard actor of :class:`~fishermask.execution.ray_shards.RayExecutor` (made remote
+"""The pool-shard actor of :class:`~fishermask.execution.ray.executor.RayExecutor` (made remote
 there).
 
 The actor holds the whole pool (one object-store reference per run; numpy arrays are shared
 zero-copy by every actor on a node), the round's model (architecture once, weights per round,
 both as references it fetches only when they change), and during a Fisher greedy the candidates'
-embeddings of its shard in a :class:`~fishermask.execution.resident.ResidentShard`.
+embeddings of its shard in a :class:`~fishermask.kernels.resident.ResidentShard`.
 
 Every method is idempotent given its arguments: ``map``/``sum_nodes`` carry the model references
 and reload them when needed, so a restarted actor answers them as before; the resident methods carry
@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from fishermask.errors import FishermaskError
-from fishermask.execution.base import (TreeSum, add_outputs, cat_outputs, to_cpu, tree_cover,
-                                       tree_node_range)
-from fishermask.execution.resident import ResidentShard, cat_embeddings
+from fishermask.data.pool import ImageData
+from fishermask.kernels.reduction import add_outputs, cat_outputs, to_cpu
+from fishermask.kernels.resident import ResidentShard
+from fishermask.kernels.embeddings import cat_embeddings
+from fishermask.kernels.reduction import TreeSum, tree_cover, tree_node_range
 
 
 class ShardStateLost(RuntimeError):
@@ -34,8 +36,6 @@ class ShardStateLost(RuntimeError):
 def pool_payload(pool) -> dict:
     """What goes into the object store for the pool: numpy arrays for an ImageData (zero-copy on
     every node), the object itself otherwise."""
-    from fishermask.data import ImageData
-
     if isinstance(pool, ImageData):
         return {"images": pool.images.numpy(), "targets": pool.targets.numpy(),
                 "classes": list(pool.classes), "mean": pool.mean, "std": pool.std}
@@ -43,8 +43,6 @@ def pool_payload(pool) -> dict:
 
 
 def pool_from_payload(payload: dict):
-    from fishermask.data import ImageData
-
     if "object" in payload:
         return payload["object"]
     with warnings.catch_warnings():  # read-only shared buffers: the pool is never written

@@ -17,15 +17,17 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from fishermask.config import Config
+from fishermask.config import CONFIG_KEYS, Config
 from fishermask import preflight
-from fishermask.errors import ConfigError, FishermaskError, TrainingDiverged
+from fishermask.data import initial_labeled, load_experiment_data
+from fishermask.errors import (ConfigError, FishermaskError, MemoryLimitError, ParameterError,
+                               TrainingDiverged)
 from fishermask.execution import PoolExecutor, make_executor
 from fishermask.execution.base import resolve_device
 from fishermask.models import build_model, reinit_parameters
-from fishermask.runlock import RunLock
+from fishermask.loop.runlock import RunLock
 from fishermask.strategies import SelectionContext, build_strategy
-from fishermask.train import evaluate, train_model
+from fishermask.training import evaluate, train_model
 
 
 @dataclass
@@ -65,8 +67,6 @@ class ActiveLearningLoop:
                  checkpoint_dir: Optional[str | Path] = None, progress: bool = True,
                  on_round: Optional[Callable[["ActiveLearningLoop", RoundRecord], None]] = None,
                  data=None, lock: Optional[bool] = None):
-        from fishermask.data import load_experiment_data
-
         self.cfg = cfg
         if cfg.execution.threads:
             torch.set_num_threads(cfg.execution.threads)
@@ -178,7 +178,12 @@ class ActiveLearningLoop:
                                unlabeled=unlabeled, num_classes=pool.num_classes,
                                rng=np.random.default_rng(round_seed(self.cfg.seed, rnd, 3)), round=rnd)
         t0 = time.perf_counter()
-        sel = self.strategy.select(ctx, self.query)
+        try:
+            sel = self.strategy.run_round(ctx, self.query)
+        except MemoryLimitError as exc:  # name the config keys that set the parameters
+            raise exc.renamed(CONFIG_KEYS) from None
+        except ParameterError as exc:
+            raise ConfigError(f"strategy.{exc}") from None
         return sel, time.perf_counter() - t0
 
     def run(self) -> list[RoundRecord]:
@@ -219,8 +224,6 @@ class ActiveLearningLoop:
             self.executor.bind(self.data.pool)
             if not self.records:
                 rng = np.random.default_rng(round_seed(self.cfg.seed, 0, 0))
-                from fishermask.data import initial_labeled
-
                 self.labeled = initial_labeled(self.data.pool, self.initial, rng)
                 self.initial_indices = self.labeled.tolist()
                 ev, tr = self._train_and_eval(0)

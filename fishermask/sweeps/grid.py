@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fishermask.config import Config, apply_overrides, from_dict, read_yaml, set_dotted
+from fishermask.config import (Config, all_strategy_params, apply_overrides, from_dict,
+                               get_strategy_spec, read_yaml, set_dotted)
 from fishermask.errors import ConfigError
 
 DEFAULT_STORAGE = ".fishermask/sweeps"
@@ -58,9 +59,6 @@ class Sweep:
 
 def _drop_foreign_strategy_params(raw: dict[str, Any]) -> list[str]:
     """Drop the parameters of other strategies; a key no strategy takes stays (and fails)."""
-    from fishermask.config import all_strategy_params
-    from fishermask.strategies import get_strategy_spec
-
     strat = raw.get("strategy")
     if not isinstance(strat, dict):
         return []
@@ -87,8 +85,6 @@ def _absolute_data_dir(raw: dict[str, Any]) -> None:
 def _check_strategy_axes(grid: dict[str, Any]) -> None:
     """An axis over a strategy parameter that no strategy takes is a typo: stop (as ``run`` does)
     instead of silently dropping it from every trial."""
-    from fishermask.config import all_strategy_params
-
     known = all_strategy_params()
     named = [k.split(".", 1)[1] for k in grid if k.startswith("strategy.")]
     named += [p for k, vs in grid.items() if k == "strategy"

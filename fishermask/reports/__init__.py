@@ -1,0 +1,1 @@
+"""Reports: tables, curves and an HTML page from a sweep's MLflow runs (``fishermask report``)."""
