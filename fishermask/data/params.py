@@ -1,0 +1,87 @@
+"""Parameter models of the data layer: the dataset and pool (``data:``) and the budget (``budget:``).
+
+:class:`~fishermask.config.Config` composes them; nothing here imports the config.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fishermask.errors import ConfigError
+
+DATASETS = ("digits", "fashion_mnist", "cifar10", "image_folder")
+SETTINGS: dict[int, list[int]] = {1: [250, 5000, 250, 250], 2: [250] * 9 + [5000]}
+"""Imbalance settings: class counts of the pool (Setting 1: one majority class among four;
+Setting 2: nine minority classes and one majority class)."""
+REGIMES = {
+    # name: (initial labels, labels per round, total budget)
+    "low": (15, 70, 575),
+    "high": (250, 250, 5750),
+    "setting2": (500, 500, 6500),
+}
+
+
+class DataParams(BaseModel):
+    """Which dataset, where its files are, and the pool's class imbalance."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    dataset: Literal["digits", "fashion_mnist", "cifar10", "image_folder"] = "digits"
+    data_dir: str = "./data"
+    download: bool = False
+    setting: Optional[Literal[1, 2]] = None
+    class_counts: Optional[list[int]] = None
+    augment: bool = False
+    image_size: int = Field(32, ge=4, le=1024,
+                            description="image_folder only: images are resized to this")
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="digits only: stratified hold-out")
+
+    @field_validator("class_counts")
+    @classmethod
+    def _counts(cls, v):
+        if v is not None and (not v or any(c < 0 for c in v) or sum(v) == 0):
+            raise ValueError("class_counts must be a non-empty list of non-negative counts, "
+                             "position i = number of pool images of class i")
+        return v
+
+    @model_validator(mode="after")
+    def _one_imbalance(self):
+        if self.setting is not None and self.class_counts is not None:
+            raise ValueError("give either data.setting or data.class_counts, not both")
+        return self
+
+
+class BudgetParams(BaseModel):
+    """The labeling budget: initial labels, labels per round, rounds (or a preset regime)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    regime: Optional[Literal["low", "high", "setting2"]] = None
+    initial: Optional[int] = Field(None, ge=1)
+    query: Optional[int] = Field(None, ge=1)
+    rounds: Optional[int] = Field(None, ge=0)
+    total: Optional[int] = Field(None, ge=1)
+
+    def resolved(self) -> tuple[int, int, int]:
+        """Return ``(initial, query, rounds)`` after applying the regime preset."""
+        initial, query, total = REGIMES.get(self.regime or "", (None, None, None))
+        initial = self.initial if self.initial is not None else initial
+        query = self.query if self.query is not None else query
+        total = self.total if self.total is not None else total
+        if initial is None or query is None:
+            raise ConfigError("budget: set budget.regime (low | high | setting2) or both "
+                              "budget.initial and budget.query")
+        if self.rounds is not None:
+            rounds = self.rounds
+            if self.total is not None and initial + rounds * query != self.total:
+                raise ConfigError(f"budget.total={self.total} disagrees with budget.initial "
+                                  f"({initial}) + budget.rounds ({rounds}) × budget.query "
+                                  f"({query}) = {initial + rounds * query}; give one of them")
+        elif total is not None:
+            if total < initial or (total - initial) % query:
+                raise ConfigError(f"budget.total={total} must equal budget.initial ({initial}) "
+                                  f"plus a whole number of rounds of budget.query ({query})")
+            rounds = (total - initial) // query
+        else:
+            raise ConfigError("budget: set budget.rounds or budget.total")
+        return initial, query, rounds
