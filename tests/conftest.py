@@ -39,6 +39,17 @@ def write_tiny_sweep(folder: Path, experiment: str = "tiny") -> Path:
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (small matrices: OpenMP threads only add overhead)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _work_in_tmp(tmp_path, monkeypatch):
     """Every test runs in its own temporary folder, so what lands in the working directory by

@@ -12,12 +12,7 @@ from fishermask.kernels.embeddings import FisherEmbeddings, as_embeddings
 from tests.greedy_reference import dense_from_parts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: threads only cost
 
 
 def _parts(seed, n=7, c=3, d=4, k_dense=5, dtype=torch.float64):

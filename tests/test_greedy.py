@@ -14,12 +14,7 @@ from tests.greedy_reference import brute_force, objective, problem, reference_de
 TOL = 1e-6  # every batch's objective within 1e-6 (relative) of the brute force's
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: threads only cost
 
 
 LAMS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)

@@ -19,12 +19,7 @@ TOL = 1e-6
 N = 6  # batch size
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: threads only cost
 
 
 class Tiny(nn.Module):

@@ -12,12 +12,7 @@ from fishermask.kernels import (CHUNK, GreedyDriver, GreedyShard, LocalShards, f
 from tests.greedy_reference import objective, problem, reference_dense
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: threads only cost
 
 
 def _setup(seed, *, form="mixed", num_u=25, num_l=2, n=4, lam=0.3, diag=False, spread=1.0,
