@@ -172,7 +172,12 @@ def mask_capacity(cfg, model, pool_size: int, num_classes: int) -> None:
     if cfg.execution.use_ray:
         return  # the shards split the greedy's arrays; the executor checks each one
     initial = cfg.budget.resolved()[0]
-    gb = greedy_memory_gb(pool_size, max(pool_size - initial, 0), num_classes, k,
+    # candidates' stored rows: the classifier block factored as (h, p), the rest of the mask dense
+    size = 2 if p.get("storage_dtype") == "bfloat16" else 4
+    d = model.classifier.weight.shape[1]
+    row_bytes = ((k - forced) * num_classes * size
+                 + ((d * size + num_classes * 4) if forced else 0))
+    gb = greedy_memory_gb(max(pool_size - initial, 0), row_bytes, num_classes, k,
                           p.get("fisher_target", "dense"))
     try:
         check_memory(gb, cfg.execution.max_memory_gb,
