@@ -97,6 +97,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _terminated(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused (directly or further down its chain) by our SIGTERM."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Terminated):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _dispatch(args) -> int:
     handlers = {"run": cmd_run}
     try:
@@ -108,6 +119,12 @@ def _dispatch(args) -> int:
     except FishermaskError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a SIGTERM raised inside a library call that wrapped it
+        if not _terminated(exc):
+            raise
+        print("terminated (SIGTERM); the last finished round is checkpointed — run the same "
+              "command again to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"{what}; the last finished round is checkpointed — run the same command "
