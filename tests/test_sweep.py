@@ -58,6 +58,17 @@ def test_grid_mapping_values_merge_into_the_section():
     trials, _, _ = expand(raw)
     assert [t.config["strategy"]["name"] for t in trials] == ["bait", "fishermask"]
     assert trials[1].config["strategy"]["sparsity"] == 0.1
+    assert [t.variant for t in trials] == ["bait", "fishermask sparsity=0.1"]
+
+
+def test_grid_strategy_variants_read_as_name_and_parameters():
+    raw = dict(BASE, sweep={"strategy": [{"name": "fishermask"},
+                                         {"name": "fishermask", "prob_scaling": False},
+                                         {"name": "fishermask", "mask_subset": "first"}]})
+    trials, _, _ = expand(raw)
+    assert [t.variant for t in trials] == ["fishermask", "fishermask prob_scaling=False",
+                                           "fishermask mask_subset=first"]
+    assert len({t.key for t in trials}) == 3
 
 
 @pytest.mark.parametrize("grid, message", [

@@ -114,7 +114,9 @@ def _labels(axes: dict[str, Any], config: dict[str, Any]) -> tuple[str, str]:
     for k, v in axes.items():
         if k in ("seed", "strategy.name"):
             continue
-        if k == "strategy" and isinstance(v, dict) and set(v) == {"name"}:
+        if k == "strategy" and isinstance(v, dict):
+            # a strategy variant reads as its name and its own parameters
+            parts.extend(f"{pk}={_fmt(pv)}" for pk, pv in v.items() if pk != "name")
             continue
         parts.append(f"{k.split('.')[-1]}={_fmt(v)}")
     variant = " ".join(parts)
