@@ -80,6 +80,43 @@ def test_build_report_from_hand_made_runs(tmp_path):
     assert "| random | 3.0 | 4.0 | – |" in times and "| fishermask | 3.0 | 4.0 | 3.0 |" in times
 
 
+def _variant(run, config):
+    run.config = config
+    return run
+
+
+def test_ablation_table_and_every_tensor_of_the_mask(tmp_path):
+    runs = [_run("random", "random", s, [0.5, 0.6, 0.6]) for s in range(3)]
+    runs += [_run("fishermask", "fishermask", s, [0.5, 0.7, 0.8]) for s in range(3)]
+    runs += [_variant(_run("fishermask prob_scaling=False", "fishermask", s,
+                           [0.5, 0.6 + 0.02 * s, 0.7]),
+                      {"strategy.prob_scaling": "False", "strategy.mask_samples": "1024"})
+             for s in range(3)]
+    runs += [_variant(_run("fishermask_authors", "fishermask", s, [0.5, 0.5, 0.8 + 0.01 * s]),
+                      {"strategy.mask_samples": "1024"}) for s in range(3)]
+    for r in runs[-3:]:
+        r.strategy = "fishermask_authors"
+    res = build_report(runs, tmp_path, title="ablation", target=0.75)
+    text = (tmp_path / "summary.md").read_text()
+    abl = text.split("## FisherMask ablation")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0][2:]: line for line in abl.splitlines() if line.startswith("| fi")}
+    assert rows["fishermask"].startswith("| fishermask | yes | random 1024 | 0.6750 ± 0.0000 | – |")
+    # no √p: AUBC 0.600, 0.610, 0.620 against 0.675 (lower at 20 labels, the same at 10 and 30)
+    assert "| no | random 1024 |" in rows["fishermask prob_scaling=False"]
+    assert "| -0.0650 ± 0.0248 (n=3) |" in rows["fishermask prob_scaling=False"]
+    assert "| 0/3 |" in rows["fishermask prob_scaling=False"]
+    assert rows["fishermask_authors"].startswith("| fishermask_authors | no | first 1024 |")
+    # the ablation variant is not repeated against every strategy
+    versus = text.split("## FisherMask against each strategy")[1].split("\n## ")[0]
+    assert not any(line.startswith("| fishermask prob_scaling=False |")
+                   for line in versus.splitlines())
+    assert "| fishermask | fishermask prob_scaling=False | +0.0650 ± " in versus
+    every = text.split("Every tensor in network order")[1].split("\n## ")[0]
+    assert "| 1 | a.weight | 10 | 0.5000 | 0.5000 |" in every
+    assert "| 2 | fc.weight | 4 | 1.0000 | 1.0000 |" in every
+    assert res["files"]["mask_by_tensor"].stat().st_size > 5000
+
+
 def test_one_seed_reports_no_spread(tmp_path):
     runs = [_run("random", "random", 0, [0.5, 0.6, 0.7]),
             _run("fishermask", "fishermask", 0, [0.5, 0.7, 0.8], (4, 3, 3))]
@@ -94,7 +131,7 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
                  "--tracking-uri", tiny_sweep.uri]) == 0
     files = {p.name for p in out.iterdir()}
     assert files == {"learning_curves.png", "aubc.png", "class_balance.png", "mask_profile.png",
-                     "summary.md", "report.html"}
+                     "mask_by_tensor.png", "summary.md", "report.html"}
     text = (out / "summary.md").read_text()
     assert "4 finished runs in 2 variants" in text
     table = [line for line in text.split("## Area under")[1].split("##")[0].splitlines()

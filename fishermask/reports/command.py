@@ -27,9 +27,9 @@ from typing import Any, Optional
 from fishermask import preflight
 from fishermask.errors import FishermaskError
 from fishermask.reports import mlflow_log as report_mlflow
-from fishermask.reports.data import (accuracy_table, aubc, baseline_for, child_runs, diff_ci,
-                                     find_parent, group, labels_to_reach, load_run, mask_layers,
-                                     mean_curve, phase_seconds, split_configs)
+from fishermask.reports import sections
+from fishermask.reports.data import (aubc, baseline_for, child_runs, diff_ci, find_parent, group,
+                                     labels_to_reach, load_run, mean_curve, split_configs)
 from fishermask.reports.html import write_html
 from fishermask.sweeps.grid import absolute_tracking_uri
 
@@ -57,16 +57,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
 
 
-def _pm(mean: float, spread: float, fmt: str = "{:.4f}") -> str:
-    if math.isnan(mean):
-        return "–"
-    return fmt.format(mean) + ("" if math.isnan(spread) else " ± " + fmt.replace("+", "").format(spread))
-
-
-def _std(xs) -> float:
-    import numpy as np
-
-    return float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
+_pm, _std = sections.pm, sections.std
 
 
 def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
@@ -104,6 +95,7 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
     mp = plots.mask_profile(groups, out / "mask_profile.png")
     if mp is not None:
         files["mask_profile"] = mp
+        files["mask_by_tensor"] = plots.mask_by_tensor(groups, out / "mask_by_tensor.png")
 
     L = [f"# Report: {title}", "",
          f"{len(runs)} finished runs in {len(groups)} variants; seeds per variant: "
@@ -124,7 +116,9 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
                  f"{_pm(*r['balanced_accuracy'])} | {dtxt} | {_pm(*r['final_accuracy'])} | "
                  f"{_pm(*r['final_balanced_accuracy'])} |")
     L += ["", "![learning curves](learning_curves.png)", "", "![AUBC](aubc.png)", ""]
-    L += _versus_section(groups, scores, metric) + _budget_section(runs, metric)
+    L += (sections.versus(groups, scores, metric)
+          + sections.ablation(groups, scores, metric, baseline)
+          + sections.budget(runs, metric))
     L += [
           f"## Labels needed to reach {metric.replace('_', ' ')} {target:.4f}", "",
           "| variant | seeds reaching | labels (mean ± std over those) | labels on the mean curve |",
@@ -150,79 +144,13 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
         L.append(f"| {v} | " + " | ".join(f"{x:.1f}" for x in per) + f" | {ratio:.2f} |")
     L += ["", "![class balance](class_balance.png)", ""]
     if "mask_profile" in files:
-        L += ["## FisherMask mask profile", "",
-              "Fraction of each parameter tensor selected into the mask, mean over seeds and "
-              "rounds (the paper's Fig. 2); the five most selected tensors:", "",
-              "| variant | tensors | top tensors (fraction in mask) |", "|---|---|---|"]
-        for v, rs in groups.items():
-            names, mean, _ = mask_layers(rs)
-            if not names:
-                continue
-            top = np.argsort(-mean)[:5]
-            L.append(f"| {v} | {len(names)} | "
-                     + ", ".join(f"{names[i]} ({mean[i]:.3f})" for i in top) + " |")
-        L += ["", "![mask profile](mask_profile.png)", ""]
-    L += _time_section(runs)
+        L += sections.mask(groups)
+    L += sections.wall_time(runs)
     (out / "summary.md").write_text("\n".join(L) + "\n")
     files["summary"] = out / "summary.md"
 
     files["html"] = write_html(files["summary"], out / "report.html", f"Report: {title}")
     return {"files": files, "rows": rows, "target": target, "groups": groups, "scores": scores}
-
-
-def _versus_section(groups, scores, metric: str) -> list[str]:
-    """Each FisherMask variant against every other variant: paired AUBC differences."""
-    fm = [v for v, rs in groups.items() if rs[0].strategy.startswith("fishermask")]
-    if not fm or len(groups) < 2:
-        return []
-    L = ["## FisherMask against each strategy", "",
-         f"Δ = FisherMask's {metric.replace('_', ' ')} AUBC minus the other strategy's, ± 95 % "
-         "CI over seeds (paired by seed); wins = seeds where FisherMask's AUBC is higher.", "",
-         "| FisherMask variant | against | Δ AUBC | wins |", "|---|---|---|---|"]
-    for v in fm:
-        for other in groups:
-            if other == v:
-                continue
-            d = diff_ci(scores[v][metric], scores[other][metric])
-            common = sorted(set(scores[v][metric]) & set(scores[other][metric]))
-            wins = sum(scores[v][metric][s] > scores[other][metric][s] for s in common)
-            L.append(f"| {v} | {other} | {_pm(d['diff'], d['ci'], '{:+.4f}')} (n={d['n']}) | "
-                     f"{wins}/{len(common)} |")
-    return L + [""]
-
-
-def _budget_section(runs, metric: str) -> list[str]:
-    """Mean ± std accuracy over seeds at every label count (the curves as numbers)."""
-    steps, table = accuracy_table(runs, metric)
-    if not steps:
-        return []
-    L = [f"## {metric.replace('_', ' ').capitalize()} at each budget", "",
-         "Mean ± std over seeds (test set), one column per number of labels.", "",
-         "| variant | " + " | ".join(str(t) for t in steps) + " |",
-         "|---|" + "---|" * len(steps)]
-    for v, cells in table.items():
-        L.append(f"| {v} | " + " | ".join(_pm(m, d, "{:.3f}") for m, d in cells) + " |")
-    return L + [""]
-
-
-def _time_section(runs) -> list[str]:
-    """Wall time per phase, mean over seeds of a run's total (all rounds)."""
-    names, table = phase_seconds(runs)
-    if not names:
-        return []
-    L = ["## Wall time per phase", "",
-         "Seconds per run (all rounds summed), mean over seeds; – = not a phase of that strategy. "
-         "`query` is the whole selection; "
-         "the `query:` columns are its parts (mask = the Fisher diagonal and top-k, gradients = "
-         "the pool's embeddings V_x (masked gradients for FisherMask, the last layer's closed "
-         "form for BAIT), fisher = F, greedy = the selection itself). `run (wall)` is the whole "
-         "run from start to end, evaluation and logging included (across a resume: the span).",
-         "",
-         "| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for v, row in table.items():
-        L.append(f"| {v} | " + " | ".join("–" if math.isnan(row[k]) else f"{row[k]:.1f}"
-                                          for k in names) + " |")
-    return L + [""]
 
 
 def _check_store(args, uri: str) -> None:

@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fishermask.reports.data import mask_rounds, mean_curve  # noqa: E402
-from fishermask.tracking.plots import mask_heatmap  # noqa: E402
+from fishermask.reports.data import mask_layers, mask_rounds, mean_curve  # noqa: E402
+from fishermask.tracking.plots import mask_heatmap, short_name  # noqa: E402
 
 LABELS = {"accuracy": "test accuracy", "balanced_accuracy": "balanced test accuracy"}
 
@@ -111,4 +111,29 @@ def mask_profile(groups, path: Path):
                      [by_round[r] for r in sorted(by_round)], fig)
         ax.set_title(f"{variant}: fraction of each tensor in the mask (mean over seeds)",
                      fontsize=10, loc="left")
+    return _save(fig, path)
+
+
+def mask_by_tensor(groups, path: Path) -> Path:
+    """The paper's Fig. 2: per FisherMask variant, bars of the fraction of each tensor in the mask
+    (mean over seeds and rounds) against the tensor's position in the network (1 = the input
+    layer); the tallest tensors are named."""
+    items = [(v, *mask_layers(rs)) for v, rs in groups.items()]
+    items = [(v, names, mean) for v, names, mean, _ in items if names]
+    fig, axes = plt.subplots(len(items), 1, squeeze=False, sharex=True,
+                             figsize=(max(7, 0.14 * max(len(n) for _, n, _ in items) + 3),
+                                      1.9 * len(items) + 1.0))
+    for ax, (variant, names, mean) in zip(axes[:, 0], items):
+        x = np.arange(1, len(names) + 1)
+        ax.bar(x, mean, width=0.8, color="tab:purple")
+        for i in np.argsort(-mean)[:3]:
+            if mean[i] > 0:
+                ax.annotate(short_name(names[i]), (x[i], mean[i]), fontsize=6, ha="center",
+                            va="bottom", rotation=0)
+        ax.set_ylim(0, 1.12)
+        ax.set_ylabel("fraction", fontsize=8)
+        ax.set_title(f"{variant}: fraction of each tensor in the mask (mean over seeds, rounds)",
+                     fontsize=9, loc="left")
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1, 0].set_xlabel("tensor (network order; the last is the classifier weight)")
     return _save(fig, path)

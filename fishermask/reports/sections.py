@@ -1,0 +1,148 @@
+"""The report's markdown sections that compare variants: FisherMask against each strategy, the
+ablation of FisherMask's variants, accuracy at each budget, the mask by tensor and the wall time
+per phase.  Each function returns a list of lines (empty when the runs have nothing to show)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fishermask.reports.data import accuracy_table, diff_ci, mask_layers, phase_seconds
+
+FISHERMASK_FAMILY = ("fishermask", "fishermask_authors")
+
+
+def pm(mean: float, spread: float, fmt: str = "{:.4f}") -> str:
+    """``mean ± spread`` (``–`` for NaN; no spread when it is NaN)."""
+    if math.isnan(mean):
+        return "–"
+    return fmt.format(mean) + ("" if math.isnan(spread) else " ± " + fmt.replace("+", "").format(spread))
+
+
+def std(xs) -> float:
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
+
+
+def _diff_text(scores_v: dict, scores_ref: dict) -> tuple[str, str]:
+    d = diff_ci(scores_v, scores_ref)
+    common = sorted(set(scores_v) & set(scores_ref))
+    wins = sum(scores_v[s] > scores_ref[s] for s in common)
+    return f"{pm(d['diff'], d['ci'], '{:+.4f}')} (n={d['n']})", f"{wins}/{len(common)}"
+
+
+def versus(groups, scores, metric: str) -> list[str]:
+    """FisherMask (and the authors' variant) against every other variant: paired differences.
+    Variants with extra parameters (ablations) are left to :func:`ablation`."""
+    fm = [v for v, rs in groups.items() if rs[0].strategy in FISHERMASK_FAMILY
+          and v == rs[0].strategy]
+    if not fm or len(groups) < 2:
+        return []
+    L = ["## FisherMask against each strategy", "",
+         f"Δ = FisherMask's {metric.replace('_', ' ')} AUBC minus the other strategy's, ± 95 % "
+         "CI over seeds (paired by seed); wins = seeds where FisherMask's AUBC is higher.", "",
+         "| FisherMask variant | against | Δ AUBC | wins |", "|---|---|---|---|"]
+    for v in fm:
+        for other in groups:
+            if other != v:
+                diff, wins = _diff_text(scores[v][metric], scores[other][metric])
+                L.append(f"| {v} | {other} | {diff} | {wins} |")
+    return L + [""]
+
+
+def _flag(value, default: str) -> str:
+    return str(value if value is not None else default).lower()
+
+
+def ablation(groups, scores, metric: str, baseline: str = "random") -> list[str]:
+    """FisherMask's variants side by side (√p scaling of the embeddings, which pool points give the
+    mask's Fisher diagonal), each against ``fishermask`` as the paper writes it, paired by seed."""
+    fam = [v for v, rs in groups.items() if rs[0].strategy in FISHERMASK_FAMILY]
+    if "fishermask" not in groups or len(fam) < 2:
+        return []
+    base = [v for v, rs in groups.items() if rs[0].strategy == baseline]
+    L = ["## FisherMask ablation", "",
+         "What each FisherMask variant computes, and its AUBC against `fishermask` (the paper's "
+         f"formula: √p scaling, mask from random pool points): Δ ± 95 % CI paired by seed; wins = "
+         "seeds where the variant's AUBC is higher.", "",
+         f"| variant | √p scaling | mask pool points | AUBC | Δ vs fishermask | wins | "
+         f"Δ vs {baseline} |", "|---|---|---|---|---|---|---|"]
+    for v in fam:
+        cfg = groups[v][0].config
+        authors = groups[v][0].strategy == "fishermask_authors"
+        sqrt_p = _flag(cfg.get("strategy.prob_scaling"), "false" if authors else "true")
+        subset = _flag(cfg.get("strategy.mask_subset"), "first" if authors else "random")
+        n = cfg.get("strategy.mask_samples", "1024")
+        vals = list(scores[v][metric].values())
+        if v == "fishermask":
+            diff, wins = "–", "–"
+        else:
+            diff, wins = _diff_text(scores[v][metric], scores["fishermask"][metric])
+        vs_base = _diff_text(scores[v][metric], scores[base[0]][metric])[0] if base else "–"
+        L.append(f"| {v} | {'yes' if sqrt_p == 'true' else 'no'} | {subset} {n} | "
+                 f"{pm(float(np.mean(vals)), std(vals))} | {diff} | {wins} | {vs_base} |")
+    return L + [""]
+
+
+def budget(runs, metric: str) -> list[str]:
+    """Mean ± std accuracy over seeds at every label count (the curves as numbers)."""
+    steps, table = accuracy_table(runs, metric)
+    if not steps:
+        return []
+    L = [f"## {metric.replace('_', ' ').capitalize()} at each budget", "",
+         "Mean ± std over seeds (test set), one column per number of labels.", "",
+         "| variant | " + " | ".join(str(t) for t in steps) + " |",
+         "|---|" + "---|" * len(steps)]
+    for v, cells in table.items():
+        L.append(f"| {v} | " + " | ".join(pm(m, d, "{:.3f}") for m, d in cells) + " |")
+    return L + [""]
+
+
+def mask(groups) -> list[str]:
+    """The mask profile: the five most selected tensors per variant, the figures, and every
+    tensor's fraction in network order (the paper's Fig. 2 has ResNet-18's 61)."""
+    have = {v: mask_layers(rs) for v, rs in groups.items()}
+    have = {v: t for v, t in have.items() if t[0]}
+    if not have:
+        return []
+    L = ["## FisherMask mask profile", "",
+         "Fraction of each parameter tensor selected into the mask, mean over seeds and "
+         "rounds (the paper's Fig. 2); the five most selected tensors:", "",
+         "| variant | tensors | top tensors (fraction in mask) |", "|---|---|---|"]
+    for v, (names, mean, _) in have.items():
+        top = np.argsort(-mean)[:5]
+        L.append(f"| {v} | {len(names)} | "
+                 + ", ".join(f"{names[i]} ({mean[i]:.3f})" for i in top) + " |")
+    L += ["", "![mask by tensor](mask_by_tensor.png)", "", "![mask profile](mask_profile.png)",
+          "", "Every tensor in network order (fraction in the mask, mean over seeds and rounds):",
+          "", "| # | tensor | size | " + " | ".join(have) + " |", "|---|---|---|" + "---|" * len(have)]
+    first = next(iter(groups[v] for v in have))
+    sizes = {p["name"]: p.get("size", "") for r in first for prof in r.mask_profiles[:1]
+             for p in prof}
+    names = next(iter(have.values()))[0]
+    for i, name in enumerate(names):
+        cells = []
+        for v, (vn, mean, _) in have.items():
+            cells.append(f"{mean[vn.index(name)]:.4f}" if name in vn else "–")
+        L.append(f"| {i + 1} | {name} | {sizes.get(name, '')} | " + " | ".join(cells) + " |")
+    return L + [""]
+
+
+def wall_time(runs) -> list[str]:
+    """Wall time per phase, mean over seeds of a run's total (all rounds)."""
+    names, table = phase_seconds(runs)
+    if not names:
+        return []
+    L = ["## Wall time per phase", "",
+         "Seconds per run (all rounds summed), mean over seeds; – = not a phase of that strategy. "
+         "`query` is the whole selection; "
+         "the `query:` columns are its parts (mask = the Fisher diagonal and top-k, gradients = "
+         "the pool's embeddings V_x (masked gradients for FisherMask, the last layer's closed "
+         "form for BAIT), fisher = F, greedy = the selection itself). `run (wall)` is the whole "
+         "run from start to end, evaluation and logging included (across a resume: the span).",
+         "",
+         "| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for v, row in table.items():
+        L.append(f"| {v} | " + " | ".join("–" if math.isnan(row[k]) else f"{row[k]:.1f}"
+                                          for k in names) + " |")
+    return L + [""]
