@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 
 import numpy as np
@@ -36,6 +37,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--strategy", required=True)
+    ap.add_argument("--variant", default=None,
+                    help="the sweep's variant label when a strategy has several (e.g. "
+                         "'fishermask prob_scaling=False'); default: the strategy's name")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--round", type=int, required=True, help="the labeled set after this round")
     ap.add_argument("--repeats", type=int, default=5, help="retrainings (training seeds 0..)")
@@ -43,6 +47,7 @@ def main() -> None:
     ap.add_argument("--tracking-uri", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     client = MlflowClient(absolute_tracking_uri(args.tracking_uri))
     exp = client.get_experiment_by_name(args.experiment)
@@ -50,10 +55,12 @@ def main() -> None:
         raise SystemExit(f"error: experiment {args.experiment!r} not found")
     runs = client.search_runs([exp.experiment_id],
                               f"params.`strategy.name` = '{args.strategy}' and "
-                              f"params.seed = '{args.seed}' and attributes.status = 'FINISHED'",
+                              f"params.seed = '{args.seed}' and attributes.status = 'FINISHED' "
+                              f"and tags.variant = '{args.variant or args.strategy}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise SystemExit(f"error: no finished {args.strategy} run with seed {args.seed}")
+        raise SystemExit(f"error: no finished {args.variant or args.strategy} run with seed "
+                         f"{args.seed}")
     run_id = runs[0].info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         raw = yaml.safe_load(open(client.download_artifacts(run_id, "config.yaml", tmp)))
@@ -74,10 +81,13 @@ def main() -> None:
         torch.manual_seed(rep)
         model = build_model(cfg.model.name, data.pool.num_classes, data.pool.in_channels)
         gen = torch.Generator().manual_seed(rep)
-        tr = train_model(model, data.pool, labeled, cfg.train, augment=cfg.data.augment,
+        # trained without the recalibration (whatever the run did), tested, then recalibrated
+        # as the loop does it (train.bn_recalibrate, batches of train.eval_batch_size)
+        as_trained = cfg.train.model_copy(update={"bn_recalibrate": False})
+        tr = train_model(model, data.pool, labeled, as_trained, augment=cfg.data.augment,
                          device=torch.device("cpu"), generator=gen)
         plain.append(evaluate(model, data.test, device=torch.device("cpu"))["accuracy"])
-        recalibrate_batchnorm(model, data.pool, labeled)
+        recalibrate_batchnorm(model, data.pool, labeled, batch_size=cfg.train.eval_batch_size)
         recal.append(evaluate(model, data.test, device=torch.device("cpu"))["accuracy"])
         print(f"| {rep} | {tr.epochs} | {tr.train_accuracy:.3f} | {plain[-1]:.4f} | "
               f"{recal[-1]:.4f} |")
