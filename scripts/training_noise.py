@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--round", type=int, required=True, help="the labeled set after this round")
     ap.add_argument("--repeats", type=int, default=5, help="retrainings (training seeds 0..)")
     ap.add_argument("--data-dir", default=None, help="override data.data_dir of the run")
+    ap.add_argument("--recal-batch", type=int, default=None,
+                    help="batch size of the BatchNorm recalibration (default: the run's "
+                         "train.eval_batch_size, as the loop does it)")
     ap.add_argument("--tracking-uri", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -87,7 +90,8 @@ def main() -> None:
         tr = train_model(model, data.pool, labeled, as_trained, augment=cfg.data.augment,
                          device=torch.device("cpu"), generator=gen)
         plain.append(evaluate(model, data.test, device=torch.device("cpu"))["accuracy"])
-        recalibrate_batchnorm(model, data.pool, labeled, batch_size=cfg.train.eval_batch_size)
+        recalibrate_batchnorm(model, data.pool, labeled,
+                              batch_size=args.recal_batch or cfg.train.eval_batch_size)
         recal.append(evaluate(model, data.test, device=torch.device("cpu"))["accuracy"])
         print(f"| {rep} | {tr.epochs} | {tr.train_accuracy:.3f} | {plain[-1]:.4f} | "
               f"{recal[-1]:.4f} |")
