@@ -117,6 +117,19 @@ def test_ablation_table_and_every_tensor_of_the_mask(tmp_path):
     assert res["files"]["mask_by_tensor"].stat().st_size > 5000
 
 
+def test_training_table_says_how_often_the_epoch_cap_ended_a_training(tmp_path):
+    runs = [_variant(_run("random", "random", s, [0.5, 0.6, 0.7]), {"train.max_epochs": "20"})
+            for s in range(2)]
+    runs[0].epochs, runs[1].epochs = [5, 20, 7], [20, 9, 11]
+    runs += [_variant(_run("margin", "margin", 0, [0.5, 0.6, 0.7]),
+                      {"train.max_epochs": "20", "train.epochs": "3"})]
+    runs[-1].epochs = [3, 3, 3]
+    build_report(runs, tmp_path, title="epochs", target=0.75)
+    text = (tmp_path / "summary.md").read_text().split("## Training")[1].split("\n## ")[0]
+    assert "| random | 6 | 12.0 | 20 | 20 | 2 (33%) |" in text
+    assert "| margin | 3 | 3.0 | 3 | – | 0 (0%) |" in text
+
+
 def test_one_seed_reports_no_spread(tmp_path):
     runs = [_run("random", "random", 0, [0.5, 0.6, 0.7]),
             _run("fishermask", "fishermask", 0, [0.5, 0.7, 0.8], (4, 3, 3))]

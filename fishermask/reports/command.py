@@ -145,7 +145,7 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
     L += ["", "![class balance](class_balance.png)", ""]
     if "mask_profile" in files:
         L += sections.mask(groups)
-    L += sections.wall_time(runs)
+    L += sections.training(groups) + sections.wall_time(runs)
     (out / "summary.md").write_text("\n".join(L) + "\n")
     files["summary"] = out / "summary.md"
 

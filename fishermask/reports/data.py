@@ -46,6 +46,7 @@ class RunData:
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds summed over rounds
     config: dict[str, str] = field(default_factory=dict)  # params but the seed and the location
     start_time: int = 0               # ms since the epoch (the newest run of a seed is kept)
+    epochs: list[int] = field(default_factory=list)  # training epochs per round
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -136,11 +137,13 @@ def load_run(client, run) -> RunData:
     if run.info.end_time and run.info.start_time:  # the whole run, evaluation and logging included
         seconds["run (wall)"] = (run.info.end_time - run.info.start_time) / 1000.0
     variant = tags.get("variant") or tags.get("fishermask.variant") or strategy
+    epochs = [int(v) for _, v in sorted(_history(client, run.info.run_id, "train/epochs").items())]
     return RunData(run_id=run.info.run_id, variant=variant,
                    strategy=strategy, seed=int(params.get("seed", 0)), status=run.info.status,
                    context=context, steps=steps, curves=curves,
                    labels_per_class=_class_counts(run.data.metrics), mask_profiles=profiles,
-                   seconds=seconds, config=config, start_time=int(run.info.start_time or 0))
+                   seconds=seconds, config=config, start_time=int(run.info.start_time or 0),
+                   epochs=epochs)
 
 
 def _phase_name(metric: str) -> Optional[str]:

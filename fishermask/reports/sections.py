@@ -128,6 +128,29 @@ def mask(groups) -> list[str]:
     return L + [""]
 
 
+def training(groups) -> list[str]:
+    """Training epochs per round and how often the epoch cap (``train.max_epochs``) ended a
+    training before the target accuracy: the cap's effect, stated."""
+    have = {v: rs for v, rs in groups.items() if any(r.epochs for r in rs)}
+    if not have:
+        return []
+    L = ["## Training", "",
+         "Epochs per training (one per round, the initial one included), over all seeds; at the "
+         "cap = trainings that stopped at `train.max_epochs` (before the target accuracy, unless "
+         "they reached it in that very epoch).", "",
+         "| variant | trainings | epochs (mean) | epochs (max) | cap | at the cap |",
+         "|---|---|---|---|---|---|"]
+    for v, rs in have.items():
+        ep = [e for r in rs for e in r.epochs]
+        caps = {None if r.config.get("train.epochs") else r.config.get("train.max_epochs")
+                for r in rs}  # fixed epochs: no cap
+        cap = int(caps.pop()) if len(caps) == 1 and None not in caps else None
+        at = sum(e >= cap for e in ep) if cap else 0
+        L.append(f"| {v} | {len(ep)} | {np.mean(ep):.1f} | {max(ep)} | {cap or '–'} | "
+                 f"{at} ({at / len(ep):.0%}) |")
+    return L + [""]
+
+
 def wall_time(runs) -> list[str]:
     """Wall time per phase, mean over seeds of a run's total (all rounds)."""
     names, table = phase_seconds(runs)
