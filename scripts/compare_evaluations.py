@@ -12,10 +12,12 @@ strategies both have are compared.  Writes ``summary.md`` (also printed) and ``c
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
 def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
     from fishermask.reports.compare import compare, curves_figure
