@@ -28,6 +28,7 @@ from fishermask import preflight
 from fishermask.errors import FishermaskError
 from fishermask.reports import mlflow_log as report_mlflow
 from fishermask.reports import sections
+from fishermask.reports.sections import pm, std
 from fishermask.reports.data import (aubc, baseline_for, child_runs, diff_ci, find_parent, group,
                                      labels_to_reach, load_run, mean_curve, split_configs)
 from fishermask.reports.html import write_html
@@ -57,9 +58,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
 
 
-_pm, _std = sections.pm, sections.std
-
-
 def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
                  baseline: str = "random", target: Optional[float] = None,
                  notes: Optional[list[str]] = None) -> dict[str, Any]:
@@ -78,9 +76,9 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
         row = {"variant": v, "ref": ref, "n": len(rs), "seeds": [r.seed for r in rs]}
         for m in ("accuracy", "balanced_accuracy"):
             vals = list(scores[v][m].values())
-            row[m] = (float(np.mean(vals)), _std(vals))
+            row[m] = (float(np.mean(vals)), std(vals))
             finals = [r.curves[m][-1] for r in rs]
-            row["final_" + m] = (float(np.mean(finals)), _std(finals))
+            row["final_" + m] = (float(np.mean(finals)), std(finals))
         row["diff"] = (diff_ci(scores[v][metric], scores[ref][metric]) if ref and ref != v
                        else {"diff": math.nan, "ci": math.nan, "n": 0, "paired": False})
         rows.append(row)
@@ -111,10 +109,10 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
     for r in rows:
         d = r["diff"]
         dtxt = ("–" if math.isnan(d["diff"]) else
-                _pm(d["diff"], d["ci"], "{:+.4f}") + f" ({'paired, ' if d['paired'] else ''}n={d['n']})")
-        L.append(f"| {r['variant']} | {r['n']} | {_pm(*r['accuracy'])} | "
-                 f"{_pm(*r['balanced_accuracy'])} | {dtxt} | {_pm(*r['final_accuracy'])} | "
-                 f"{_pm(*r['final_balanced_accuracy'])} |")
+                pm(d["diff"], d["ci"], "{:+.4f}") + f" ({'paired, ' if d['paired'] else ''}n={d['n']})")
+        L.append(f"| {r['variant']} | {r['n']} | {pm(*r['accuracy'])} | "
+                 f"{pm(*r['balanced_accuracy'])} | {dtxt} | {pm(*r['final_accuracy'])} | "
+                 f"{pm(*r['final_balanced_accuracy'])} |")
     L += ["", "![learning curves](learning_curves.png)", "", "![AUBC](aubc.png)", ""]
     L += (sections.versus(groups, scores, metric)
           + sections.ablation(groups, scores, metric, baseline)
@@ -129,7 +127,7 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
         steps, mean, _ = mean_curve(rs, metric)
         on_mean = labels_to_reach(steps, mean, target) if len(steps) else None
         L.append(f"| {v} | {len(got)}/{len(rs)} | "
-                 f"{_pm(float(np.mean(got)), _std(got), '{:.0f}') if got else 'not reached'} | "
+                 f"{pm(float(np.mean(got)), std(got), '{:.0f}') if got else 'not reached'} | "
                  f"{on_mean if on_mean is not None else 'not reached'} |")
     n_cls = max((len(r.labels_per_class) for r in runs), default=0)
     L += ["", "## Class balance of the picks", "",

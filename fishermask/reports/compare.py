@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fishermask.reports.data import RunData, aubc, diff_ci, group, mean_curve
-from fishermask.reports.sections import pm, std
+from fishermask.reports.data import RunData, aubc, group, mean_curve
+from fishermask.reports.sections import paired, pm, std
 
 
 def _scores(runs: list[RunData], metric: str) -> dict[str, dict[int, float]]:
@@ -50,7 +50,7 @@ def compare(evaluations: dict[str, list[RunData]], metric: str = "accuracy",
                          f"({', '.join(f'{n}: {len(g)} strategies' for n, g in groups.items())})")
     scores = {name: _scores(runs, metric) for name, runs in evaluations.items()}
     m = metric.replace("_", " ")
-    L = [f"### Each strategy under each evaluation", "",
+    L = ["### Each strategy under each evaluation", "",
          f"AUBC ({m}) and final {m}: mean ± std over seeds; spread = the std over seeds of the "
          f"{m}, averaged over the budgets; drops = rounds per run whose {m} falls by more than "
          f"{drop:g} from the round before (mean over seeds).", "",
@@ -75,11 +75,9 @@ def compare(evaluations: dict[str, list[RunData]], metric: str = "accuracy",
     for a, b in itertools.combinations(variants[::-1], 2):  # a later strategy minus an earlier
         cells = []
         for name in groups:
-            d = diff_ci(scores[name][a], scores[name][b])
-            common = sorted(set(scores[name][a]) & set(scores[name][b]))
-            wins = sum(scores[name][a][s] > scores[name][b][s] for s in common)
-            cells.append(f"{pm(d['diff'], d['ci'], '{:+.4f}')} (n={d['n']}) | "
-                         f"{wins}/{len(common)} | {_verdict(d)}")
+            d, wins = paired(scores[name][a], scores[name][b])
+            cells.append(f"{pm(d['diff'], d['ci'], '{:+.4f}')} (n={d['n']}) | {wins} | "
+                         f"{_verdict(d)}")
         L.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
     return L + [""]
 

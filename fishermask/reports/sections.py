@@ -24,11 +24,17 @@ def std(xs) -> float:
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
 
 
-def _diff_text(scores_v: dict, scores_ref: dict) -> tuple[str, str]:
-    d = diff_ci(scores_v, scores_ref)
+def paired(scores_v: dict, scores_ref: dict) -> tuple[dict, str]:
+    """The difference to the reference over seeds (:func:`diff_ci`) and the wins, ``"k/n"``:
+    seeds where ``scores_v`` is higher, of the seeds both have."""
     common = sorted(set(scores_v) & set(scores_ref))
     wins = sum(scores_v[s] > scores_ref[s] for s in common)
-    return f"{pm(d['diff'], d['ci'], '{:+.4f}')} (n={d['n']})", f"{wins}/{len(common)}"
+    return diff_ci(scores_v, scores_ref), f"{wins}/{len(common)}"
+
+
+def _diff_text(scores_v: dict, scores_ref: dict) -> tuple[str, str]:
+    d, wins = paired(scores_v, scores_ref)
+    return f"{pm(d['diff'], d['ci'], '{:+.4f}')} (n={d['n']})", wins
 
 
 def versus(groups, scores, metric: str) -> list[str]:
