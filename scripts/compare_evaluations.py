@@ -3,7 +3,7 @@
     python scripts/compare_evaluations.py \\
         --sweep "BatchNorm recalibrated=fashion_mnist_resnet_setting1_low" \\
         --sweep "as trained=fashion_mnist_resnet_setting1_low_bn_off" \\
-        --out docs/results/resnet_noise
+        --out docs/results/resnet_evaluation
 
 Each ``--sweep`` is ``NAME=EXPERIMENT`` (the newest sweep of that MLflow experiment); only the
 strategies both have are compared.  Writes ``summary.md`` (also printed) and ``curves.png``.

@@ -96,6 +96,11 @@ def test_ablation_table_and_every_tensor_of_the_mask(tmp_path):
                       {"strategy.mask_samples": "1024"}) for s in range(3)]
     for r in runs[-3:]:
         r.strategy = "fishermask_authors"
+    for r in runs[3:]:  # a large tensor: one weight of it in one round of one fishermask seed
+        one = 1 if r.variant == "fishermask" and r.seed == 0 else 0
+        r.mask_profiles = [p + [{"layer": 2, "name": "big.weight", "size": 100000,
+                                 "selected": one, "fraction": one / 100000}]
+                           for p in r.mask_profiles]
     res = build_report(runs, tmp_path, title="ablation", target=0.75)
     text = (tmp_path / "summary.md").read_text()
     abl = text.split("## FisherMask ablation")[1].split("\n## ")[0]
@@ -112,8 +117,10 @@ def test_ablation_table_and_every_tensor_of_the_mask(tmp_path):
                    for line in versus.splitlines())
     assert "| fishermask | fishermask prob_scaling=False | +0.0650 ± " in versus
     every = text.split("Every tensor in network order")[1].split("\n## ")[0]
-    assert "| 1 | a.weight | 10 | 0.5000 | 0.5000 |" in every
-    assert "| 2 | fc.weight | 4 | 1.0000 | 1.0000 |" in every
+    assert "| 1 | a.weight | 10 | 0.5000 (5.00) | 0.5000 (5.00) |" in every
+    assert "| 2 | fc.weight | 4 | 1.0000 (4.00) | 1.0000 (4.00) |" in every
+    # one weight in one round of one seed of three is not "none"
+    assert "| 3 | big.weight | 100000 | <0.0001 (0.33) | 0 |" in every
     assert res["files"]["mask_by_tensor"].stat().st_size > 5000
 
 

@@ -120,7 +120,9 @@ def mask(groups) -> list[str]:
         L.append(f"| {v} | {len(names)} | "
                  + ", ".join(f"{names[i]} ({mean[i]:.3f})" for i in top) + " |")
     L += ["", "![mask by tensor](mask_by_tensor.png)", "", "![mask profile](mask_profile.png)",
-          "", "Every tensor in network order (fraction in the mask, mean over seeds and rounds):",
+          "", "Every tensor in network order: the fraction of it in the mask and, in brackets, "
+          "the number of its weights in the mask, both mean over seeds and rounds (0 = none in "
+          "any round):",
           "", "| # | tensor | size | " + " | ".join(have) + " |", "|---|---|---|" + "---|" * len(have)]
     first = next(iter(groups[v] for v in have))
     sizes = {p["name"]: p.get("size", "") for r in first for prof in r.mask_profiles[:1]
@@ -129,9 +131,20 @@ def mask(groups) -> list[str]:
     for i, name in enumerate(names):
         cells = []
         for v, (vn, mean, _) in have.items():
-            cells.append(f"{mean[vn.index(name)]:.4f}" if name in vn else "–")
+            cells.append(_fraction(mean[vn.index(name)], sizes.get(name)) if name in vn
+                         else "–")
         L.append(f"| {i + 1} | {name} | {sizes.get(name, '')} | " + " | ".join(cells) + " |")
     return L + [""]
+
+
+def _fraction(f: float, size) -> str:
+    """A mean mask fraction and the mean number of weights it is, so that sums over tensors
+    can be read off; an exact 0 (no weight in any round: fractions are non-negative) is told
+    apart from a fraction too small for 4 decimals."""
+    if f == 0:
+        return "0"
+    text = "<0.0001" if f < 5e-5 else f"{f:.4f}"
+    return f"{text} ({f * size:.2f})" if isinstance(size, (int, float)) else text
 
 
 def training(groups) -> list[str]:
