@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -58,3 +63,28 @@ def test_compare_only_uses_strategies_both_evaluations_have():
     assert "entropy" not in text
     with pytest.raises(ValueError, match="no strategy has finished runs in every evaluation"):
         compare({"a": [], "b": ev["as trained"]})
+
+
+def test_one_seed_has_no_spread():
+    one = {"a": [_run("margin", 0, [0.5, 0.7])], "b": [_run("margin", 0, [0.5, 0.6])]}
+    row = next(line for line in compare(one) if line.startswith("| margin | a | 1 |"))
+    assert row.split(" | ")[5] == "–"  # not a spread of 0.000
+
+
+@pytest.mark.integration
+def test_the_script_refuses_repeated_names_and_a_missing_store(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_evaluations.py"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+
+    def call(*sweeps):
+        args = [sys.executable, str(script), "--out", "o"]
+        for s in sweeps:
+            args += ["--sweep", s]
+        return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    same = call("recal=x", "recal=y")
+    assert same.returncode != 0 and "each --sweep needs its own NAME" in same.stderr
+    missing = call("a=nope", "b=nope2")
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "error: no MLflow store at sqlite:///" in missing.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "o").exists()

@@ -29,13 +29,10 @@ from fishermask.errors import FishermaskError
 from fishermask.reports import mlflow_log as report_mlflow
 from fishermask.reports import sections
 from fishermask.reports.sections import pm, std
-from fishermask.reports.data import (aubc, baseline_for, child_runs, diff_ci, find_parent, group,
-                                     labels_to_reach, load_run, mean_curve, split_configs)
+from fishermask.reports.data import (aubc, baseline_for, child_runs, ci95, diff_ci, find_parent,
+                                     group, labels_to_reach, load_run, mean_curve, split_configs)
 from fishermask.reports.html import write_html
 from fishermask.sweeps.grid import absolute_tracking_uri
-
-
-
 
 
 def add_parser(subparsers) -> None:
@@ -76,7 +73,7 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
         row = {"variant": v, "ref": ref, "n": len(rs), "seeds": [r.seed for r in rs]}
         for m in ("accuracy", "balanced_accuracy"):
             vals = list(scores[v][m].values())
-            row[m] = (float(np.mean(vals)), std(vals))
+            row[m] = (float(np.mean(vals)), ci95(vals))
             finals = [r.curves[m][-1] for r in rs]
             row["final_" + m] = (float(np.mean(finals)), std(finals))
         row["diff"] = (diff_ci(scores[v][metric], scores[ref][metric]) if ref and ref != v
@@ -88,8 +85,9 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
         target = ref_rows[0]["final_" + metric][0] if ref_rows else 0.9
     files = {"learning_curves": plots.learning_curves(groups, out / "learning_curves.png", title,
                                                       baseline),
-             "aubc": plots.aubc_diffs(rows, out / "aubc.png", metric.replace("_", " "), baseline),
-             "class_balance": plots.class_balance(groups, out / "class_balance.png")}
+             "aubc": plots.aubc_diffs(rows, out / "aubc.png", metric.replace("_", " "), baseline)}
+    if any(r.labels_per_class for r in runs):
+        files["class_balance"] = plots.class_balance(groups, out / "class_balance.png")
     mp = plots.mask_profile(groups, out / "mask_profile.png")
     if mp is not None:
         files["mask_profile"] = mp
@@ -101,9 +99,10 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
          *[f"- note: {n}" for n in notes or []], *([""] if notes else []),
          "## Area under the budget curve", "",
          f"Normalised AUBC = area under the curve of test accuracy against the number of labels, "
-         f"divided by the labels axis' width (mean accuracy over the budget). Δ = difference to "
-         f"`{baseline}` in {metric.replace('_', ' ')} AUBC ± 95 % CI over seeds (t-interval; "
-         f"paired by seed when the seeds match).", "",
+         f"divided by the labels axis' width (mean accuracy over the budget). AUBC: mean ± 95 % "
+         f"CI of the mean over seeds (t-interval); Δ = difference to `{baseline}` in "
+         f"{metric.replace('_', ' ')} AUBC ± 95 % CI over seeds (t-interval; paired by seed when "
+         f"the seeds match); final: the last round's test accuracy, mean ± std over seeds.", "",
          "| variant | seeds | AUBC acc. | AUBC bal. acc. | Δ vs " + baseline + " | final acc. | "
          "final bal. acc. |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -130,17 +129,7 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
                  f"{pm(float(np.mean(got)), std(got), '{:.0f}') if got else 'not reached'} | "
                  f"{on_mean if on_mean is not None else 'not reached'} |")
     n_cls = max((len(r.labels_per_class) for r in runs), default=0)
-    L += ["", "## Class balance of the picks", "",
-          "Labels per class at the end of the budget (mean over seeds); min/max = the rarest "
-          "class' count over the most frequent one's.", "",
-          "| variant | " + " | ".join(str(c) for c in range(n_cls)) + " | min/max |",
-          "|---|" + "---|" * (n_cls + 1)]
-    for v, rs in groups.items():
-        per = [float(np.mean([r.labels_per_class[c] for r in rs if c < len(r.labels_per_class)]
-                             or [0])) for c in range(n_cls)]
-        ratio = min(per) / max(per) if per and max(per) > 0 else math.nan
-        L.append(f"| {v} | " + " | ".join(f"{x:.1f}" for x in per) + f" | {ratio:.2f} |")
-    L += ["", "![class balance](class_balance.png)", ""]
+    L += [""] + (_class_balance(groups, n_cls) if n_cls else [])
     if "mask_profile" in files:
         L += sections.mask(groups)
     L += sections.training(groups) + sections.wall_time(runs)
@@ -149,6 +138,24 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
 
     files["html"] = write_html(files["summary"], out / "report.html", f"Report: {title}")
     return {"files": files, "rows": rows, "target": target, "groups": groups, "scores": scores}
+
+
+def _class_balance(groups, n_cls: int) -> list[str]:
+    import numpy as np
+
+    L = ["## Class balance of the picks", "",
+          "Labels per class at the end of the budget (mean over seeds); min/max = the rarest "
+          "class' count over the most frequent one's.", "",
+          "| variant | " + " | ".join(str(c) for c in range(n_cls)) + " | min/max |",
+          "|---|" + "---|" * (n_cls + 1)]
+    for v, rs in groups.items():
+        per = [float(np.mean([r.labels_per_class[c] for r in rs if c < len(r.labels_per_class)]
+                             or [0])) for c in range(n_cls)]
+        ratio = min(per) / max(per) if per and max(per) > 0 else math.nan
+        text = ("–" if math.isnan(ratio) else "0" if ratio == 0 else
+                "<0.01" if ratio < 0.005 else f"{ratio:.2f}")
+        L.append(f"| {v} | " + " | ".join(f"{x:.1f}" for x in per) + f" | {text} |")
+    return L + ["", "![class balance](class_balance.png)", ""]
 
 
 def _check_store(args, uri: str) -> None:

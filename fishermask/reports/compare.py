@@ -64,7 +64,7 @@ def compare(evaluations: dict[str, list[RunData]], metric: str = "accuracy",
             _, _, sd = mean_curve(rs, metric)
             L.append(f"| {v} | {name} | {len(rs)} | {pm(float(np.mean(vals)), std(vals))} | "
                      f"{pm(float(np.mean(finals)), std(finals), '{:.3f}')} | "
-                     f"{float(np.mean(sd)):.3f} | "
+                     f"{f'{float(np.mean(sd)):.3f}' if len(rs) > 1 else '–'} | "
                      f"{np.mean([drops(r, metric, drop) for r in rs]):.1f} |")
     L += ["", "### The comparisons under each evaluation", "",
           "Δ = first minus second strategy's AUBC ± 95 % CI over seeds (paired by seed); wins = "

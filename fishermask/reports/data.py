@@ -198,11 +198,19 @@ def t_quantile(n: int) -> float:
     return float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
 
 
+def ci95(values) -> float:
+    """Half-width of the 95 % t-interval of the mean of ``values`` (NaN for fewer than 2)."""
+    if len(values) < 2:
+        return math.nan
+    return t_quantile(len(values)) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+
+
 def diff_ci(values: dict[int, float], baseline: dict[int, float]) -> dict[str, Any]:
-    """Mean difference to the baseline ± the 95 % CI half-width over seeds: paired by seed when
-    seeds are shared, else Welch's two-sample interval."""
+    """Mean difference to the baseline ± the 95 % CI half-width over seeds: paired by seed over
+    the seeds both have when there are at least two of them (or both sides are the same single
+    seed), else Welch's two-sample interval over all seeds (one shared seed is no pairing)."""
     common = sorted(set(values) & set(baseline))
-    if common:
+    if len(common) >= 2 or (common and len(values) == len(baseline) == 1):
         d = np.array([values[s] - baseline[s] for s in common])
         n = len(d)
         half = t_quantile(n) * d.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
@@ -254,24 +262,23 @@ def mean_curve(runs: list[RunData], metric: str) -> tuple[np.ndarray, np.ndarray
 
 def baseline_for(variant_runs: list[RunData], groups: dict[str, list[RunData]],
                  baseline: str) -> Optional[str]:
-    """The baseline variant to compare with: same non-strategy axes, else the only one."""
-    cands = [v for v, rs in groups.items() if rs[0].strategy == baseline]
+    """The baseline variant to compare with: the one with the same non-strategy axes (budget,
+    sparsity …); None when there is none (a baseline of another configuration is no baseline)."""
     ctx = variant_runs[0].context
-    same = [v for v in cands if groups[v][0].context == ctx]
-    if same:
-        return same[0]
-    return cands[0] if len(cands) == 1 else None
+    same = [v for v, rs in groups.items() if rs[0].strategy == baseline and rs[0].context == ctx]
+    return same[0] if same else None
 
 
 def phase_seconds(runs: list[RunData]) -> tuple[list[str], dict[str, dict[str, float]]]:
     """Phases in the order they run (train, query, then the query's parts) and, per variant, the
-    mean over seeds of each phase's seconds summed over a run's rounds (NaN: not a phase of it)."""
+    mean over the seeds that have it of each phase's seconds summed over a run's rounds (NaN: not
+    a phase of it)."""
     by = group(runs)
     order = ["run (wall)", "train", "query", "query: mask", "query: gradients", "query: fisher",
              "query: greedy"]
     names = sorted({k for r in runs for k in r.seconds},
                    key=lambda k: (order.index(k) if k in order else len(order), k))
-    return names, {v: {k: (float(np.mean([r.seconds.get(k, 0.0) for r in rs]))
+    return names, {v: {k: (float(np.mean([r.seconds[k] for r in rs if k in r.seconds]))
                            if any(k in r.seconds for r in rs) else math.nan) for k in names}
                    for v, rs in by.items()}
 

@@ -6,27 +6,25 @@
   and as a table (``report/variants.json``), the target (``target/<metric>``), and the best
   variant by AUBC in its description;
 * on every reported child run: ``labels_to_target/<metric>`` (labels the run needed to reach the
-  report's target; absent when it never did).
+  report's target; NaN when it never did) and that target (``target/<metric>``).
+
+Every value is logged at the time of the report, so the newest report's numbers are the ones the
+UI shows.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Any
 
 import numpy as np
 
-from fishermask.reports.data import labels_to_reach, t_quantile
+from fishermask.reports.data import ci95, labels_to_reach
 from fishermask.tracking.run_meta import metric_key, NOTE_TAG, ui_base
 
 BEST_MARK = "**Best variant by AUBC"
-
-
-def _ci95(values: list[float]) -> float:
-    if len(values) < 2:
-        return math.nan
-    return t_quantile(len(values)) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
 
 
 def variant_table(res: dict[str, Any], metric: str) -> list[dict[str, Any]]:
@@ -40,7 +38,7 @@ def variant_table(res: dict[str, Any], metric: str) -> list[dict[str, Any]]:
         for m in ("accuracy", "balanced_accuracy"):
             vals = list(res["scores"][v][m].values())
             row[f"aubc_{m}"] = float(np.mean(vals))
-            row[f"aubc_{m}_ci95"] = _ci95(vals)
+            row[f"aubc_{m}_ci95"] = ci95(vals)
             row[f"final_{m}"] = r["final_" + m][0]
         row["baseline"] = r["ref"] or ""
         row[f"aubc_{metric}_vs_baseline"] = r["diff"]["diff"]
@@ -86,10 +84,12 @@ def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
     from mlflow.entities import Metric
 
     target = res["target"]
+    now = int(time.time() * 1000)  # a later report's values replace an earlier one's (NaN too)
     for r in runs:
         hit = labels_to_reach(r.steps, r.curves[metric], target)
-        if hit is not None:
-            client.log_metric(r.run_id, f"labels_to_target/{metric}", float(hit), step=0)
+        client.log_batch(r.run_id, metrics=[
+            Metric(f"labels_to_target/{metric}", math.nan if hit is None else float(hit), now, 0),
+            Metric(f"target/{metric}", float(target), now, 0)])
     if parent is None:
         return
     pid = parent.info.run_id
@@ -101,7 +101,7 @@ def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
                     "report/summary.md")
     table = variant_table(res, metric)
     base = re.sub(r"[^A-Za-z0-9_]+", "_", table[0]["baseline"] or "baseline") if table else ""
-    metrics = [Metric(f"target/{metric}", float(target), 0, 0)]
+    metrics = [Metric(f"target/{metric}", float(target), now, 0)]
     for row in table:
         key = metric_key(row["variant"])
         values = {f"variant_aubc/{key}": row[f"aubc_{metric}"],
@@ -109,7 +109,7 @@ def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
                   f"variant_final/{key}": row[f"final_{metric}"]}
         if row["baseline"] and row["baseline"] != row["variant"]:
             values[f"variant_aubc_vs_{base}/{key}"] = row[f"aubc_{metric}_vs_baseline"]
-        metrics += [Metric(k, float(v), 0, 0) for k, v in values.items() if not math.isnan(v)]
+        metrics += [Metric(k, float(v), now, 0) for k, v in values.items()]
     for i in range(0, len(metrics), 500):
         client.log_batch(pid, metrics=metrics[i:i + 500])
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}

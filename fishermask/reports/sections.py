@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from fishermask.reports.data import accuracy_table, diff_ci, mask_layers, phase_seconds
+from fishermask.reports.data import accuracy_table, ci95, diff_ci, mask_layers, phase_seconds
 
 FISHERMASK_FAMILY = ("fishermask", "fishermask_authors")
 
@@ -69,8 +69,8 @@ def ablation(groups, scores, metric: str, baseline: str = "random") -> list[str]
     base = [v for v, rs in groups.items() if rs[0].strategy == baseline]
     L = ["## FisherMask ablation", "",
          "What each FisherMask variant computes, and its AUBC against `fishermask` (the paper's "
-         f"formula: √p scaling, mask from random pool points): Δ ± 95 % CI paired by seed; wins = "
-         "seeds where the variant's AUBC is higher.", "",
+         f"formula: √p scaling, mask from random pool points): AUBC ± 95 % CI of the mean, Δ ± "
+         "95 % CI paired by seed; wins = seeds where the variant's AUBC is higher.", "",
          f"| variant | √p scaling | mask pool points | AUBC | Δ vs fishermask | wins | "
          f"Δ vs {baseline} |", "|---|---|---|---|---|---|---|"]
     for v in fam:
@@ -86,7 +86,7 @@ def ablation(groups, scores, metric: str, baseline: str = "random") -> list[str]
             diff, wins = _diff_text(scores[v][metric], scores["fishermask"][metric])
         vs_base = _diff_text(scores[v][metric], scores[base[0]][metric])[0] if base else "–"
         L.append(f"| {v} | {'yes' if sqrt_p == 'true' else 'no'} | {subset} {n} | "
-                 f"{pm(float(np.mean(vals)), std(vals))} | {diff} | {wins} | {vs_base} |")
+                 f"{pm(float(np.mean(vals)), ci95(vals))} | {diff} | {wins} | {vs_base} |")
     return L + [""]
 
 
