@@ -20,10 +20,6 @@ from fishermask.tracking import run_meta
 from fishermask.tracking.tracker import MlflowTracker
 
 
-
-
-
-
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value with a dotted key, e.g. --set strategy.name=entropy")

@@ -1,0 +1,223 @@
+"""A sweep file's grid on one GPU machine in a short lease: several trials at once, within a time
+budget, without Ray or MLflow (the paper's Setting 2 at full size with resnet18, say).
+
+    PYTHONPATH=. python3 scripts/gpu_study.py sweeps/paper_fashion_mnist_setting2.yaml \\
+        --set data.data_dir=DATA --out OUT --minutes 8 --workers 9
+    python scripts/gpu_study.py --report OUT/results.jsonl --out docs/results/gpu_setting2
+
+Trials run seed-major (every variant of seed 0 first) in the sweep file's order, ``--workers`` at a
+time in their own processes sharing the GPU.  A trial starts only while its estimated time fits
+what is left of ``--minutes`` (the longest finished trial of its variant, else of any; before any
+has finished, every trial of the first wave starts).  Each finished round is appended to
+``results.jsonl`` at once (one JSON object a line), so a trial the lease cuts short still leaves
+its curve; the last line of a finished trial says so.  ``--report`` reads that file here and
+writes the usual report (summary.md and figures) of the finished trials, with the hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _append(path: str, obj: dict) -> None:
+    """One JSON line, whole, even with several processes appending to the same file."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _trial(spec: dict, results: str, workdir: str, threads: int) -> dict:
+    """One active-learning run in this process; every round appended to ``results``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from fishermask.config import from_dict
+    from fishermask.loop import ActiveLearningLoop
+
+    cfg = from_dict(spec["config"])
+    head = {"trial": spec["label"], "variant": spec["variant"], "strategy": cfg.strategy.name,
+            "seed": cfg.seed}
+    t0 = time.time()
+
+    def on_round(loop, rec) -> None:
+        _append(results, {**head, "event": "round", "round": rec.round,
+                          "n_labels": rec.n_labels, "accuracy": rec.accuracy,
+                          "balanced_accuracy": rec.balanced_accuracy,
+                          "labels_per_class": list(rec.labels_per_class),
+                          "query_seconds": rec.query_seconds, "train_seconds": rec.train_seconds,
+                          "epochs": rec.epochs,
+                          "phases": {k: v for k, v in rec.metrics.items()
+                                     if k.startswith("phase_")},
+                          "mask_profile": rec.artifacts.get("mask_profile"),
+                          "elapsed": time.time() - t0})
+
+    loop = ActiveLearningLoop(cfg, progress=False, lock=False, on_round=on_round,
+                              checkpoint_dir=Path(workdir) / spec["key"])
+    records = loop.run()
+    seconds = time.time() - t0
+    _append(results, {**head, "event": "finished", "rounds": len(records), "seconds": seconds,
+                      "config": spec["config"]})
+    return {"label": spec["label"], "variant": spec["variant"], "seconds": seconds}
+
+
+def _hardware() -> dict:
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"event": "start", "gpu": gpu, "torch": torch.__version__, "cpus": os.cpu_count(),
+            "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                       time.gmtime())}
+
+
+def run(args) -> int:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from fishermask.errors import FishermaskError
+    from fishermask.sweeps.grid import load_sweep
+
+    try:
+        sweep = load_sweep(args.file, args.overrides)
+    except FishermaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    specs = [t.to_dict() for t in sweep.trials]
+    specs.sort(key=lambda s: s["config"]["seed"])  # stable: seed-major, the file's order within
+    out = Path(args.out)
+    if (out / "results.jsonl").exists():
+        print(f"error: {out / 'results.jsonl'} exists; give another --out (each study starts "
+              f"fresh)", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    results = str(out / "results.jsonl")
+    _append(results, {**_hardware(), "sweep": str(args.file), "overrides": args.overrides,
+                      "trials": len(specs), "minutes": args.minutes, "workers": args.workers})
+    workdir = out.parent / f".{out.name}-checkpoints"  # the rounds' checkpoints, fresh each time
+    shutil.rmtree(workdir, ignore_errors=True)
+    budget, t0 = args.minutes * 60.0, time.time()
+    took: dict[str, float] = {}  # variant -> longest finished trial, seconds
+    waiting, running, skipped = list(specs), {}, []
+    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+        while waiting or running:
+            while waiting and len(running) < args.workers:
+                spec = waiting.pop(0)
+                guess = took.get(spec["variant"], max(took.values(), default=0.0))
+                if time.time() - t0 + guess > budget:
+                    skipped.append(spec["label"])
+                    continue
+                fut = pool.submit(_trial, spec, results, str(workdir), args.threads)
+                running[fut] = spec
+                print(f"[{time.time() - t0:6.0f} s] start  {spec['label']}", flush=True)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                spec = running.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as exc:  # one trial's failure is reported, the rest go on
+                    print(f"[{time.time() - t0:6.0f} s] FAILED {spec['label']}: {exc}", flush=True)
+                    _append(results, {"event": "failed", "trial": spec["label"], "error": str(exc)})
+                    continue
+                took[res["variant"]] = max(took.get(res["variant"], 0.0), res["seconds"])
+                print(f"[{time.time() - t0:6.0f} s] done   {res['label']} "
+                      f"({res['seconds']:.0f} s)", flush=True)
+    print(f"{len(specs) - len(skipped)} of {len(specs)} trials run in {time.time() - t0:.0f} s; "
+          f"not started (budget): {', '.join(skipped) or 'none'}")
+    print(f"wrote {results}")
+    return 0
+
+
+def load_results(path: str | Path):
+    """The finished trials of a ``results.jsonl`` as report runs, and the header (hardware)."""
+    import numpy as np
+
+    from fishermask.reports.data import RunData, run_config
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    header = next((r for r in rows if r["event"] == "start"), {})
+    finished = {(r["trial"]): r for r in rows if r["event"] == "finished"}
+    runs = []
+    for label, fin in finished.items():
+        rounds = sorted((r for r in rows if r["event"] == "round" and r["trial"] == label),
+                        key=lambda r: r["round"])
+        seconds = {"run (wall)": fin["seconds"],
+                   "train": sum(r["train_seconds"] for r in rounds),
+                   "query": sum(r["query_seconds"] for r in rounds)}
+        for r in rounds:
+            for k, v in r["phases"].items():
+                name = "query: " + k[len("phase_"):].removesuffix("_seconds")
+                seconds[name] = seconds.get(name, 0.0) + v
+        flat = run_config(_flatten(fin["config"]))
+        runs.append(RunData(
+            run_id=label, variant=fin["variant"], strategy=fin["strategy"], seed=fin["seed"],
+            status="FINISHED", context={k: v for k, v in flat.items()
+                                        if not k.startswith("strategy.")},
+            steps=np.array([r["n_labels"] for r in rounds]),
+            curves={m: np.array([r[m] for r in rounds], dtype=float)
+                    for m in ("accuracy", "balanced_accuracy")},
+            labels_per_class=rounds[-1]["labels_per_class"],
+            mask_profiles=[r["mask_profile"] for r in rounds if r.get("mask_profile")],
+            seconds=seconds, config=flat, epochs=[r["epochs"] for r in rounds]))
+    return runs, header
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+def report(args) -> int:
+    from fishermask.reports.command import build_report
+
+    runs, hw = load_results(args.report)
+    if not runs:
+        print(f"error: no finished trial in {args.report}", file=sys.stderr)
+        return 2
+    where = (f"{hw.get('gpu') or 'CPU'}, torch {hw.get('torch')}, {hw.get('cpus')} CPUs, "
+             f"{hw.get('workers')} trials at a time, {hw.get('time')}")
+    res = build_report(runs, Path(args.out), title=f"{hw.get('sweep', 'GPU study')} ({where})",
+                       notes=[f"ran on {where}"])
+    for path in res["files"].values():
+        print(f"wrote {path}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("file", nargs="?", help="sweep file (its sweep: grid is run)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", required=True, help="folder for results.jsonl (or the report)")
+    ap.add_argument("--minutes", type=float, default=8.0, help="start no trial past this")
+    ap.add_argument("--workers", type=int, default=4, help="trials at a time")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per trial")
+    ap.add_argument("--report", metavar="RESULTS_JSONL", help="write the report of a results file")
+    args = ap.parse_args()
+    if args.report:
+        return report(args)
+    if not args.file:
+        ap.error("give a sweep file, or --report RESULTS_JSONL")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

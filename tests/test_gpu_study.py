@@ -1,0 +1,71 @@
+"""scripts/gpu_study.sh / gpu_study.py: a sweep's grid in parallel processes within a time budget,
+without Ray or MLflow (a GPU machine has neither), then the report from its results file; run here
+on the CPU with a tiny sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_tiny_sweep
+
+pytestmark = pytest.mark.integration  # real trials in worker processes
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _no_ray_no_mlflow(folder: Path) -> str:
+    """A folder whose ``ray`` and ``mlflow`` packages fail on import, put first on the path."""
+    for name in ("ray", "mlflow"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(
+            f"raise ImportError('{name} is not on the GPU machine')\n")
+    return str(folder)
+
+
+def test_gpu_study_runs_the_grid_without_ray_or_mlflow_then_reports(tmp_path):
+    sweep = write_tiny_sweep(tmp_path)
+    env = dict(os.environ, SWEEP=str(sweep), STRATEGIES="[fishermask, random]", DEVICE="cpu",
+               OUT=str(tmp_path / "out"), PYTHONPATH=_no_ray_no_mlflow(tmp_path / "blocked"),
+               OMP_NUM_THREADS="1")
+    env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # python3 = this interpreter
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), "5", "2"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "4 of 4 trials run" in proc.stdout and "FAILED" not in proc.stdout
+    rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert rows[0]["event"] == "start" and rows[0]["gpu"] is None and rows[0]["workers"] == 2
+    done = [r for r in rows if r["event"] == "finished"]
+    assert sorted(r["trial"] for r in done) == ["fishermask seed=0", "fishermask seed=1",
+                                                 "random seed=0", "random seed=1"]
+    rounds = [r for r in rows if r["event"] == "round" and r["trial"] == "fishermask seed=1"]
+    assert [r["n_labels"] for r in sorted(rounds, key=lambda r: r["round"])] == [10, 20, 30]
+    assert all(r["mask_profile"] for r in rounds if r["round"] > 0)  # FisherMask's queries
+
+    rep = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_study.py"), "--report",
+                          str(tmp_path / "out" / "results.jsonl"), "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=200)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    text = (tmp_path / "r" / "summary.md").read_text()
+    assert "4 finished runs in 2 variants" in text and "ran on CPU" in text
+    assert "| fishermask | 2 |" in text and "## FisherMask mask profile" in text
+
+
+def test_gpu_study_starts_nothing_past_its_budget_and_refuses_an_old_results_file(tmp_path):
+    sweep = write_tiny_sweep(tmp_path)
+    script = str(ROOT / "scripts" / "gpu_study.py")
+    proc = subprocess.run([sys.executable, script, str(sweep), "--out", "o", "--minutes", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 of 4 trials run" in proc.stdout and "random seed=0" in proc.stdout
+    again = subprocess.run([sys.executable, script, str(sweep), "--out", "o"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=200)
+    assert again.returncode == 2 and "results.jsonl exists; give another --out" in again.stderr
+    empty = subprocess.run([sys.executable, script, "--report", "o/results.jsonl", "--out", "r"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=200)
+    assert empty.returncode == 2 and "no finished trial in o/results.jsonl" in empty.stderr
