@@ -4,6 +4,9 @@
 # seed 1 ... (scripts/gpu_study.py), no Ray or MLflow needed on the machine.
 #
 #   bash scripts/gpu_study.sh [MINUTES=7] [WORKERS=9]     # writes $OUT/results.jsonl
+#
+# A trial still running when the lease's command limit ends it leaves its finished rounds in
+# results.jsonl (written round by round): set OUT to the folder that comes back from the machine.
 #   python scripts/gpu_study.py --report OUT/results.jsonl --out docs/results/gpu_setting2
 #
 # Needs the four FashionMNIST .gz files in $DATA/FashionMNIST/raw (DATA defaults to .data in the
