@@ -73,6 +73,7 @@ def cmd_run(args) -> int:
 
 
 def _on_sigterm(signum, frame):
+    Terminated.received = True
     raise Terminated()
 
 

@@ -18,7 +18,10 @@ class TrainingDiverged(FishermaskError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so that runs end KILLED with their checkpoint intact."""
+    """SIGTERM, turned into an exception so that runs end KILLED with their checkpoint intact.
+    ``received`` stays True once one came (a library may re-raise it as a KeyboardInterrupt)."""
+
+    received = False
 
 
 class MemoryLimitError(FishermaskError):

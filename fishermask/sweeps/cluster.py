@@ -9,7 +9,7 @@ import os
 from typing import Any, Optional
 
 from fishermask.config import from_dict
-from fishermask.execution.ray.cluster import check_bundles, connect
+from fishermask.execution.ray.cluster import check_bundles, connect, ray_init
 from fishermask.sweeps.state import remove_experiment
 from fishermask.sweeps.trial import trial_resources
 from fishermask.tracking.tracker import PARENT_TAG
@@ -26,7 +26,7 @@ def init_ray(address: Optional[str]) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
-        ray.init(address="local")
+        ray_init(address="local")
     else:
         connect(address)
     return True

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from fishermask import preflight
 from fishermask.config import from_dict
-from fishermask.errors import ConfigError, FishermaskError
+from fishermask.errors import ConfigError, FishermaskError, Terminated
 from fishermask.loop.runlock import RunLock
 from fishermask.reports import command as report
 from fishermask.sweeps.cluster import check_trials_fit, forget_start, init_ray
@@ -33,7 +33,7 @@ from fishermask.sweeps.grid import absolute_tracking_uri, load_sweep, storage_ro
 from fishermask.sweeps.hints import int_at_least, resume_command, ResumeHint
 from fishermask.sweeps.state import (_finish_children, create_parent, DIGEST_TAG,
                                      order_saved_trials, read_state, remove_experiment, ROLE_TAG,
-                                     STATE_FILE, SWEEP_TAG, write_state)
+                                     STATE_FILE, SWEEP_TAG, UnreadableState, write_state)
 from fishermask.sweeps.summary import summarize
 from fishermask.sweeps.trial import run_trial, trial_resources
 from fishermask.tracking import run_meta
@@ -56,7 +56,7 @@ def add_parsers(subparsers, add_common) -> None:
                    help="discard this sweep's Tune state and start a new sweep (new parent run)")
     p.add_argument("--max-concurrent", type=int_at_least(1), default=None, metavar="N",
                    help="at most N trials at a time (default: as many as the resources allow)")
-    p.add_argument("--max-failures", type=int_at_least(0), default=2, metavar="K",
+    p.add_argument("--max-failures", type=int_at_least(0), default=None, metavar="K",
                    help="retry a crashed trial up to K times from its last round (default 2)")
     p.add_argument("--storage", default=None, metavar="PATH|URI",
                    help="Tune storage root (default .fishermask/sweeps here; on a multi-node "
@@ -106,7 +106,8 @@ def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            failure_config=tune.FailureConfig(
+                max_failures=2 if args.max_failures is None else args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             progress_reporter=_reporter(sweep), verbose=1))
 
@@ -153,7 +154,13 @@ def _cmd_sweep(args, held: list) -> int:
             preflight.trial_mask_capacity(cfg)
         except FishermaskError as exc:
             raise ConfigError(f"trial '{t.label}': {exc}") from None
-    state = read_state(exp_path)
+    try:
+        state = read_state(exp_path)
+    except UnreadableState:
+        if not args.restart:
+            raise
+        state = None
+        remove_experiment(exp_path)  # what cannot be read cannot be resumed
     if state is not None and not args.resume and not args.restart:
         raise ConfigError(
             f"sweep '{sweep.name}' already ran in {exp_path} (parent run {state['parent_run_id']}). "
@@ -162,6 +169,16 @@ def _cmd_sweep(args, held: list) -> int:
     if args.resume and state is None:
         raise ConfigError(f"nothing to resume: no sweep state in {exp_path}; run without --resume "
                           f"(or pass the --storage of the interrupted sweep)")
+    if args.resume and (args.max_concurrent is not None or args.max_failures is not None):
+        print("note: a resumed sweep keeps the --max-concurrent and --max-failures it started "
+              "with (Tune restores them); --restart starts it afresh with new ones",
+              file=sys.stderr)
+    if args.resume and state.get("digest") not in (None, sweep.digest):
+        # Tune would run the trials it saved, not the ones listed above
+        raise ConfigError(
+            f"--resume: the trials of {sweep.path} (with these --set) are not the ones sweep "
+            f"'{sweep.name}' started with, and a resume runs only those. Undo the change to resume "
+            f"it, use --restart to start it afresh, or --set experiment=NEW for a separate sweep")
 
     import ray
     from ray import tune
@@ -169,7 +186,7 @@ def _cmd_sweep(args, held: list) -> int:
 
     # The tracking store (cheap: a server that is down must not wait for Ray), then Ray: a cluster
     # that cannot be joined, or cannot place a trial, leaves no sweep state behind
-    preflight.tracking_uri(state["tracking_uri"] if state is not None
+    preflight.tracking_uri(state["tracking_uri"] if state is not None and not args.restart
                            else args.tracking_uri or sweep.base.tracking.tracking_uri)
     started = init_ray(args.address or sweep.base.execution.address)
     try:  # nothing below may leave this process's Ray running
@@ -193,9 +210,6 @@ def _cmd_sweep(args, held: list) -> int:
                 raise FishermaskError(f"--resume: parent run {parent_id} not found at {tracking_uri} "
                                       f"({type(exc).__name__}); is the tracking server up?") from None
             client.update_run(parent_id, status="RUNNING")
-            if state.get("digest") != sweep.digest:
-                print(f"warning: {sweep.path} changed since the sweep started; resuming the sweep as "
-                      f"it was started", file=sys.stderr)
         else:
             tracking_uri = absolute_tracking_uri(
                 preflight.tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri))
@@ -227,7 +241,8 @@ def _cmd_sweep(args, held: list) -> int:
         wall = time.perf_counter() - t0
         children = _finish_children(client, sweep.experiment, parent_id)
         text, ok = summarize(results, wall, children, ray.cluster_resources(),
-                             {t.key: t.label for t in sweep.trials}, resumed=bool(args.resume))
+                             {t.key: t.label for t in sweep.trials}, resumed=bool(args.resume),
+                             max_concurrent=None if args.resume else args.max_concurrent)
         print("\n" + text)
         client.log_text(parent_id, text, "sweep/trials.md")
         client.log_metric(parent_id, "time/sweep_wall_seconds", wall)
@@ -239,9 +254,13 @@ def _cmd_sweep(args, held: list) -> int:
               + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
                  else ""))
         _print_where_to_look(client, sweep.experiment, tracking_uri)
-    except KeyboardInterrupt:  # SIGTERM: the parent run ends KILLED, the state stays resumable
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: parent and unfinished trials end KILLED
         status = "KILLED"
-        raise
+        _finish_children(client, sweep.experiment, parent_id, leftover="KILLED")
+        what = "terminated (SIGTERM)" if Terminated.received else "interrupted"
+        print(f"{what}; finished trials and the rounds of unfinished ones are kept; continue "
+              f"with: {resume_command(args)}", file=sys.stderr)
+        code = 143 if Terminated.received else 130
     except (RuntimeError, RayError) as exc:  # Tune itself stopped (e.g. a worker killed for memory)
         if fresh and forget_start(client, exp_path, parent_id, sweep.experiment):
             forgotten = True

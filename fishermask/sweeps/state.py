@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any, Optional
 
+from fishermask.errors import FishermaskError
 from fishermask.tracking import run_meta
 from fishermask.tracking.tracker import get_or_create_experiment, PARENT_TAG
 
@@ -24,21 +25,51 @@ def _fs(path: str):
 
 
 def read_state(exp_path: str) -> Optional[dict[str, Any]]:
+    """The sweep's state file, None if there is none; one that cannot be read (a write cut
+    short) raises :class:`UnreadableState`."""
     import pyarrow.fs
 
     fs, p = _fs(exp_path)
     info = fs.get_file_info(f"{p}/{STATE_FILE}")
     if info.type != pyarrow.fs.FileType.File:
         return None
-    with fs.open_input_stream(f"{p}/{STATE_FILE}") as f:
-        return json.loads(f.read().decode())
+    try:
+        with fs.open_input_stream(f"{p}/{STATE_FILE}") as f:
+            state = json.loads(f.read().decode())
+        if not isinstance(state, dict) or "parent_run_id" not in state:
+            raise ValueError("no parent_run_id")
+        return state
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UnreadableState(f"the sweep state {exp_path}/{STATE_FILE} cannot be read ({exc}); "
+                              f"--restart starts the sweep afresh (its finished trials stay in "
+                              f"MLflow)") from None
+
+
+class UnreadableState(FishermaskError):
+    pass
+
+
+def _write(fs, path: str, data: bytes) -> None:
+    """Write ``data`` whole or not at all: a temporary file renamed over the old one (on object
+    stores, where a write is already all-or-nothing, directly)."""
+    import pyarrow.fs
+
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)
 
 
 def write_state(exp_path: str, state: dict[str, Any]) -> None:
     fs, p = _fs(exp_path)
     fs.create_dir(p, recursive=True)
-    with fs.open_output_stream(f"{p}/{STATE_FILE}") as f:
-        f.write(json.dumps(state, indent=2).encode())
+    _write(fs, f"{p}/{STATE_FILE}", json.dumps(state, indent=2).encode())
 
 
 def remove_experiment(exp_path: str) -> None:
@@ -67,19 +98,18 @@ def order_saved_trials(exp_path: str) -> bool:
     if not names:
         return False
     path = f"{p}/{max(names)}"
-    with fs.open_input_stream(path) as f:
-        state = json.loads(f.read().decode())
     try:
+        with fs.open_input_stream(path) as f:
+            state = json.loads(f.read().decode())
         index = [int(json.loads(entry[0])["trial_id"].rsplit("_", 1)[1])
                  for entry in state["trial_data"]]
-    except (KeyError, IndexError, TypeError, ValueError):
-        return False
+    except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError):
+        return False  # Tune reads (or refuses) its own file; the order is a nicety
     if index == sorted(index):
         return False
     state["trial_data"] = [e for _, e in sorted(zip(index, state["trial_data"]),
                                                 key=lambda pair: pair[0])]
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(state).encode())
+    _write(fs, path, json.dumps(state).encode())
     return True
 
 
@@ -102,8 +132,10 @@ def create_parent(client, sweep, exp_path: str, context: Optional[dict[str, str]
     return run_id
 
 
-def _finish_children(client, experiment: str, parent_id: str) -> dict[str, int]:
-    """Statuses of the child runs; a child still RUNNING (its worker died) is marked FAILED."""
+def _finish_children(client, experiment: str, parent_id: str,
+                     leftover: str = "FAILED") -> dict[str, int]:
+    """Statuses of the child runs; a child still RUNNING is marked ``leftover`` (FAILED: its
+    worker died; KILLED: the sweep was stopped, and a resume continues it)."""
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
                               max_results=10000)
@@ -111,8 +143,8 @@ def _finish_children(client, experiment: str, parent_id: str) -> dict[str, int]:
     for r in runs:
         status = r.info.status
         if status in ("RUNNING", "SCHEDULED"):
-            client.set_terminated(r.info.run_id, status="FAILED")
-            status = "FAILED"
+            client.set_terminated(r.info.run_id, status=leftover)
+            status = leftover
         counts[status] = counts.get(status, 0) + 1
     return counts
 

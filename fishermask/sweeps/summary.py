@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Optional
 
 from fishermask.sweeps.trial import trial_resources
 
@@ -44,8 +44,10 @@ def _label(result, labels: dict[str, str]) -> str:
 
 
 def summarize(results, wall: float, children: dict[str, int], cluster: dict[str, float],
-              labels: dict[str, str], resumed: bool = False) -> tuple[str, bool]:
-    """Markdown summary and whether every trial finished (``labels``: trial key -> label)."""
+              labels: dict[str, str], resumed: bool = False,
+              max_concurrent: Optional[int] = None) -> tuple[str, bool]:
+    """Markdown summary and whether every trial finished (``labels``: trial key -> label;
+    ``max_concurrent``: the sweep's --max-concurrent, which caps the trials at a time)."""
     rows, trial_s, loop_s, inside, parts = [], [], [], [], []
     ok = True
     for r in sorted(results, key=lambda r: _label(r, labels)):
@@ -69,6 +71,8 @@ def summarize(results, wall: float, children: dict[str, int], cluster: dict[str,
              f"MLflow child runs: " + (", ".join(f"{v} {k}" for k, v in sorted(children.items()))
                                        or "none"), ""]
     slots = _slots(results, cluster)
+    if max_concurrent is not None:
+        slots = min(slots, max_concurrent)
     lines.append(f"Wall time {wall:.1f} s for {n} trials ({slots} at a time).")
     if loop_s:
         mean_t = sum(trial_s) / len(trial_s)

@@ -171,6 +171,24 @@ def check_reachable(address: str) -> None:
                        f"cluster's token; {TOKEN_HOWTO[TOKEN_HOWTO.index('on the head'):]}")
 
 
+def ray_init(**kwargs: Any) -> None:
+    """``ray.init`` that leaves this process's SIGTERM handler as it was: Ray installs one that
+    exits at once (code 134 after a native dump), and a run or sweep stopped by SIGTERM must
+    still end KILLED with its checkpoints and a resume hint."""
+    import signal
+    import threading
+
+    import ray
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(**kwargs)
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def connect(address: str, **init_kwargs: Any) -> None:
     """``ray.init(address=address)`` after :func:`check_reachable`; Ray's connection and
     authentication errors become a :class:`ClusterError`."""
@@ -179,7 +197,7 @@ def connect(address: str, **init_kwargs: Any) -> None:
 
     check_reachable(address)
     try:
-        ray.init(address=address, **init_kwargs)
+        ray_init(address=address, **init_kwargs)
     except (ConnectionError, AuthenticationError) as exc:
         if ray.is_initialized():
             ray.shutdown()

@@ -31,7 +31,7 @@ from fishermask.execution.base import BatchFn, PoolExecutor
 from fishermask.kernels.reduction import cat_outputs
 from fishermask.execution.ray.actor import PoolShard, ShardStateLost, pool_payload
 from fishermask.execution.ray.cluster import (check_bundles, check_reachable, local_cpus,
-                                              local_shards)
+                                              local_shards, ray_init)
 from fishermask.execution.ray.group import RayGroup
 from fishermask.kernels.greedy_shard import CHUNK, shard_bounds
 from fishermask.kernels.reduction import tree_combine
@@ -104,13 +104,13 @@ class RayExecutor(PoolExecutor):
             local_shards(self.cfg)
             kwargs = {"address": "local", "num_cpus": local_cpus(), "include_dashboard": False}
         try:
-            ray.init(**kwargs)
+            ray_init(**kwargs)
         except Exception:  # start-up races on a loaded machine: try once more
             log.warning("ray.init failed; retrying once", exc_info=True)
             if ray.is_initialized():
                 ray.shutdown()
             time.sleep(2.0)
-            ray.init(**kwargs)
+            ray_init(**kwargs)
         self._started_ray = True
 
     def _check_resources(self) -> None:
