@@ -139,3 +139,33 @@ def test_resumed_run_continues_same_mlflow_run(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "accuracy")]
     assert sorted(steps) == [8, 14, 20]  # no duplicated points after the resume
+
+
+def test_files_of_a_round_cut_short_after_its_metrics_are_logged_on_resume(tmp_path,
+                                                                           monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config(tmp_path, experiment="files", strategy={"name": "fishermask",
+                                                               "sparsity": 0.05})
+    real = MlflowClient.log_dict
+    lost = "rounds/round_001_mask_profile.json"
+
+    def flaky(self, run_id, obj, artifact_file):  # the store goes away once, after the metrics
+        if artifact_file == lost and not flaky.failed:
+            flaky.failed = True
+            raise ConnectionError("the store went away")
+        return real(self, run_id, obj, artifact_file)
+
+    flaky.failed = False
+    monkeypatch.setattr(MlflowClient, "log_dict", flaky)
+    with pytest.raises(ConnectionError):
+        ActiveLearningLoop(cfg, tracker=MlflowTracker(uri), progress=False).run()
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("files").experiment_id])[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [8, 14]
+    ActiveLearningLoop(cfg, tracker=MlflowTracker(uri), progress=False).run()
+    files = {f.path for f in client.list_artifacts(run.info.run_id, "rounds")}
+    assert files == {lost, "rounds/round_002_mask_profile.json"}
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
+    assert sorted(steps) == [8, 14, 20]

@@ -104,6 +104,7 @@ class MlflowTracker(Tracker):
         self.variant, self.sweep, self.given, self.context = variant, sweep, given, context
         self.run_id: Optional[str] = None
         self._logged_steps: set[int] = set()
+        self._logged_files: set[str] = set()  # rounds/… artifacts already in the run
         self._inputs_logged = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -130,6 +131,11 @@ class MlflowTracker(Tracker):
             self.client.update_run(self.run_id, status="RUNNING")
             hist = self.client.get_metric_history(self.run_id, "accuracy")
             self._logged_steps = {m.step for m in hist}
+            try:  # a stop between a round's metrics and its files: the files are logged again
+                self._logged_files = {f.path for f in self.client.list_artifacts(self.run_id,
+                                                                                  "rounds")}
+            except Exception:
+                self._logged_files = set()
             return self.run_id
         tags = self._tags(cfg)
         if self.parent_run_id:
@@ -195,8 +201,13 @@ class MlflowTracker(Tracker):
             for i in range(0, len(metrics), 500):
                 self.client.log_batch(self.run_id, metrics=metrics[i:i + 500])
             self._logged_steps.add(rec.n_labels)
-            for name, obj in rec.artifacts.items():
-                self.client.log_dict(self.run_id, obj, f"rounds/round_{rec.round:03d}_{name}.json")
+        files = {f"rounds/round_{rec.round:03d}_{name}.json": obj
+                 for name, obj in rec.artifacts.items()}
+        missing = {path: obj for path, obj in files.items() if path not in self._logged_files}
+        if missing:
+            for path, obj in missing.items():
+                self.client.log_dict(self.run_id, obj, path)
+                self._logged_files.add(path)
             if "mask_profile" in rec.artifacts:
                 profiles = [(r.round, r.artifacts["mask_profile"]) for r in loop.records
                             if "mask_profile" in r.artifacts and r.round <= rec.round]
