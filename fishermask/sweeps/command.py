@@ -126,6 +126,9 @@ def cmd_sweep(args) -> int:
 def _cmd_sweep(args, held: list) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact table (CLIReporter) below
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow is the record of every round; Tune's own loggers add nothing, and the TensorBoard
+    # one's writer thread deadlocked the driver's exit when SIGTERM stopped a sweep mid-write
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if args.resume and args.restart:
         raise ConfigError("give either --resume or --restart, not both")
     sweep = load_sweep(args.file, args.overrides)
