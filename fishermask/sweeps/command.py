@@ -259,7 +259,6 @@ def _cmd_sweep(args, held: list) -> int:
         _print_where_to_look(client, sweep.experiment, tracking_uri)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: parent and unfinished trials end KILLED
         status = "KILLED"
-        _finish_children(client, sweep.experiment, parent_id, leftover="KILLED")
         what = "terminated (SIGTERM)" if Terminated.received else "interrupted"
         print(f"{what}; finished trials and the rounds of unfinished ones are kept; continue "
               f"with: {resume_command(args)}", file=sys.stderr)
@@ -279,10 +278,12 @@ def _cmd_sweep(args, held: list) -> int:
                   file=sys.stderr)
         raise
     finally:
+        if started:
+            ray.shutdown()  # the trials' workers stop here: nothing logs to MLflow after it
+        if status == "KILLED":  # unfinished trials end KILLED too (a resume continues them)
+            _finish_children(client, sweep.experiment, parent_id, leftover="KILLED")
         if not forgotten:
             client.set_terminated(parent_id, status=status)
-        if started:
-            ray.shutdown()
     return code
 
 
