@@ -146,11 +146,12 @@ def load_results(path: str | Path):
     """The finished trials of a ``results.jsonl`` as report runs, and the header (hardware)."""
     import numpy as np
 
+    from fishermask.config import flatten
     from fishermask.reports.data import RunData, run_config
 
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     header = next((r for r in rows if r["event"] == "start"), {})
-    finished = {(r["trial"]): r for r in rows if r["event"] == "finished"}
+    finished = {r["trial"]: r for r in rows if r["event"] == "finished"}
     runs = []
     for label, fin in finished.items():
         rounds = sorted((r for r in rows if r["event"] == "round" and r["trial"] == label),
@@ -162,7 +163,7 @@ def load_results(path: str | Path):
             for k, v in r["phases"].items():
                 name = "query: " + k[len("phase_"):].removesuffix("_seconds")
                 seconds[name] = seconds.get(name, 0.0) + v
-        flat = run_config(_flatten(fin["config"]))
+        flat = run_config({k: str(v) for k, v in flatten(fin["config"]).items()})  # as params
         runs.append(RunData(
             run_id=label, variant=fin["variant"], strategy=fin["strategy"], seed=fin["seed"],
             status="FINISHED", context={k: v for k, v in flat.items()
@@ -174,16 +175,6 @@ def load_results(path: str | Path):
             mask_profiles=[r["mask_profile"] for r in rounds if r.get("mask_profile")],
             seconds=seconds, config=flat, epochs=[r["epochs"] for r in rounds]))
     return runs, header
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)
-    return out
 
 
 def report(args) -> int:
