@@ -160,6 +160,15 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
     assert "(paired, n=2)" in table[2]
     balance = text.split("## Class balance")[1]
     assert "| variant | 0 | 1 | 2 | 3 | min/max |" in balance
+    rare = text.split("## Labels of the rare classes by round")[1].split("##")[0]
+    assert "(classes 0-2: 36 pool images)" in rare and "| variant | 10 | 20 | 30 |" in rare
+    for variant in ("random", "fishermask"):  # per round up to the end's class balance
+        by_round = [float(x.strip("| ")) for x in next(line for line in rare.splitlines()
+                                           if line.startswith(f"| {variant} |")).split(" | ")[1:]
+                    if x.strip("| ")]
+        final = next(line for line in balance.splitlines() if line.startswith(f"| {variant} |"))
+        assert by_round == sorted(by_round) and by_round[-1] <= 36
+        assert by_round[-1] == pytest.approx(sum(float(x) for x in final.split(" | ")[1:4]), abs=0.06)
     assert "classifier.weight (1.000)" in text  # FisherMask forces the last layer in
     times = text.split("## Wall time per phase")[1].splitlines()
     header = next(line for line in times if line.startswith("| variant"))

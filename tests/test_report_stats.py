@@ -16,9 +16,10 @@ from fishermask.reports.data import RunData, baseline_for, ci95, diff_ci, group,
 
 
 def _run(variant, seed, accs, *, strategy=None, context=None, per_class=(3, 3, 4), seconds=None,
-         run_id=None):
+         run_id=None, pool=None, by_step=None):
     accs = np.array(accs, dtype=float)
-    return RunData(run_id=run_id or f"{variant}{seed}", variant=variant,
+    return RunData(config={"data.class_counts": pool} if pool else {}, labels_by_step=by_step or {},
+                   run_id=run_id or f"{variant}{seed}", variant=variant,
                    strategy=strategy or variant, seed=seed, status="FINISHED",
                    context=context or {}, steps=np.arange(10, 10 * len(accs) + 1, 10),
                    seconds=seconds or {"train": 1.0}, curves={"accuracy": accs,
@@ -113,3 +114,38 @@ def test_a_new_report_replaces_the_values_of_an_earlier_one_in_mlflow(tmp_path):
     assert second["target/accuracy"] == pytest.approx(0.95)
     child = client.get_run(ids[0]).data.metrics
     assert math.isnan(child["labels_to_target/accuracy"]) and child["target/accuracy"] == 0.95
+
+
+def test_rare_classes_by_round(tmp_path):
+    """The rare classes' labels after each round, mean over seeds; no table for a balanced pool,
+    for runs of different pools or without per-round counts."""
+    pool = "5, 5, 5, 50"
+    runs = [_run("random", s, [0.5, 0.6], pool=pool,
+                 by_step={10: [1, 0, 1, 8], 20: [2, 1, 1 + s, 16 - s]}) for s in range(2)]
+    runs += [_run("margin", s, [0.5, 0.7], pool=pool,
+                  by_step={10: [1, 0, 1, 8], 20: [4, 3, 3 + s, 10 - s]}) for s in range(2)]
+    build_report(runs, tmp_path, title="rare")
+    text = (tmp_path / "summary.md").read_text()
+    section = text.split("## Labels of the rare classes by round")[1].split("##")[0]
+    assert "(classes 0-2: 15 pool images)" in section and "| variant | 10 | 20 |" in section
+    assert "| random | 2.0 | 4.5 |" in section and "| margin | 2.0 | 10.5 |" in section
+
+    for other in ("5, 5, 5, 5", None):  # balanced; no class counts
+        plain = [_run(r.variant, r.seed, [0.5, 0.6], pool=other, by_step=r.labels_by_step)
+                 for r in runs]
+        build_report(plain, tmp_path / str(other), title="x")
+        assert "rare classes" not in (tmp_path / str(other) / "summary.md").read_text()
+    mixed = runs[:2] + [_run("margin", s, [0.5, 0.7], pool="5, 50, 5, 5",
+                             by_step={10: [1, 0, 1, 8]}) for s in range(2)]
+    build_report(mixed, tmp_path / "mixed", title="x")
+    assert "rare classes" not in (tmp_path / "mixed" / "summary.md").read_text()
+    paper = [_run(r.variant, r.seed, [0.5, 0.6], by_step=r.labels_by_step) for r in runs]
+    for r in paper:  # the paper's Setting 1 by name: classes 0, 2, 3 have 250 images, 1 has 5,000
+        r.config = {"data.setting": "1"}
+    build_report(paper, tmp_path / "paper", title="x")
+    section = (tmp_path / "paper" / "summary.md").read_text().split("rare classes by round")[1]
+    assert "(classes 0, 2, 3: 750 pool images)" in section
+    assert "| random | 10.0 | 19.0 |" in section.split("##")[0]  # 1+1+8; 2+1+16 and 2+2+15
+    no_rounds = runs[:2] + [_run("margin", s, [0.5, 0.7], pool=pool) for s in range(2)]
+    build_report(no_rounds, tmp_path / "old", title="x")
+    assert "rare classes" not in (tmp_path / "old" / "summary.md").read_text()

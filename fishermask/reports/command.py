@@ -129,7 +129,7 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
                  f"{pm(float(np.mean(got)), std(got), '{:.0f}') if got else 'not reached'} | "
                  f"{on_mean if on_mean is not None else 'not reached'} |")
     n_cls = max((len(r.labels_per_class) for r in runs), default=0)
-    L += [""] + (_class_balance(groups, n_cls) if n_cls else [])
+    L += [""] + (_class_balance(groups, n_cls) if n_cls else []) + sections.rare_labels(groups)
     if "mask_profile" in files:
         L += sections.mask(groups)
     L += sections.training(groups) + sections.wall_time(runs)

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from fishermask.data.params import SETTINGS
 from fishermask.errors import FishermaskError
 from fishermask.strategies import STRATEGIES
 from fishermask.tracking.run_meta import aubc  # noqa: F401  (runs log it; the report uses it)
@@ -42,6 +43,7 @@ class RunData:
     steps: np.ndarray                 # number of labels per round
     curves: dict[str, np.ndarray]     # metric -> values per round
     labels_per_class: list[float] = field(default_factory=list)   # at the end of the run
+    labels_by_step: dict[int, list[float]] = field(default_factory=dict)  # labels -> per class
     mask_profiles: list[list[dict]] = field(default_factory=list)  # one per round (FisherMask)
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds summed over rounds
     config: dict[str, str] = field(default_factory=dict)  # params but the seed and the location
@@ -115,6 +117,24 @@ def _class_counts(metrics: dict[str, float]) -> list[float]:
     return []
 
 
+def _labels_by_step(client, run_id: str, n_classes: int) -> dict[int, list[float]]:
+    """Labels per class after each round, keyed by the number of labels (the histories of
+    ``class_labels/<c>``; empty for older stores)."""
+    hist = [_history(client, run_id, f"class_labels/{c}") for c in range(n_classes)]
+    return {s: [h.get(s, 0.0) for h in hist] for s in sorted(set().union(*hist))} if hist else {}
+
+
+def pool_class_counts(config: dict[str, str]) -> list[int]:
+    """Pool images per class, from ``data.class_counts`` or the paper's ``data.setting`` (empty
+    when the run has neither)."""
+    if config.get("data.setting", "").isdigit() and int(config["data.setting"]) in SETTINGS:
+        return list(SETTINGS[int(config["data.setting"])])
+    try:
+        return [int(c) for c in config.get("data.class_counts", "").strip("[]").split(",")]
+    except ValueError:
+        return []
+
+
 def run_config(params: dict[str, str]) -> dict[str, str]:
     """What a run computed: its params without the seed, paths, execution and tracking."""
     return {k: v for k, v in params.items()
@@ -138,10 +158,14 @@ def load_run(client, run) -> RunData:
         seconds["run (wall)"] = (run.info.end_time - run.info.start_time) / 1000.0
     variant = tags.get("variant") or tags.get("fishermask.variant") or strategy
     epochs = [int(v) for _, v in sorted(_history(client, run.info.run_id, "train/epochs").items())]
+    labels = _class_counts(run.data.metrics)
     return RunData(run_id=run.info.run_id, variant=variant,
                    strategy=strategy, seed=int(params.get("seed", 0)), status=run.info.status,
                    context=context, steps=steps, curves=curves,
-                   labels_per_class=_class_counts(run.data.metrics), mask_profiles=profiles,
+                   labels_per_class=labels, mask_profiles=profiles,
+                   labels_by_step=(_labels_by_step(client, run.info.run_id, len(labels))
+                                   if any(k.startswith("class_labels/") for k in run.data.metrics)
+                                   else {}),
                    seconds=seconds, config=config, start_time=int(run.info.start_time or 0),
                    epochs=epochs)
 

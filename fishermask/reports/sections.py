@@ -1,6 +1,6 @@
 """The report's markdown sections that compare variants: FisherMask against each strategy, the
-ablation of FisherMask's variants, accuracy at each budget, the mask by tensor and the wall time
-per phase.  Each function returns a list of lines (empty when the runs have nothing to show)."""
+ablation of FisherMask's variants, accuracy at each budget, the rare classes' labels by round, the
+mask by tensor and the wall time per phase.  Each function returns a list of lines (empty when the runs have nothing to show)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 
-from fishermask.reports.data import accuracy_table, ci95, diff_ci, mask_layers, phase_seconds
+from fishermask.reports.data import (accuracy_table, ci95, diff_ci, mask_layers, phase_seconds,
+                                     pool_class_counts)
 
 FISHERMASK_FAMILY = ("fishermask", "fishermask_authors")
 
@@ -53,6 +54,32 @@ def versus(groups, scores, metric: str) -> list[str]:
             if other != v:
                 diff, wins = _diff_text(scores[v][metric], scores[other][metric])
                 L.append(f"| {v} | {other} | {diff} | {wins} |")
+    return L + [""]
+
+
+def rare_labels(groups) -> list[str]:
+    """How fast each variant finds the rare classes (those with fewer pool images than the
+    largest): their labels after each round, mean over seeds. Empty for a balanced pool, for
+    runs of different pools or without per-round class counts."""
+    runs = [r for rs in groups.values() for r in rs]
+    pools = {tuple(pool_class_counts(r.config)) for r in runs}
+    if len(pools) != 1 or not all(r.labels_by_step for r in runs):
+        return []
+    pool = list(pools.pop())
+    rare = [c for c, n in enumerate(pool) if n < max(pool, default=0)]
+    steps = sorted(set.intersection(*(set(r.labels_by_step) for r in runs)))
+    if not rare or not steps or any(len(r.labels_by_step[steps[0]]) < len(pool) for r in runs):
+        return []
+    names = (f"{rare[0]}-{rare[-1]}" if len(rare) > 2 and rare == list(range(rare[0], rare[-1] + 1))
+             else ", ".join(str(c) for c in rare))
+    L = ["## Labels of the rare classes by round", "",
+         f"Labels of the classes with fewer pool images than the largest (classes {names}: "
+         f"{sum(pool[c] for c in rare)} pool images) after each round, mean over seeds.", "",
+         "| variant | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    for v, rs in groups.items():
+        L.append(f"| {v} | " + " | ".join(
+            f"{np.mean([sum(r.labels_by_step[s][c] for c in rare) for r in rs]):.1f}"
+            for s in steps) + " |")
     return L + [""]
 
 
