@@ -117,10 +117,11 @@ def _class_counts(metrics: dict[str, float]) -> list[float]:
     return []
 
 
-def _labels_by_step(client, run_id: str, n_classes: int) -> dict[int, list[float]]:
+def _labels_by_step(client, run_id: str, metrics: dict[str, float]) -> dict[int, list[float]]:
     """Labels per class after each round, keyed by the number of labels (the histories of
-    ``class_labels/<c>``; empty for older stores)."""
-    hist = [_history(client, run_id, f"class_labels/{c}") for c in range(n_classes)]
+    ``class_labels/<c>``; empty for older stores, which logged only the end)."""
+    n = sum(1 for k in metrics if k.startswith("class_labels/") and k[len("class_labels/"):].isdigit())
+    hist = [_history(client, run_id, f"class_labels/{c}") for c in range(n)]
     return {s: [h.get(s, 0.0) for h in hist] for s in sorted(set().union(*hist))} if hist else {}
 
 
@@ -158,14 +159,11 @@ def load_run(client, run) -> RunData:
         seconds["run (wall)"] = (run.info.end_time - run.info.start_time) / 1000.0
     variant = tags.get("variant") or tags.get("fishermask.variant") or strategy
     epochs = [int(v) for _, v in sorted(_history(client, run.info.run_id, "train/epochs").items())]
-    labels = _class_counts(run.data.metrics)
     return RunData(run_id=run.info.run_id, variant=variant,
                    strategy=strategy, seed=int(params.get("seed", 0)), status=run.info.status,
                    context=context, steps=steps, curves=curves,
-                   labels_per_class=labels, mask_profiles=profiles,
-                   labels_by_step=(_labels_by_step(client, run.info.run_id, len(labels))
-                                   if any(k.startswith("class_labels/") for k in run.data.metrics)
-                                   else {}),
+                   labels_per_class=_class_counts(run.data.metrics), mask_profiles=profiles,
+                   labels_by_step=_labels_by_step(client, run.info.run_id, run.data.metrics),
                    seconds=seconds, config=config, start_time=int(run.info.start_time or 0),
                    epochs=epochs)
 

@@ -1,6 +1,7 @@
 """The report's markdown sections that compare variants: FisherMask against each strategy, the
 ablation of FisherMask's variants, accuracy at each budget, the rare classes' labels by round, the
-mask by tensor and the wall time per phase.  Each function returns a list of lines (empty when the runs have nothing to show)."""
+mask by tensor and the wall time per phase.  Each function returns a list of lines (empty when the
+runs have nothing to show)."""
 
 from __future__ import annotations
 
