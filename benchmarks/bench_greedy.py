@@ -43,33 +43,22 @@ def make_data(args):
     return pool[: args.U], pool[args.U:], fisher
 
 
-class _TimedGroup:
-    """LocalShards with the seconds spent in each shard method (``reset`` is the initialisation:
-    P, Q from A; ``advance`` a step's streaming update)."""
-
-    def __init__(self, group):
-        self.group, self.seconds = group, {}
-
-    def call(self, method, *args):
-        t0 = time.perf_counter()
-        out = self.group.call(method, *args)
-        self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - t0
-        return out
-
-
 def run_engine(args, cands, lab, fisher):
     """The engine of fisher_greedy (GreedyDriver + one GreedyShard), timed by phase: the driver's
     set-up and the shard's P, Q initialisation apart from the steps."""
+    from timing import TimedGroup  # benchmarks/timing.py, beside this script
+    from fishermask.kernels._driver import GreedyDriver, run_greedy
+    from fishermask.kernels._group import LocalShardGroup
+    from fishermask.kernels._shard import GreedyShard
     from fishermask.kernels.embeddings import STORAGE_DTYPES, as_embeddings
-    from fishermask.kernels.greedy import GreedyDriver, LocalShards, run_greedy
-    from fishermask.kernels.greedy_shard import GreedyShard
 
     t0, c0 = time.perf_counter(), time.process_time()
     emb = as_embeddings(cands, "candidates").to(storage_dtype=STORAGE_DTYPES[args.storage])
     lab_emb = as_embeddings(lab, "labeled").to(storage_dtype=STORAGE_DTYPES[args.storage])
     driver = GreedyDriver(lab_emb if len(lab) else None, fisher, args.n, lam=args.lam,
                           weighting="bait", k=args.k)
-    group = _TimedGroup(LocalShards([GreedyShard(emb, 0, driver.fisher, driver.w_s)]))
+    group = TimedGroup(LocalShardGroup([GreedyShard(emb, 0)]))
+    group.start(driver.fisher, driver.w_s)
     t1 = time.perf_counter()
     order, info = run_greedy(group, driver, len(emb), args.n, 1)
     t2, c2 = time.perf_counter(), time.process_time()

@@ -71,8 +71,8 @@ def make_embeddings(kind: str, size: int, seed: int):
 
 def time_steps(kind: str, size: int, reps: int, seed: int) -> dict:
     """Seconds of one greedy step at pool ``size`` (median of ``reps``), bytes per candidate."""
-    from fishermask.kernels.greedy import GreedyDriver
-    from fishermask.kernels.greedy_shard import GreedyShard
+    from fishermask.kernels._driver import GreedyDriver
+    from fishermask.kernels._shard import GreedyShard
 
     emb = make_embeddings(kind, size, seed)
     k = emb.k
@@ -81,7 +81,8 @@ def time_steps(kind: str, size: int, reps: int, seed: int) -> dict:
     fisher = b.T @ b / 2
     del b
     driver = GreedyDriver(None, fisher, 50, lam=1.0, weighting="bait", k=k)
-    shard = GreedyShard(emb, 0, driver.fisher, driver.w_s)
+    shard = GreedyShard(emb, 0)
+    shard.start(driver.fisher, driver.w_s)
     # P, Q stay as constructed (zeros): a step's cost does not depend on their values
     shard.scores.zero_()
     shard_s, driver_s, cpu_s = [], [], []
@@ -104,26 +105,16 @@ def time_steps(kind: str, size: int, reps: int, seed: int) -> dict:
                 bytes_per_step=read, resident_gb=(emb.nbytes() + size * state) / 1e9)
 
 
-class _TimedGroup:
-    def __init__(self, group, seconds):
-        self.group, self.seconds = group, seconds
-
-    def call(self, method, *args):
-        t0 = time.perf_counter()
-        out = self.group.call(method, *args)
-        self.seconds[method] += time.perf_counter() - t0
-        return out
-
-
 def _timed_rounds():
     """Patch the round's greedy so that the shards' reset (initialisation) is timed apart."""
     import fishermask.strategies.fisher_round as fr
-    from fishermask.kernels.greedy import run_greedy
+    from timing import TimedGroup  # benchmarks/timing.py, beside this script
+    from fishermask.kernels._driver import run_greedy
 
     seconds = collections.defaultdict(float)
 
     def timed(group, *args, **kw):
-        return run_greedy(_TimedGroup(group, seconds), *args, **kw)
+        return run_greedy(TimedGroup(group, seconds), *args, **kw)
 
     fr.run_greedy = timed
     return seconds

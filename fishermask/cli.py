@@ -46,18 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    import shutil
-
     cfg = load_config(args.file, args.overrides)
     if args.tracking_uri:
         cfg.tracking.tracking_uri = args.tracking_uri
     # cheap checks first: an unreachable server or a read-only folder fails in seconds
-    uri = preflight.tracking_uri(cfg.tracking.tracking_uri)
-    loop = ActiveLearningLoop(cfg, progress=not args.no_progress)  # validates data and budget
-    with loop.lock:  # a second launch of the same config refuses here, before touching anything
-        tracker = loop.tracker = MlflowTracker(uri)
-        if args.restart and loop.checkpoint_dir.exists():
-            shutil.rmtree(loop.checkpoint_dir)
+    tracker = MlflowTracker(preflight.tracking_uri(cfg.tracking.tracking_uri))  # store made later
+    # the run's lock first (a second launch of the same config refuses before touching anything),
+    # then the data, the budget and the model are checked
+    with ActiveLearningLoop.from_config(cfg, tracker=tracker,
+                                        progress=not args.no_progress) as loop:
+        if args.restart:
+            loop.discard_checkpoint()
         records = loop.run()
     last = records[-1]
     print(f"\ndone: {cfg.strategy.name}, seed {cfg.seed}: {len(records) - 1} rounds, "

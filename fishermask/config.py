@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,10 +53,7 @@ class StrategyConfig(BaseModel):
         data = dict(data)
         name = data.pop("name", "random")
         spec = get_strategy_spec(name)  # raises ConfigError naming the valid strategies
-        # Parameters of *other* strategies are dropped (a sweep over strategy.name shares one
-        # base config); names no strategy knows still fail as unknown keys.
-        own = spec.params.model_fields
-        data = {k: v for k, v in data.items() if k in own or k not in all_strategy_params()}
+        data, _ = strategy_params_for(name, data)
         try:
             params = spec.params(**data)
         except ValidationError as exc:
@@ -149,6 +146,16 @@ def get_strategy_spec(name: str) -> StrategySpec:
 
 def all_strategy_params() -> set[str]:
     return {f for spec in STRATEGIES.values() for f in spec.params.model_fields}
+
+
+def strategy_params_for(name: str, params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``params`` without the parameters of *other* strategies (a sweep over ``strategy.name``
+    shares one base config), and the names dropped.  A name no strategy knows is kept, so that it
+    fails as an unknown key."""
+    own = get_strategy_spec(name).params.model_fields
+    known = all_strategy_params()
+    dropped = [k for k in params if k not in own and k != "name" and k in known]
+    return {k: v for k, v in params.items() if k not in dropped}, dropped
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,6 +6,8 @@ whose message names what is wrong and how to fix it.
   cannot be written;
 * :func:`writable_folder` — a read-only working folder, a path component that is a file;
 * :func:`local_shards` — more ``execution.shards`` than a local Ray on this machine can run;
+* :func:`budget` — more labels than the pool holds;
+* :func:`device` — ``execution.device: cuda`` without a GPU;
 * :func:`mask_capacity` — a FisherMask mask too small for the classifier it must hold (or
   empty, or larger than memory allows).
 """
@@ -24,10 +26,13 @@ from urllib.parse import urlparse
 
 from fishermask.data.params import SETTINGS
 from fishermask.config import CONFIG_KEYS
-from fishermask.errors import ConfigError, FishermaskError, MemoryLimitError
-from fishermask.execution.ray.cluster import local_cpus, local_shards
-from fishermask.kernels.greedy import check_memory, greedy_memory_gb
+from fishermask.errors import ConfigError, FishermaskError, MemoryLimitError, ParameterError
+from fishermask.execution.base import resolve_device
+from fishermask.execution.ray.cluster import local_cpus, local_shards  # noqa: F401 (re-exported)
+from fishermask.kernels._driver import check_memory, greedy_memory_gb
+from fishermask.kernels.embeddings import row_bytes
 from fishermask.models import build_model
+from fishermask.strategies.fisher_greedy import mask_size
 
 REACH_TIMEOUT_S = 10.0
 """How long an http(s) tracking server may take to answer the reachability probe."""
@@ -144,6 +149,26 @@ def local_trial(execution, label: str) -> None:
             f"{fix}, or join a cluster with --address")
 
 
+def device(execution):
+    """The torch device ``execution.device`` names; a ConfigError when it is cuda without a GPU."""
+    try:
+        return resolve_device(execution.device)
+    except ParameterError:
+        raise ConfigError("execution.device is 'cuda' but no GPU is visible; use --set "
+                          "execution.device=auto (or cpu)") from None
+
+
+def budget(cfg, pool_size: int) -> None:
+    """The budget's labels must fit in the pool."""
+    initial, query, rounds = cfg.budget.resolved()
+    total = initial + rounds * query
+    if total > pool_size:
+        raise ConfigError(
+            f"budget: {initial} initial + {rounds} rounds × {query} = {total} labels, but the "
+            f"pool has only {pool_size} images; lower budget.rounds/budget.query/budget.initial "
+            f"or enlarge the pool (data.class_counts)")
+
+
 # ----------------------------------------------------------------------------- FisherMask
 
 def mask_capacity(cfg, model, pool_size: int, num_classes: int) -> None:
@@ -155,7 +180,7 @@ def mask_capacity(cfg, model, pool_size: int, num_classes: int) -> None:
     p = cfg.strategy.params
     n_params = sum(t.numel() for t in model.parameters() if t.requires_grad)
     sparsity = p["sparsity"]
-    k = math.floor(sparsity * n_params)
+    k = mask_size(sparsity, n_params)
     forced = model.classifier.weight.numel() if p.get("include_last_layer", True) else 0
     need = max(forced, 1)
     if k < need:
@@ -173,11 +198,9 @@ def mask_capacity(cfg, model, pool_size: int, num_classes: int) -> None:
         return  # the shards split the greedy's arrays; the executor checks each one
     initial = cfg.budget.resolved()[0]
     # candidates' stored rows: the classifier block factored as (h, p), the rest of the mask dense
-    size = 2 if p.get("storage_dtype") == "bfloat16" else 4
     d = model.classifier.weight.shape[1]
-    row_bytes = ((k - forced) * num_classes * size
-                 + ((d * size + num_classes * 4) if forced else 0))
-    gb = greedy_memory_gb(max(pool_size - initial, 0), row_bytes, num_classes, k,
+    per_row = row_bytes(num_classes, d, k - forced, bool(forced), p.get("storage_dtype", "float32"))
+    gb = greedy_memory_gb(max(pool_size - initial, 0), per_row, num_classes, k,
                           p.get("fisher_target", "dense"))
     try:
         check_memory(gb, cfg.execution.max_memory_gb,

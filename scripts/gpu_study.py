@@ -63,8 +63,8 @@ def _trial(spec: dict, results: str, workdir: str, threads: int) -> dict:
                           "mask_profile": rec.artifacts.get("mask_profile"),
                           "elapsed": time.time() - t0})
 
-    loop = ActiveLearningLoop(cfg, progress=False, lock=False, on_round=on_round,
-                              checkpoint_dir=Path(workdir) / spec["key"])
+    loop = ActiveLearningLoop.from_config(cfg, progress=False, lock=False, on_round=on_round,
+                                          checkpoint_dir=Path(workdir) / spec["key"])
     records = loop.run()
     seconds = time.time() - t0
     _append(results, {**head, "event": "finished", "rounds": len(records), "seconds": seconds,

@@ -181,7 +181,7 @@ def test_second_sweep_launch_refuses_naming_the_first(tmp_path, capfd):
 
     storage = tmp_path / "st"
     holder = subprocess.Popen(  # a real other process holding the sweep's lock
-        [sys.executable, "-c", "import sys, time; from fishermask.loop.runlock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from fishermask.locks import RunLock; "
          "RunLock(sys.argv[1], 'sweep').acquire(); print('held', flush=True); time.sleep(60)",
          f"{storage}/bad-c.lock"], stdout=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))

@@ -190,7 +190,7 @@ def test_resume_after_the_mlflow_run_was_deleted(tmp_path, capfd):
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError):
-        ActiveLearningLoop(load_config(path), tracker=MlflowTracker(uri), progress=False,
+        ActiveLearningLoop.from_config(load_config(path), tracker=MlflowTracker(uri), progress=False,
                            on_round=crash).run()
     client, found = runs(uri)
     client.delete_run(found[0].info.run_id)  # as the UI's delete button does

@@ -7,12 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from fishermask.kernels import (CHUNK, GreedyDriver, GreedyShard, LocalShards, fisher_greedy,
-                                run_greedy, shard_bounds)
+from fishermask.kernels import fisher_greedy
+from fishermask.kernels._driver import GreedyDriver, run_greedy
+from fishermask.kernels._group import LocalShardGroup
+from fishermask.kernels._shard import CHUNK, GreedyShard, shard_bounds
 from tests.greedy_reference import objective, problem, reference_dense
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: threads only cost
+
+
+def _started(emb, offset, fisher, w_s, chunk=CHUNK) -> GreedyShard:
+    shard = GreedyShard(emb, offset, chunk=chunk)
+    shard.start(fisher, w_s)
+    return shard
 
 
 def _setup(seed, *, form="mixed", num_u=25, num_l=2, n=4, lam=0.3, diag=False, spread=1.0,
@@ -23,7 +31,7 @@ def _setup(seed, *, form="mixed", num_u=25, num_l=2, n=4, lam=0.3, diag=False, s
     cand, lab = emb.rows(slice(0, num_u)), emb.rows(slice(num_u, None))
     driver = GreedyDriver(lab if num_l else None, torch.tensor(fisher), n, lam=lam,
                           weighting=weighting, k=emb.k)
-    shard = GreedyShard(cand, 0, driver.fisher, driver.w_s, chunk=chunk)
+    shard = _started(cand, 0, driver.fisher, driver.w_s, chunk)
     v = reference_dense(emb)
     m0 = lam * np.eye(emb.k) + driver.w_l * np.einsum("xck,xcj->kj", v[num_u:], v[num_u:])
     return driver, shard, v[:num_u] * np.sqrt(driver.w_s), m0, fisher
@@ -79,8 +87,8 @@ def test_removal_scores_are_not_positive_on_a_hard_problem():
     # λ = 1e-4, norms over e^±4, peaked softmax: −I + P_s is nearly singular here.
     emb, fisher = problem(3, form="factored", num_u=36, num_l=0, spread=4.0, conf=8.0)
     driver = RecordingDriver(None, torch.tensor(fisher), 6, lam=1e-4, weighting="bait", k=emb.k)
-    shard = GreedyShard(emb, 0, driver.fisher, driver.w_s, chunk=8)
-    order, info = run_greedy(LocalShards([shard]), driver, 36, 6, oversample=2)
+    shard = _started(emb, 0, driver.fisher, driver.w_s, 8)
+    order, info = run_greedy(LocalShardGroup([shard]), driver, 36, 6, oversample=2)
     assert info["rebuilds"] > 0
     signs = [s for s, _ in driver.accepted]
     assert signs == [1] * 12 + [-1] * 6
@@ -102,15 +110,23 @@ def _sharded_run(seed, bounds, *, n, oversample, chunk, diag=False, lam=0.05, **
     num_u = bounds[-1][1]
     cand, lab = emb.rows(slice(0, num_u)), emb.rows(slice(num_u, None))
     driver = GreedyDriver(lab, torch.tensor(fisher), n, lam=lam, weighting="bait", k=emb.k)
-    shards = [GreedyShard(cand.rows(slice(a, b)), a, driver.fisher, driver.w_s, chunk=chunk)
+    shards = [_started(cand.rows(slice(a, b)), a, driver.fisher, driver.w_s, chunk)
               for a, b in bounds]
     trace = []
 
-    class Recording(LocalShards):  # every report the driver sees, in order
-        def call(self, method, *args):
-            out = super().call(method, *args)
+    class Recording(LocalShardGroup):  # every report the driver sees, in order
+        def _record(self, method, out):
             trace.append((method, [None if r is None else r[:2] for r in out if r is not None]))
             return out
+
+        def reset(self, *args):
+            return self._record("reset", super().reset(*args))
+
+        def advance(self, *args):
+            return self._record("advance", super().advance(*args))
+
+        def override(self, *args):
+            return self._record("override", super().override(*args))
 
     order, info = run_greedy(Recording(shards), driver, num_u, n, oversample)
     v = reference_dense(emb)
@@ -128,7 +144,7 @@ def test_sharded_runs_pick_exactly_what_one_shard_picks(oversample, diag, hard):
     merged = lambda tr: [(m, max(r, key=lambda t: (t[0], -t[1])) if r else None)  # noqa: E731
                          for m, r in tr]
     for shards in (2, 3, 4, 7):
-        # empty trailing ranges (7 shards, 6 chunks) hold no shard, as in kernels.resident
+        # empty trailing ranges (7 shards, 6 chunks) hold no shard, as in the executors
         bounds = [(a, b) for a, b in shard_bounds(num_u, shards, chunk) if a < b]
         assert all(a % chunk == 0 for a, _ in bounds) and bounds[-1][1] == num_u
         order, info, trace, obj_s = _sharded_run(5, bounds, n=n, oversample=oversample,
@@ -158,11 +174,11 @@ def test_shard_offset_and_chunk_errors():
     for offset, chunk in ((10, 8), (-8, 8), (0, 0), (CHUNK // 2, CHUNK)):
         with pytest.raises(ValueError, match=rf"offset \({offset}\) must be a non-negative "
                                              rf"multiple of chunk \({chunk}\)"):
-            GreedyShard(emb, offset, f, 1.0, chunk=chunk)
-    shard = GreedyShard(emb, CHUNK, f, 1.0)  # default chunk
+            GreedyShard(emb, offset, chunk=chunk)
+    shard = _started(emb, CHUNK, f, 1.0)  # default chunk
     assert shard.chunk == CHUNK and shard.owns(CHUNK + 9) and not shard.owns(9)
     assert not shard.owns(CHUNK + 10)
-    empty = GreedyShard(emb.empty_like(), 16, f, 1.0, chunk=8)
+    empty = _started(emb.empty_like(), 16, f, 1.0, chunk=8)
     driver = GreedyDriver(None, f, 3, lam=1.0, weighting="bait", k=emb.k)
     assert empty.reset(driver.a, True) is None and empty.best(False) is None
 
@@ -180,7 +196,7 @@ def test_shard_protocol_errors():
     shard.advance(driver.accept(driver.evaluate(row_s, s, False)), False)
     with pytest.raises(RuntimeError, match="forward scores are unavailable after a removal step"):
         shard.advance(None, True)
-    fresh = LocalShards([GreedyShard(shard.emb, 0, driver.fisher, driver.w_s, chunk=8)])
+    fresh = LocalShardGroup([_started(shard.emb, 0, driver.fisher, driver.w_s, 8)])
     with pytest.raises(RuntimeError, match="no eligible candidate left in any shard"):
         run_greedy(fresh, GreedyDriver(None, driver.fisher, 13, lam=1.0, weighting="bait",
                                        k=driver.k), 13, 13)

@@ -1,6 +1,7 @@
-"""The package's layers hold: what each layer may import, the kernels' light import, at most five
-function-local imports of fishermask modules, no module over 400 lines, no citation of a document
-outside the repository, and a README layout section that names every folder."""
+"""The package's layers hold: what each layer may import, the kernels' and strategies' light
+imports, at most five function-local imports of fishermask modules, no module over 400 lines and no
+function over 100, shard operations called as functions (never by a name in a string), no citation
+of a document outside the repository, and a README layout section that names every folder."""
 
 from __future__ import annotations
 
@@ -42,20 +43,24 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
     return out
 
 
-ALLOWED = {  # layer (module prefix) -> the fishermask modules it may import
+ALLOWED = {  # layer (module prefix) -> the fishermask modules it may import (docs/design.md §1)
     "fishermask.kernels": ("fishermask.errors", "fishermask.kernels"),
     "fishermask.data": ("fishermask.errors", "fishermask._compat", "fishermask.data"),
     "fishermask.models": ("fishermask._compat",),
     "fishermask.training": ("fishermask.errors",),
-    "fishermask.strategies": ("fishermask.errors", "fishermask.kernels", "fishermask.strategies"),
-    "fishermask.execution": ("fishermask.errors", "fishermask.kernels", "fishermask.strategies",
-                             "fishermask.data", "fishermask.execution"),
+    "fishermask.execution": ("fishermask.errors", "fishermask.kernels", "fishermask.data",
+                             "fishermask.execution"),
+    # the executor interface and the in-process executor; never the Ray one
+    "fishermask.strategies": ("fishermask.errors", "fishermask.kernels", "fishermask.strategies",
+                              "fishermask.execution.base", "fishermask.execution.local"),
+    "fishermask.locks": ("fishermask.errors",),
     "fishermask.tracking.params": (),
     "fishermask.tracking": ("fishermask.errors", "fishermask.config", "fishermask.execution",
-                            "fishermask.loop", "fishermask.tracking"),
+                            "fishermask.locks", "fishermask.tracking"),
     "fishermask.loop": ("fishermask.errors", "fishermask.config", "fishermask.preflight",
                         "fishermask.data", "fishermask.execution", "fishermask.models",
-                        "fishermask.strategies", "fishermask.training", "fishermask.loop"),
+                        "fishermask.strategies", "fishermask.training", "fishermask.locks",
+                        "fishermask.loop"),
     "fishermask._compat": (),
     "fishermask.errors": (),
 }
@@ -78,13 +83,74 @@ def test_nothing_the_config_composes_imports_the_config():
                for u in users), users
 
 
-def test_kernels_import_neither_ray_mlflow_pydantic_nor_yaml():
-    code = ("import sys, fishermask.kernels, fishermask.fisher, fishermask.selection; "
-            "print(sorted(m for m in ('ray', 'mlflow', 'pydantic', 'yaml') if m in sys.modules))")
+def _loaded(modules: str, heavy: tuple[str, ...]) -> list[str]:
+    code = (f"import sys, {modules}; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    return eval(out.stdout.strip())
+
+
+def test_kernels_import_neither_ray_mlflow_pydantic_nor_yaml():
+    heavy = ("ray", "mlflow", "pydantic", "yaml")
+    assert _loaded("fishermask.kernels, fishermask.fisher, fishermask.selection", heavy) == []
+
+
+def test_strategies_and_executors_import_neither_ray_nor_mlflow():
+    assert _loaded("fishermask.strategies, fishermask.execution", ("ray", "mlflow")) == []
+
+
+def test_the_named_layers_hold():
+    """execution/ imports no strategy, tracking/ nothing of the loop, and the in-process executor
+    lives in execution/."""
+    for path in MODULES:
+        mod, imports = _name(path), [imp for imp, _ in _imports(path)]
+        if mod.startswith("fishermask.execution"):
+            assert not [i for i in imports if i.startswith("fishermask.strategies")], mod
+        if mod.startswith("fishermask.tracking"):
+            assert not [i for i in imports if i.startswith("fishermask.loop")], mod
+    from fishermask.execution.local import LocalExecutor
+    from fishermask.execution.base import PoolExecutor
+
+    assert issubclass(LocalExecutor, PoolExecutor)
+    assert not (PKG / "strategies" / "inprocess.py").exists()
+
+
+def _dynamic_dispatch(path: Path) -> list[str]:
+    """``getattr(obj, <not a literal>)`` calls and ``.call(<string>, …)`` calls in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        fn = node.func
+        if isinstance(fn, ast.Name) and fn.id == "getattr" and len(node.args) >= 2 \
+                and not isinstance(node.args[1], ast.Constant):
+            found.append(f"{_name(path)}:{node.lineno} getattr by a computed name")
+        if isinstance(fn, ast.Attribute) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str) and fn.attr in ("call", "remote"):
+            found.append(f"{_name(path)}:{node.lineno} .{fn.attr}({node.args[0].value!r}, …)")
+    return found
+
+
+def test_no_shard_call_names_a_method_in_a_string():
+    places = [p for p in MODULES if _name(p).startswith(("fishermask.execution",
+                                                          "fishermask.strategies"))
+              or _name(p) in ("fishermask.kernels._driver", "fishermask.kernels._group",
+                              "fishermask.kernels._shard")]
+    found = [hit for p in places for hit in _dynamic_dispatch(p)]
+    assert not found, "\n".join(found)
+
+
+def test_no_function_over_100_lines():
+    long = []
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 100:
+                    long.append(f"{_name(path)}.{node.name}: {lines} lines")
+    assert not long, "\n".join(long)
 
 
 def test_at_most_five_function_local_imports():

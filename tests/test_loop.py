@@ -28,7 +28,7 @@ class Crash(RuntimeError):
 def test_resume_equals_uninterrupted(tmp_path, strategy):
     extra = {"sparsity": 0.01} if strategy == "fishermask" else {}
     cfg = tiny_config(tmp_path / "a", strategy={"name": strategy, **extra})
-    full = ActiveLearningLoop(cfg, progress=False).run()
+    full = ActiveLearningLoop.from_config(cfg, progress=False).run()
     assert [r.n_labels for r in full] == [8, 14, 20]
 
     cfg_b = tiny_config(tmp_path / "b", strategy={"name": strategy, **extra})
@@ -38,8 +38,8 @@ def test_resume_equals_uninterrupted(tmp_path, strategy):
             raise Crash("simulated crash")
 
     with pytest.raises(Crash):
-        ActiveLearningLoop(cfg_b, progress=False, on_round=crash_after_round_1).run()
-    resumed_loop = ActiveLearningLoop(cfg_b, progress=False)
+        ActiveLearningLoop.from_config(cfg_b, progress=False, on_round=crash_after_round_1).run()
+    resumed_loop = ActiveLearningLoop.from_config(cfg_b, progress=False)
     resumed = resumed_loop.run()
     assert curves(resumed) == curves(full)
     # picks per round are the strategy's, labels accumulate without duplicates
@@ -47,15 +47,15 @@ def test_resume_equals_uninterrupted(tmp_path, strategy):
 
 
 def test_same_seed_same_curves_other_seed_differs(tmp_path):
-    a = ActiveLearningLoop(tiny_config(tmp_path / "a"), progress=False).run()
-    b = ActiveLearningLoop(tiny_config(tmp_path / "b"), progress=False).run()
-    c = ActiveLearningLoop(tiny_config(tmp_path / "c", seed=1), progress=False).run()
+    a = ActiveLearningLoop.from_config(tiny_config(tmp_path / "a"), progress=False).run()
+    b = ActiveLearningLoop.from_config(tiny_config(tmp_path / "b"), progress=False).run()
+    c = ActiveLearningLoop.from_config(tiny_config(tmp_path / "c", seed=1), progress=False).run()
     assert curves(a) == curves(b)
     assert curves(a) != curves(c)
 
 
 def test_per_round_records(tmp_path):
-    loop = ActiveLearningLoop(tiny_config(tmp_path), progress=False)
+    loop = ActiveLearningLoop.from_config(tiny_config(tmp_path), progress=False)
     recs = loop.run()
     for r in recs:
         assert 0 <= r.accuracy <= 1 and 0 <= r.balanced_accuracy <= 1
@@ -73,7 +73,7 @@ def test_mlflow_layout(tmp_path):
     cfg = tiny_config(tmp_path, strategy={"name": "fishermask", "sparsity": 0.01},
                       experiment="layout-test")
     tracker = MlflowTracker(uri)
-    loop = ActiveLearningLoop(cfg, tracker=tracker, progress=False)
+    loop = ActiveLearningLoop.from_config(cfg, tracker=tracker, progress=False)
     loop.run()
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("layout-test")
@@ -130,11 +130,11 @@ def test_resumed_run_continues_same_mlflow_run(tmp_path):
             raise Crash()
 
     with pytest.raises(Crash):
-        ActiveLearningLoop(cfg, tracker=MlflowTracker(uri), progress=False, on_round=crash).run()
+        ActiveLearningLoop.from_config(cfg, tracker=MlflowTracker(uri), progress=False, on_round=crash).run()
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("resume-test")
     assert client.search_runs([exp.experiment_id])[0].info.status == "FAILED"
-    ActiveLearningLoop(cfg, tracker=MlflowTracker(uri), progress=False).run()
+    ActiveLearningLoop.from_config(cfg, tracker=MlflowTracker(uri), progress=False).run()
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "accuracy")]
@@ -160,11 +160,11 @@ def test_files_of_a_round_cut_short_after_its_metrics_are_logged_on_resume(tmp_p
     flaky.failed = False
     monkeypatch.setattr(MlflowClient, "log_dict", flaky)
     with pytest.raises(ConnectionError):
-        ActiveLearningLoop(cfg, tracker=MlflowTracker(uri), progress=False).run()
+        ActiveLearningLoop.from_config(cfg, tracker=MlflowTracker(uri), progress=False).run()
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("files").experiment_id])[0]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [8, 14]
-    ActiveLearningLoop(cfg, tracker=MlflowTracker(uri), progress=False).run()
+    ActiveLearningLoop.from_config(cfg, tracker=MlflowTracker(uri), progress=False).run()
     files = {f.path for f in client.list_artifacts(run.info.run_id, "rounds")}
     assert files == {lost, "rounds/round_002_mask_profile.json"}
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]

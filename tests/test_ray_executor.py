@@ -19,7 +19,7 @@ from fishermask.strategies import inference
 from fishermask.config import ExecutionConfig
 from fishermask.data import ImageData
 from fishermask.errors import FishermaskError
-from fishermask.kernels.reduction import TreeSum, tree_combine, tree_cover, tree_node_range
+from fishermask.kernels._reduction import TreeSum, tree_combine, tree_cover, tree_node_range
 from fishermask.execution.local import LocalExecutor
 from fishermask.models import build_model
 from fishermask.strategies import SelectionContext, build_strategy
@@ -223,7 +223,7 @@ def test_killed_actor_is_restarted_and_picks_do_not_change(executors, problem, l
                                                            event, step, monkeypatch):
     """SIGKILL shard 1's process while its embedding runs, in the forward phase, or in the
     backward phase (n 24, oversample 2: steps 0–47 add, 48–71 remove)."""
-    from fishermask.execution.ray.group import RayGroup
+    from fishermask.execution.ray.group import RayShardGroup
 
     ex = executors[2]
     killed = []
@@ -233,7 +233,7 @@ def test_killed_actor_is_restarted_and_picks_do_not_change(executors, problem, l
             killed.append(ex.actor_info[1]["pid"])
             os.kill(killed[0], signal.SIGKILL)
 
-    embed, call = RayGroup._embed, RayGroup.call
+    embed, advance = RayShardGroup._embed, RayShardGroup.advance
 
     def embedding(group, j):  # kill shard 1 once every shard's embedding has been submitted
         ref = embed(group, j)
@@ -241,14 +241,13 @@ def test_killed_actor_is_restarted_and_picks_do_not_change(executors, problem, l
             kill("embed", -1)
         return ref
 
-    def calling(group, method, *args):
-        out = call(group, method, *args)
-        if method == "advance":
-            kill("step", group.steps)
+    def advancing(group, *args):
+        out = advance(group, *args)
+        kill("step", group.steps)
         return out
 
-    monkeypatch.setattr(RayGroup, "_embed", embedding)
-    monkeypatch.setattr(RayGroup, "call", calling)
+    monkeypatch.setattr(RayShardGroup, "_embed", embedding)
+    monkeypatch.setattr(RayShardGroup, "advance", advancing)
     sel = select_with(ex, problem, *GREEDY_CASES["fishermask_diag"], bind=False)
     assert killed and sel.diagnostics["recoveries"] >= 1
     assert ex.actor_info[1]["pid"] != killed[0]  # a new process
@@ -299,7 +298,7 @@ def test_loop_with_two_shards_picks_what_one_shard_picks(ray_session, tmp_path):
         cfg = tiny_config(tmp_path / str(shards), strategy={"name": "fishermask", "sparsity": 0.006},
                           execution={"shards": shards, "cpus_per_shard": 0.25, "device": "cpu",
                                      "threads": 1})
-        loop = ActiveLearningLoop(cfg, progress=False)
+        loop = ActiveLearningLoop.from_config(cfg, progress=False)
         loop.run()
         picks[shards] = loop.selected_indices()
         assert [r.diagnostics.get("shards", 1) for r in loop.records[1:]] == [shards] * 2

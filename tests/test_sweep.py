@@ -143,7 +143,7 @@ def _uninterrupted_curve(sweep_file: Path, label: str, folder: Path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        recs = ActiveLearningLoop(from_dict(spec.config), checkpoint_dir=folder / label,
+        recs = ActiveLearningLoop.from_config(from_dict(spec.config), checkpoint_dir=folder / label,
                                   progress=False).run()
     finally:
         torch.set_num_threads(threads)

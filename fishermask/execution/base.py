@@ -1,4 +1,5 @@
-"""The executor interface the AL loop and the strategies talk to, and the ``execution:`` parameters."""
+"""The executor interface the AL loop and the strategies talk to, the device rule, and the
+``execution:`` parameters."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fishermask.errors import FishermaskError
-from fishermask.strategies import inprocess
+from fishermask.errors import ParameterError
+from fishermask.kernels._group import ShardGroup
 
-BatchFn = inprocess.BatchFn
+BatchFn = Callable[[torch.nn.Module, torch.Tensor], Any]
+"""A per-batch computation ``fn(model, x)`` with one output row per input (a tensor, a dict of
+tensors or a FisherEmbeddings), run in eval mode on test-transform inputs."""
 
 
 class ExecutionParams(BaseModel):
@@ -37,8 +40,22 @@ class ExecutionParams(BaseModel):
 
 
 class PoolExecutor(ABC):
-    """Runs per-sample work over the pool.  Lifecycle: ``bind(pool)`` once per run,
-    ``set_model(model)`` once per round, then any number of ``map``/``sum``/``embed_resident``."""
+    """Runs per-sample work over the pool, wherever the pool lives.  Lifecycle: ``bind(pool)``
+    once per run, ``set_model(model)`` once per round, then any number of ``map``/``sum``/
+    ``embed_resident``; ``close()`` at the end.
+
+    What a strategy may use, and nothing else: :meth:`map`, :meth:`sum`, :meth:`embed_resident`
+    (the resident :class:`~fishermask.kernels._group.ShardGroup`), and the attributes ``pool``
+    (the bound pool: ``len`` and ``num_classes``), ``model`` (the round's model, in eval mode),
+    ``shards`` (how many shards hold the resident rows), ``device`` (where the driver's k×k
+    work of a greedy goes; None: the CPU) and ``max_memory_gb`` (the memory budget per process).
+    """
+
+    shards: int = 1
+    device: Optional[torch.device] = None
+    max_memory_gb: float = 16.0
+    pool: Any = None
+    model: Optional[torch.nn.Module] = None
 
     @abstractmethod
     def bind(self, pool) -> None:
@@ -54,13 +71,13 @@ class PoolExecutor(ABC):
 
     @abstractmethod
     def sum(self, fn: BatchFn, indices: np.ndarray) -> Any:
-        """Sum over the rows ``indices`` of ``fn``'s per-batch outputs (float64 accumulation)."""
+        """Sum over the rows ``indices`` of ``fn``'s per-batch outputs (float64), added in the
+        canonical pairwise-tree order over batches (bit-identical for any number of shards)."""
 
     @abstractmethod
-    def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray):
+    def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray) -> ShardGroup:
         """Embed the pool rows ``indices`` (sorted) with ``embed_fn`` and keep them where they were
-        computed, split into CHUNK-aligned shards; returns a group with ``call(method, *args)``
-        over the :class:`~fishermask.kernels.resident.ResidentShard` s and ``close()``."""
+        computed, split into CHUNK-aligned shards; returns their group."""
 
     def close(self) -> None:
         """Release resources (actors, memory)."""
@@ -73,9 +90,13 @@ class PoolExecutor(ABC):
 
 
 def resolve_device(device: str) -> torch.device:
-    """The torch device ``execution.device`` names (``auto``: cuda when a GPU is visible)."""
-    try:
-        return inprocess.resolve_device(device)
-    except ValueError:
-        raise FishermaskError("execution.device is 'cuda' but no GPU is visible; "
-                              "use --set execution.device=auto (or cpu)") from None
+    """The torch device ``device`` names: ``auto`` → cuda when a GPU is visible, else cpu.  A
+    :class:`~fishermask.errors.ParameterError` (a ValueError) for cuda without a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("device='cuda': no GPU is visible; use device 'auto' (or 'cpu')")
+    return torch.device(device)
+
+
+__all__ = ["BatchFn", "ExecutionParams", "PoolExecutor", "resolve_device"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fishermask.kernels._checks import check_n
+
 
 def _sq_dists(x: torch.Tensor, y: torch.Tensor, x_sq: torch.Tensor, y_sq: torch.Tensor) -> torch.Tensor:
     """‖x_i − y_j‖² = ‖x_i‖² + ‖y_j‖² − 2 x_i·y_j, clamped at 0 (float64)."""
@@ -26,8 +28,7 @@ def kcenter_greedy(candidates: torch.Tensor, centers: torch.Tensor, n: int, *,
 
     Returns positions into ``candidates`` in pick order.
     """
-    if n > len(candidates):
-        raise ValueError(f"cannot pick {n} of {len(candidates)} candidates")
+    n = check_n(n, len(candidates))
     X = candidates.to(torch.float64)
     x_sq = (X * X).sum(1)
     U = len(X)
@@ -71,8 +72,7 @@ def badge_seeding(probs: torch.Tensor, features: torch.Tensor, n: int,
     Returns positions into the rows of ``probs``/``features`` in pick order.
     """
     N = len(probs)
-    if n > N:
-        raise ValueError(f"cannot pick {n} of {N} candidates")
+    n = check_n(n, N)
     a = badge_embedding_factors(probs)
     h = features.to(torch.float64)
     a_sq, h_sq = (a * a).sum(1), (h * h).sum(1)

@@ -25,6 +25,15 @@ import torch
 from torch import Tensor
 
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+STORAGE_BYTES = {"float32": 4, "bfloat16": 2, "float64": 8}
+
+
+def row_bytes(num_classes: int, d: int, k_dense: int, factored: bool,
+              storage_dtype: str = "float32") -> int:
+    """Bytes of one stored embedding row: the dense block (C·k_d values) and, when ``factored``,
+    the last-layer block as h (d values) in the storage dtype plus p (C float32 values)."""
+    size = STORAGE_BYTES[storage_dtype]
+    return k_dense * num_classes * size + ((d * size + num_classes * 4) if factored else 0)
 
 
 def factored_coefficients(probs: Tensor, prob_scaling: bool = True) -> Tensor:
@@ -261,5 +270,5 @@ def cat_embeddings(parts: list, empty: "FisherEmbeddings | None" = None):
     return parts[0] if len(parts) == 1 else FisherEmbeddings.cat(parts)
 
 
-__all__ = ["FisherEmbeddings", "STORAGE_DTYPES", "as_embeddings", "cat_embeddings",
-           "factored_coefficients"]
+__all__ = ["FisherEmbeddings", "STORAGE_BYTES", "STORAGE_DTYPES", "as_embeddings",
+           "cat_embeddings", "factored_coefficients", "row_bytes"]

@@ -9,6 +9,7 @@ interrupted run resumes at the next round and ends with exactly the uninterrupte
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,15 +18,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from fishermask.config import CONFIG_KEYS, Config
 from fishermask import preflight
+from fishermask.config import CONFIG_KEYS, Config
 from fishermask.data import initial_labeled, load_experiment_data
 from fishermask.errors import (ConfigError, FishermaskError, MemoryLimitError, ParameterError,
                                TrainingDiverged)
 from fishermask.execution import PoolExecutor, make_executor
-from fishermask.execution.base import resolve_device
+from fishermask.locks import RunLock
 from fishermask.models import build_model, reinit_parameters
-from fishermask.loop.runlock import RunLock
 from fishermask.strategies import SelectionContext, build_strategy
 from fishermask.training import evaluate, train_model
 
@@ -53,55 +53,82 @@ def round_seed(seed: int, rnd: int, stream: int) -> int:
 
 
 class ActiveLearningLoop:
-    """One active-learning run of a :class:`~fishermask.config.Config`.
+    """One active-learning run: a config, its data, model and strategy, rounds until the budget.
 
-    ``on_round(loop, record)`` is called after every round has been checkpointed (sweeps report
-    to Tune from it).  ``checkpoint_dir`` defaults to ``<tracking.checkpoint_dir>/<result key>``;
-    that default folder is locked while the run runs (``lock``: force on or off), so a second
-    launch of the same config refuses, naming the first.
+    The constructor only stores what it is given; :meth:`from_config` builds everything from a
+    :class:`~fishermask.config.Config` (data, model, strategy, checks) and takes the run's lock.
+    ``tracker`` receives plain values (:class:`~fishermask.tracking.tracker.Tracker`: the config
+    and data at the start, each round's record with the records and picks so far, the status at
+    the end).  ``on_round(loop, record)`` is called after every round has been checkpointed
+    (sweeps report to Tune from it).  Used as a context manager, the loop releases its lock on
+    exit.
     """
 
     CKPT = "state.pt"
 
-    def __init__(self, cfg: Config, *, executor: Optional[PoolExecutor] = None, tracker=None,
-                 checkpoint_dir: Optional[str | Path] = None, progress: bool = True,
+    def __init__(self, cfg: Config, data, model: torch.nn.Module, strategy, *,
+                 checkpoint_dir: str | Path, device: torch.device,
+                 executor: Optional[PoolExecutor] = None, tracker=None, progress: bool = True,
                  on_round: Optional[Callable[["ActiveLearningLoop", RoundRecord], None]] = None,
-                 data=None, lock: Optional[bool] = None):
-        self.cfg = cfg
-        if cfg.execution.threads:
-            torch.set_num_threads(cfg.execution.threads)
+                 lock: Optional[RunLock] = None):
+        self.cfg, self.data, self.model, self.strategy = cfg, data, model, strategy
         self.initial, self.query, self.rounds = cfg.budget.resolved()
-        self.data = data if data is not None else load_experiment_data(cfg.data, cfg.seed)
-        pool = self.data.pool
-        total = self.initial + self.rounds * self.query
-        if total > len(pool):
-            raise ConfigError(
-                f"budget: {self.initial} initial + {self.rounds} rounds × {self.query} = {total} "
-                f"labels, but the pool has only {len(pool)} images; lower budget.rounds/"
-                f"budget.query/budget.initial or enlarge the pool (data.class_counts)")
-        self.device = resolve_device(cfg.execution.device)
-        self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
-        self.executor = executor
-        self.tracker = tracker
-        self.progress = progress
-        self.on_round = on_round
-        default_dir = Path(cfg.tracking.checkpoint_dir).expanduser() / cfg.result_key()
-        self.checkpoint_dir = Path(checkpoint_dir or default_dir).expanduser()
-        preflight.writable_folder(self.checkpoint_dir, "checkpoints (tracking.checkpoint_dir)",
-                                  "or set --set tracking.checkpoint_dir=/a/writable/folder")
-        # the default checkpoint folder is shared by every launch of the same config: one at a time
-        self.lock = (RunLock(f"{self.checkpoint_dir}.lock", f"this run ({cfg.strategy.name}, seed "
-                             f"{cfg.seed}, checkpoint {self.checkpoint_dir})")
-                     if lock or (lock is None and checkpoint_dir is None) else None)
-        self.model = build_model(cfg.model.name, pool.num_classes, pool.in_channels)
-        preflight.mask_capacity(cfg, self.model, len(pool), pool.num_classes)
-        if executor is None:
-            preflight.local_shards(cfg.execution)
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.device, self.executor, self.tracker = device, executor, tracker
+        self.progress, self.on_round, self.lock = progress, on_round, lock
         self.already_finished = False
         self.labeled = np.zeros(0, dtype=np.int64)
         self.records: list[RoundRecord] = []
         self.initial_indices: list[int] = []
         self.run_id: Optional[str] = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, executor: Optional[PoolExecutor] = None, tracker=None,
+                    checkpoint_dir: Optional[str | Path] = None, progress: bool = True,
+                    on_round=None, data=None, lock: Optional[bool] = None) -> "ActiveLearningLoop":
+        """The loop of ``cfg``: checks the checkpoint folder, loads the data (or uses ``data``),
+        builds the model and strategy, runs the checks that would otherwise fail after minutes of
+        training, and takes the run's lock.  ``checkpoint_dir`` defaults to
+        ``<tracking.checkpoint_dir>/<result key>``; that default folder is locked until the run
+        ends (``lock``: force on or off), so a second launch of the same config refuses, naming
+        the first."""
+        if cfg.execution.threads:
+            torch.set_num_threads(cfg.execution.threads)
+        default_dir = Path(cfg.tracking.checkpoint_dir).expanduser() / cfg.result_key()
+        folder = Path(checkpoint_dir or default_dir).expanduser()
+        preflight.writable_folder(folder, "checkpoints (tracking.checkpoint_dir)",
+                                  "or set --set tracking.checkpoint_dir=/a/writable/folder")
+        data = data if data is not None else load_experiment_data(cfg.data, cfg.seed)
+        preflight.budget(cfg, len(data.pool))
+        device = preflight.device(cfg.execution)
+        strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
+        model = build_model(cfg.model.name, data.pool.num_classes, data.pool.in_channels)
+        preflight.mask_capacity(cfg, model, len(data.pool), data.pool.num_classes)
+        if executor is None:
+            preflight.local_shards(cfg.execution)
+        run_lock = None  # last: bad input leaves no file behind
+        if lock or (lock is None and checkpoint_dir is None):
+            run_lock = RunLock(f"{folder}.lock", f"this run ({cfg.strategy.name}, seed "
+                                                 f"{cfg.seed}, checkpoint {folder})").acquire()
+        return cls(cfg, data, model, strategy, checkpoint_dir=folder, device=device,
+                   executor=executor, tracker=tracker, progress=progress, on_round=on_round,
+                   lock=run_lock)
+
+    def __enter__(self) -> "ActiveLearningLoop":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the run's lock (if it holds one)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def discard_checkpoint(self) -> None:
+        """Forget the checkpoint, so that :meth:`run` starts from round 0 (``--restart``)."""
+        if self.checkpoint_dir.exists():
+            shutil.rmtree(self.checkpoint_dir)
 
     # -------------------------------------------------------------- checkpoints
     def _ckpt_path(self) -> Path:
@@ -187,14 +214,14 @@ class ActiveLearningLoop:
         return sel, time.perf_counter() - t0
 
     def run(self) -> list[RoundRecord]:
-        own_lock = self.lock is not None and not self.lock.held
-        if own_lock:
+        """All rounds (resuming from the checkpoint); the run's lock is held meanwhile and
+        released at the end."""
+        if self.lock is not None:
             self.lock.acquire()
         try:
             return self._run()
         finally:
-            if own_lock:
-                self.lock.release()
+            self.close()
 
     def _run(self) -> list[RoundRecord]:
         from tqdm.auto import tqdm
@@ -205,9 +232,10 @@ class ActiveLearningLoop:
         if own_executor:
             self.executor = make_executor(self.cfg.execution)
         if self.tracker is not None:
-            self.run_id = self.tracker.start(self.cfg, run_id=self.run_id)
+            self.run_id = self.tracker.start(self.cfg, self.data, run_id=self.run_id)
             for i, rec in enumerate(self.records):  # a resumed run's store gets every round
-                self.tracker.log_round(rec, self, replay=i + 1 < len(self.records))
+                self.tracker.log_round(rec, self.records, self.selected_indices(),
+                                       replay=i + 1 < len(self.records))
         bar = tqdm(total=self.rounds + 1, initial=len(self.records), disable=not self.progress,
                    desc=f"{self.cfg.strategy.name} seed {self.cfg.seed}", unit="round")
         if self.already_finished:
@@ -241,7 +269,7 @@ class ActiveLearningLoop:
         finally:
             bar.close()
             if self.tracker is not None:
-                self.tracker.finish(self, status)
+                self.tracker.finish(self.records, status)
             if own_executor:
                 self.executor.close()
         return self.records
@@ -250,7 +278,7 @@ class ActiveLearningLoop:
         self.records.append(rec)
         self.save_checkpoint()
         if self.tracker is not None:
-            self.tracker.log_round(rec, self)
+            self.tracker.log_round(rec, self.records, self.selected_indices())
         bar.update(1)
         bar.write(f"round {rec.round:>3}  labels {rec.n_labels:>6}  acc {rec.accuracy:.4f}  "
                   f"bal-acc {rec.balanced_accuracy:.4f}  query {rec.query_seconds:7.2f}s  "

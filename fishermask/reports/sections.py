@@ -97,7 +97,7 @@ def ablation(groups, scores, metric: str, baseline: str = "random") -> list[str]
     base = [v for v, rs in groups.items() if rs[0].strategy == baseline]
     L = ["## FisherMask ablation", "",
          "What each FisherMask variant computes, and its AUBC against `fishermask` (the paper's "
-         f"formula: √p scaling, mask from random pool points): AUBC ± 95 % CI of the mean, Δ ± "
+         "formula: √p scaling, mask from random pool points): AUBC ± 95 % CI of the mean, Δ ± "
          "95 % CI paired by seed; wins = seeds where the variant's AUBC is higher.", "",
          f"| variant | √p scaling | mask pool points | AUBC | Δ vs fishermask | wins | "
          f"Δ vs {baseline} |", "|---|---|---|---|---|---|---|"]

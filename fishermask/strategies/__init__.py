@@ -71,6 +71,7 @@ def select(strategy: str, model, pool, labeled, n: int, *, seed: int = 0, execut
 
 
 __all__ = ["Badge", "Bait", "Entropy", "EntropySampling", "FisherMask", "FisherMaskAuthors",
+           "FisherMaskParams",
            "KCenter", "KCenterGreedy", "LeastConfidence", "Margin", "MarginSampling", "Random",
            "RandomSampling", "STRATEGIES", "Selection", "SelectionContext", "Strategy",
            "StrategySpec", "build_strategy", "select"]

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from fishermask.strategies.checks import (_as_pool, _is_int, _TensorPool, check_labeled,
-                                          check_model, check_number, check_params,
-                                          check_positive_int)
-from fishermask.strategies.inprocess import InProcessExecutor
+from fishermask.execution.base import PoolExecutor
+from fishermask.execution.local import LocalExecutor
+from fishermask.kernels._checks import check_count, check_n, is_int
+from fishermask.strategies.checks import (_as_pool, _TensorPool, check_labeled, check_model,
+                                          check_number, check_params)
 
 
 class NoParams(BaseModel):
@@ -35,7 +36,7 @@ class NoParams(BaseModel):
 @dataclass
 class SelectionContext:
     model: torch.nn.Module
-    executor: Any                 # map / sum / embed_resident over the pool (PoolExecutor)
+    executor: PoolExecutor        # map / sum / embed_resident over the pool
     labeled: np.ndarray           # pool indices already labeled
     unlabeled: np.ndarray         # pool indices that may be queried
     num_classes: int
@@ -88,11 +89,11 @@ class Strategy(ABC):
         Every strategy checks its arguments the same way, before any work: a ``TypeError`` or
         ``ValueError`` naming the argument.
         """
-        n = check_positive_int("n", n)
-        if not _is_int(seed):
+        n = check_count("n", n, 1)
+        if not is_int(seed):
             raise TypeError(f"seed must be an integer, got {seed!r}")
         if executor is None:
-            batch_size = check_positive_int("batch_size", batch_size)
+            batch_size = check_count("batch_size", batch_size, 1)
             if device not in ("auto", "cpu", "cuda"):
                 raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
             check_number("max_memory_gb", max_memory_gb)
@@ -104,8 +105,8 @@ class Strategy(ABC):
                              f"{len(pool) - len(labeled)} unlabeled ({len(pool)} points, "
                              f"{len(labeled)} labeled)")
         if executor is None:
-            executor = InProcessExecutor(device=device, batch_size=batch_size,
-                                         max_memory_gb=max_memory_gb)
+            executor = LocalExecutor(device=device, batch_size=batch_size,
+                                     max_memory_gb=max_memory_gb)
         modes = [(m, m.training) for m in model.modules()]
         param = next(iter(model.parameters()), None)
         where = param.device if param is not None else None
@@ -125,7 +126,7 @@ class Strategy(ABC):
             ctx = SelectionContext(model=executor.model, executor=executor, labeled=labeled,
                                    unlabeled=unlabeled, num_classes=num_classes,
                                    rng=np.random.default_rng(seed))
-            return self.run_round(ctx, n)
+            return self._round(ctx, n)
         finally:
             if where is not None:
                 model.to(where)
@@ -134,13 +135,11 @@ class Strategy(ABC):
 
     def run_round(self, ctx: SelectionContext, n: int) -> Selection:
         """Pick ``n`` pool indices from ``ctx.unlabeled`` (the loop's entry point, with the
-        executor and model already set up); validates and times the query."""
-        if not _is_int(n):
-            raise TypeError(f"n must be an integer, got {n!r} ({type(n).__name__})")
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        if n > len(ctx.unlabeled):
-            raise ValueError(f"cannot pick {n} points from an unlabeled pool of {len(ctx.unlabeled)}")
+        executor and model already set up): checks ``n``, then runs and times the query."""
+        return self._round(ctx, check_n(n, len(ctx.unlabeled), "unlabeled points"))
+
+    def _round(self, ctx: SelectionContext, n: int) -> Selection:
+        """The query of a checked ``n``, timed, and its picks checked."""
         t0 = time.perf_counter()
         sel = self.query(ctx, n) if n else Selection(np.zeros(0, dtype=np.int64))
         sel.indices = np.asarray(sel.indices, dtype=np.int64)

@@ -78,20 +78,6 @@ def _as_pool(pool):
     return pool
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
-def check_positive_int(name: str, value) -> int:
-    """``value`` as an int > 0; TypeError / ValueError naming ``name`` otherwise."""
-    if not _is_int(value):
-        raise TypeError(f"{name} must be a positive integer, got {value!r} "
-                        f"({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def check_model(model) -> None:
     """The model protocol every strategy relies on: an ``nn.Module`` with ``features(x)`` (the
     penultimate embedding) and ``classifier`` (the last ``nn.Linear``), finite parameters."""

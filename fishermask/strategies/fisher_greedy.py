@@ -18,12 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fishermask.errors import ParameterError
 from fishermask.kernels import fisher
-from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings
+from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings, row_bytes
 from fishermask.strategies.base import Selection, SelectionContext, Strategy
 from fishermask.strategies.checks import classifier_weight_name
 from fishermask.strategies.fisher_round import fisher_round
 
-STORAGE_BYTES = {"float32": 4, "bfloat16": 2}
+
+def mask_size(sparsity: float, num_params: int) -> int:
+    """k = ⌊sparsity · |θ|⌋, the number of weights in FisherMask's mask."""
+    return math.floor(sparsity * num_params)
 
 
 class GreedyParams(BaseModel):
@@ -67,7 +70,7 @@ class LastLayerEmbedding:
     def __init__(self, num_classes: int, d: int, storage_dtype: str = "float32"):
         self.num_classes, self.d, self.k = num_classes, d, num_classes * d
         self.storage_dtype = storage_dtype
-        self.row_bytes = d * STORAGE_BYTES[storage_dtype] + num_classes * 4
+        self.row_bytes = row_bytes(num_classes, d, 0, True, storage_dtype)
 
     @torch.no_grad()
     def __call__(self, model, x):
@@ -89,9 +92,7 @@ class MaskedEmbedding:
                            if not (self.factored and n == classifier_weight) and len(i)}
         self.k_dense = int(sum(len(v) for v in self.dense_mask.values()))
         self.k = self.k_dense + (num_classes * d if self.factored else 0)
-        size = STORAGE_BYTES[storage_dtype]
-        self.row_bytes = (self.k_dense * num_classes * size
-                          + ((d * size + num_classes * 4) if self.factored else 0))
+        self.row_bytes = row_bytes(num_classes, d, self.k_dense, self.factored, storage_dtype)
 
     def __call__(self, model, x):
         dense = (fisher.masked_embeddings(model, x, self.dense_mask, prob_scaling=self.prob_scaling)
@@ -158,7 +159,7 @@ class FisherMask(_FisherGreedyStrategy):
         sums = ctx.executor.sum(FisherDiagonalSum(), subset)
         diag = {name: (v / m).to(torch.float32) for name, v in sums.items()}
         n_params = sum(v.numel() for v in diag.values())
-        k = math.floor(p.sparsity * n_params)
+        k = mask_size(p.sparsity, n_params)
         force = [classifier_weight_name(ctx.model)] if p.include_last_layer else []
         try:
             mask = fisher.top_k_mask(diag, k, force=force)

@@ -5,8 +5,12 @@
 2. The target F = (1/|X|) Σ_{x∈X} V_xᵀV_x over the pool, as three canonical float64 trees
    (candidates: FISHER_BLOCK leaves on the shards; labeled: on the driver; the other pool rows:
    the executor's ``sum``), so F is bit-identical for any number of shards.
-3. The greedy: :func:`~fishermask.kernels.greedy.run_greedy` drives the resident shards
-   (one round trip per step) with a :class:`~fishermask.kernels.greedy.GreedyDriver`.
+3. The greedy: :func:`~fishermask.kernels._driver.run_greedy` drives the resident shards' group
+   (one round trip per step) with a :class:`~fishermask.kernels._driver.GreedyDriver`.
+
+The strategy's public edge (:meth:`Strategy.select`, :meth:`Strategy.run_round` and the
+parameter models) has checked ``n``, ``lam``, ``oversample`` and ``weighting``: nothing here
+checks them again.
 """
 
 from __future__ import annotations
@@ -14,12 +18,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
+from fishermask.execution.base import PoolExecutor
+from fishermask.kernels._driver import GreedyDriver, check_memory, greedy_memory_gb, run_greedy
+from fishermask.kernels._reduction import FISHER_BLOCK, TreeSum, leaf_count, tree_combine
 from fishermask.kernels.embeddings import cat_embeddings
-from fishermask.kernels.greedy import (GreedyDriver, check_memory, check_options, greedy_memory_gb,
-                                      run_greedy)
-from fishermask.kernels.reduction import TreeSum, leaf_count, tree_combine
 
 
 class _GramSum:
@@ -32,29 +35,16 @@ class _GramSum:
         return self.embed_fn(model, x).gram(self.diagonal)
 
 
-def _check_n(n, oversample, num_candidates: int) -> None:
-    def bad(v, low):
-        return isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low
-
-    if bad(n, 0):
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    if n > num_candidates:
-        raise ValueError(f"cannot select n={n} points from {num_candidates} candidates")
-    if bad(oversample, 1):
-        raise ValueError(f"oversample must be an integer >= 1, got {oversample!r}")
-
-
-def fisher_round(ex, embed_fn, *, candidates, labeled, n: int, fisher_target: str = "dense",
-                 lam: float = 1.0, oversample: int = 1, weighting: str = "bait"):
+def fisher_round(ex: PoolExecutor, embed_fn, *, candidates, labeled, n: int,
+                 fisher_target: str = "dense", lam: float = 1.0, oversample: int = 1,
+                 weighting: str = "bait"):
     """Embed, build F, run the greedy; returns (picked pool indices in order of addition, info
     with phase seconds and the greedy's diagnostics)."""
     cand = np.unique(np.asarray(candidates, dtype=np.int64))
     lab = np.unique(np.asarray(labeled, dtype=np.int64))
-    _check_n(n, oversample, len(cand))
-    check_options(lam, weighting)
     num_pool = len(ex.pool)
     num_c, k = ex.pool.num_classes, int(embed_fn.k)
-    shards = int(getattr(ex, "shards", 1))
+    shards = ex.shards
     need = greedy_memory_gb(-(-len(cand) // shards), int(embed_fn.row_bytes), num_c, k,
                             fisher_target)
     check_memory(need, ex.max_memory_gb, shards=shards,
@@ -71,13 +61,11 @@ def fisher_round(ex, embed_fn, *, candidates, labeled, n: int, fisher_target: st
         v_lab = cat_embeddings([ex.map(embed_fn, lab)]) if len(lab) else None
         t1 = time.perf_counter()
         n_leaves = leaf_count(len(cand))
-        nodes = {key: v for part in group.call("gram_nodes", n_leaves, diagonal)
-                 for key, v in part.items()}
-        total = tree_combine(nodes, n_leaves)
+        total = tree_combine(group.gram_nodes(n_leaves, diagonal), n_leaves)
         if v_lab is not None:
             tree = TreeSum()
-            for start in range(0, len(v_lab), 128):
-                tree.add(v_lab.rows(slice(start, start + 128)).gram(diagonal))
+            for start in range(0, len(v_lab), FISHER_BLOCK):
+                tree.add(v_lab.rows(slice(start, start + FISHER_BLOCK)).gram(diagonal))
             total = total + tree.result()
         other = np.setdiff1d(np.arange(num_pool), np.concatenate([cand, lab]))
         if len(other):
@@ -85,19 +73,17 @@ def fisher_round(ex, embed_fn, *, candidates, labeled, n: int, fisher_target: st
         fisher = total / num_pool
         t2 = time.perf_counter()
         # the driver's k×k work on the executor's device (a GPU when the pool is embedded there)
-        driver = GreedyDriver(v_lab, fisher, int(n), lam=lam, weighting=weighting, k=k,
-                              device=getattr(ex, "device", None))
-        group.call("start", driver.fisher, driver.w_s)
-        order, ginfo = run_greedy(group, driver, len(cand), int(n), int(oversample))
+        driver = GreedyDriver(v_lab, fisher, n, lam=lam, weighting=weighting, k=k,
+                              device=ex.device)
+        group.start(driver.fisher, driver.w_s)
+        order, ginfo = run_greedy(group, driver, len(cand), n, oversample)
         t3 = time.perf_counter()
     finally:
         group.close()
     info.update(gradients_seconds=t1 - t0, fisher_seconds=t2 - t1, greedy_seconds=t3 - t2,
                 greedy_steps=ginfo["steps"], greedy_rebuilds=ginfo["rebuilds"],
                 greedy_overrides=ginfo["overrides"], greedy_direct_solves=ginfo["direct_solves"],
-                objective=ginfo["objective"])
-    if hasattr(group, "recoveries"):
-        info["recoveries"] = group.recoveries
+                objective=ginfo["objective"], recoveries=group.recoveries)
     return cand[np.asarray(order, dtype=np.int64)], info
 
 

@@ -17,28 +17,27 @@ Layout:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from fishermask import preflight
 from fishermask.config import from_dict
 from fishermask.errors import ConfigError, FishermaskError, Terminated
-from fishermask.loop.runlock import RunLock
+from fishermask.locks import RunLock
 from fishermask.reports import command as report
 from fishermask.sweeps.cluster import check_trials_fit, forget_start, init_ray
 from fishermask.sweeps.grid import absolute_tracking_uri, load_sweep, storage_root
 from fishermask.sweeps.hints import int_at_least, resume_command, ResumeHint
-from fishermask.sweeps.state import (_finish_children, create_parent, DIGEST_TAG,
-                                     order_saved_trials, read_state, remove_experiment, ROLE_TAG,
-                                     STATE_FILE, SWEEP_TAG, UnreadableState, write_state)
+from fishermask.sweeps.state import (UnreadableState, _finish_children, create_parent,
+                                     order_saved_trials, read_state, remove_experiment,
+                                     write_state)
 from fishermask.sweeps.summary import summarize
 from fishermask.sweeps.trial import run_trial, trial_resources
 from fishermask.tracking import run_meta
 from fishermask.tracking.tracker import make_client
-
 
 
 
@@ -114,16 +113,38 @@ def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
 
 # ----------------------------------------------------------------------------- command
 
+@dataclass
+class _Session:
+    """A sweep being run: what the planning step found and the opening step made."""
+
+    sweep: Any
+    storage: str
+    exp_path: str
+    state: Optional[dict[str, Any]] = None
+    client: Any = None
+    parent_id: str = ""
+    tracking_uri: str = ""
+    fresh: bool = True              # a new parent run (not a resume)
+    started_ray: bool = False       # this process started the Ray it uses
+
+
 def cmd_sweep(args) -> int:
+    """``fishermask sweep``: plan, open (or resume), run, finish."""
     held: list = []  # the sweep's lock, once taken
     try:
-        return _cmd_sweep(args, held)
+        session = _plan(args, held)
+        if session is None:  # --dry-run
+            return 0
+        _check_state(args, session)
+        _open(args, session)
+        return _run(args, session)
     finally:
         for lock in held:
             lock.release()
 
 
-def _cmd_sweep(args, held: list) -> int:
+def _plan(args, held: list) -> Optional[_Session]:
+    """The trials of the sweep file, checked before anything starts (None after --dry-run)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact table (CLIReporter) below
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # MLflow is the record of every round; Tune's own loggers add nothing, and the TensorBoard
@@ -133,7 +154,7 @@ def _cmd_sweep(args, held: list) -> int:
         raise ConfigError("give either --resume or --restart, not both")
     sweep = load_sweep(args.file, args.overrides)
     storage = storage_root(args.storage)
-    exp_path = f"{storage}/{sweep.name}"
+    session = _Session(sweep, storage, f"{storage}/{sweep.name}")
     print(f"sweep {sweep.name}: {len(sweep.trials)} trials ({sweep.points} grid points) "
           f"over {', '.join(sweep.axes) or 'no axes'}")
     for note in sweep.notes:
@@ -141,13 +162,13 @@ def _cmd_sweep(args, held: list) -> int:
     if args.dry_run:
         for t in sweep.trials:
             print(f"  {t.key}  {t.label}")
-        return 0
-
+        return None
     if "://" not in storage:
         preflight.writable_folder(storage, "sweep state (--storage)",
                                   "or pass --storage /a/writable/folder")
         # one driver per sweep: a second launch refuses, naming the first
-        held.append(RunLock(f"{exp_path}.lock", f"sweep '{sweep.name}' ({exp_path})").acquire())
+        held.append(RunLock(f"{session.exp_path}.lock",
+                            f"sweep '{sweep.name}' ({session.exp_path})").acquire())
     local = not (args.address or sweep.base.execution.address or os.environ.get("RAY_ADDRESS"))
     for t in sweep.trials:
         cfg = from_dict(t.config)
@@ -157,6 +178,12 @@ def _cmd_sweep(args, held: list) -> int:
             preflight.trial_mask_capacity(cfg)
         except FishermaskError as exc:
             raise ConfigError(f"trial '{t.label}': {exc}") from None
+    return session
+
+
+def _check_state(args, session: _Session) -> None:
+    """The saved state of an earlier launch must agree with --resume / --restart."""
+    sweep, exp_path = session.sweep, session.exp_path
     try:
         state = read_state(exp_path)
     except UnreadableState:
@@ -182,81 +209,83 @@ def _cmd_sweep(args, held: list) -> int:
             f"--resume: the trials of {sweep.path} (with these --set) are not the ones sweep "
             f"'{sweep.name}' started with, and a resume runs only those. Undo the change to resume "
             f"it, use --restart to start it afresh, or --set experiment=NEW for a separate sweep")
+    session.state = state
+
+
+def _open(args, session: _Session) -> None:
+    """The tracking store (cheap: a server that is down must not wait for Ray), then Ray, then the
+    parent run (found again on --resume).  A cluster that cannot be joined, or cannot place a
+    trial, leaves no sweep state behind."""
+    import ray
+
+    sweep, exp_path, state = session.sweep, session.exp_path, session.state
+    preflight.tracking_uri(state["tracking_uri"] if state is not None and not args.restart
+                           else args.tracking_uri or sweep.base.tracking.tracking_uri)
+    session.started_ray = init_ray(args.address or sweep.base.execution.address)
+    try:  # nothing below may leave this process's Ray running
+        check_trials_fit(sweep)
+        if args.restart and state is not None:
+            remove_experiment(exp_path)
+            state = session.state = None
+        session.fresh = state is None
+        if state is not None:
+            _resume_parent(args, session)
+        else:
+            uri = absolute_tracking_uri(
+                preflight.tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri))
+            session.tracking_uri, session.client = uri, make_client(uri)
+            session.parent_id = create_parent(session.client, sweep, exp_path,
+                                              run_meta.context_tags())
+            session.state = {"parent_run_id": session.parent_id, "tracking_uri": uri,
+                             "digest": sweep.digest, "experiment": sweep.experiment,
+                             "file": str(sweep.path)}
+            write_state(exp_path, session.state)
+        print(f"MLflow: experiment '{sweep.experiment}', parent run {session.parent_id} at "
+              f"{session.tracking_uri}")
+        print(f"Tune:   {exp_path}")
+    except BaseException:
+        if session.started_ray:
+            ray.shutdown()
+        raise
+
+
+def _resume_parent(args, session: _Session) -> None:
+    """The parent run of the saved state, set RUNNING again."""
+    uri = session.state["tracking_uri"]
+    if args.tracking_uri and absolute_tracking_uri(args.tracking_uri) != uri:
+        raise ConfigError(f"--resume: this sweep logs to {uri}, not {args.tracking_uri}; drop "
+                          f"--tracking-uri or pass the original one")
+    preflight.tracking_uri(uri)
+    session.tracking_uri, session.client = uri, make_client(uri)
+    session.parent_id = session.state["parent_run_id"]
+    try:
+        session.client.get_run(session.parent_id)
+    except Exception as exc:
+        raise FishermaskError(f"--resume: parent run {session.parent_id} not found at {uri} "
+                              f"({type(exc).__name__}); is the tracking server up?") from None
+    session.client.update_run(session.parent_id, status="RUNNING")
+
+
+def _run(args, session: _Session) -> int:
+    """Tune's run of the trials, the summary, and the end state of the parent run."""
+    import logging
 
     import ray
     from ray import tune
     from ray.exceptions import RayError
 
-    # The tracking store (cheap: a server that is down must not wait for Ray), then Ray: a cluster
-    # that cannot be joined, or cannot place a trial, leaves no sweep state behind
-    preflight.tracking_uri(state["tracking_uri"] if state is not None and not args.restart
-                           else args.tracking_uri or sweep.base.tracking.tracking_uri)
-    started = init_ray(args.address or sweep.base.execution.address)
-    try:  # nothing below may leave this process's Ray running
-        check_trials_fit(sweep)
-        if args.restart and state is not None:
-            remove_experiment(exp_path)
-            state = None
-        fresh = state is None
-        if state is not None:
-            tracking_uri = state["tracking_uri"]
-            if args.tracking_uri and absolute_tracking_uri(args.tracking_uri) != tracking_uri:
-                raise ConfigError(f"--resume: this sweep logs to {tracking_uri}, not "
-                                  f"{args.tracking_uri}; drop --tracking-uri or pass the "
-                                  f"original one")
-            preflight.tracking_uri(tracking_uri)
-            client = make_client(tracking_uri)
-            parent_id = state["parent_run_id"]
-            try:
-                client.get_run(parent_id)
-            except Exception as exc:
-                raise FishermaskError(f"--resume: parent run {parent_id} not found at {tracking_uri} "
-                                      f"({type(exc).__name__}); is the tracking server up?") from None
-            client.update_run(parent_id, status="RUNNING")
-        else:
-            tracking_uri = absolute_tracking_uri(
-                preflight.tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri))
-            context = run_meta.context_tags()
-            client = make_client(tracking_uri)
-            parent_id = create_parent(client, sweep, exp_path, context)
-            state = {"parent_run_id": parent_id, "tracking_uri": tracking_uri, "digest": sweep.digest,
-                     "experiment": sweep.experiment, "file": str(sweep.path)}
-            write_state(exp_path, state)
-        print(f"MLflow: experiment '{sweep.experiment}', parent run {parent_id} at {tracking_uri}")
-        print(f"Tune:   {exp_path}")
-    except BaseException:
-        if started:
-            ray.shutdown()
-        raise
-
-    import logging
-
+    sweep, client, parent_id = session.sweep, session.client, session.parent_id
     logging.getLogger("ray.tune.tune").addFilter(ResumeHint(resume_command(args)))
     status, code, forgotten = "FAILED", 1, False
     t0 = time.perf_counter()
     try:
-        restore = args.resume and tune.Tuner.can_restore(exp_path)
-        ctx = {"parent_run_id": parent_id, "tracking_uri": tracking_uri,
+        restore = args.resume and tune.Tuner.can_restore(session.exp_path)
+        ctx = {"parent_run_id": parent_id, "tracking_uri": session.tracking_uri,
                "experiment": sweep.experiment, "name": sweep.name,
                "context_tags": run_meta.context_tags(),
                "given": {"data.data_dir": sweep.base.data.data_dir}}
-        results = build_tuner(sweep, ctx, storage, args, restore).fit()
-        wall = time.perf_counter() - t0
-        children = _finish_children(client, sweep.experiment, parent_id)
-        text, ok = summarize(results, wall, children, ray.cluster_resources(),
-                             {t.key: t.label for t in sweep.trials}, resumed=bool(args.resume),
-                             max_concurrent=None if args.resume else args.max_concurrent)
-        print("\n" + text)
-        client.log_text(parent_id, text, "sweep/trials.md")
-        client.log_metric(parent_id, "time/sweep_wall_seconds", wall)
-        status, code = ("FINISHED", 0) if ok else ("FAILED", 1)
-        if not ok:
-            print(f"some trials did not finish; continue with: {resume_command(args)}",
-                  file=sys.stderr)
-        print(f"report: fishermask report --run {parent_id} --out report/"
-              + (f" --tracking-uri {tracking_uri}" if not os.environ.get("MLFLOW_TRACKING_URI")
-                 else ""))
-        _print_where_to_look(client, sweep.experiment, tracking_uri)
+        results = build_tuner(sweep, ctx, session.storage, args, restore).fit()
+        status, code = _finish(args, session, results, time.perf_counter() - t0)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: parent and unfinished trials end KILLED
         status = "KILLED"
         what = "terminated (SIGTERM)" if Terminated.received else "interrupted"
@@ -264,27 +293,50 @@ def _cmd_sweep(args, held: list) -> int:
               f"with: {resume_command(args)}", file=sys.stderr)
         code = 143 if Terminated.received else 130
     except (RuntimeError, RayError) as exc:  # Tune itself stopped (e.g. a worker killed for memory)
-        if fresh and forget_start(client, exp_path, parent_id, sweep.experiment):
+        if session.fresh and forget_start(client, session.exp_path, parent_id, sweep.experiment):
             forgotten = True
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         print(f"error: the sweep stopped: {first}\nFinished trials and the rounds of unfinished "
               f"ones are kept; continue with: {resume_command(args)}", file=sys.stderr)
     except BaseException:
-        forgotten = fresh and forget_start(client, exp_path, parent_id, sweep.experiment)
+        forgotten = session.fresh and forget_start(client, session.exp_path, parent_id,
+                                                   sweep.experiment)
         if forgotten:
-            print(f"no trial started; the sweep's state in {exp_path} and its parent run were "
-                  f"removed, so running the same command again starts it afresh",
+            print(f"no trial started; the sweep's state in {session.exp_path} and its parent run "
+                  f"were removed, so running the same command again starts it afresh",
                   file=sys.stderr)
         raise
     finally:
-        if started:
+        if session.started_ray:
             ray.shutdown()  # the trials' workers stop here: nothing logs to MLflow after it
         if status == "KILLED":  # unfinished trials end KILLED too (a resume continues them)
             _finish_children(client, sweep.experiment, parent_id, leftover="KILLED")
         if not forgotten:
             client.set_terminated(parent_id, status=status)
     return code
+
+
+def _finish(args, session: _Session, results, wall: float) -> tuple[str, int]:
+    """The summary of a sweep that Tune ended: printed and logged; (status, exit code)."""
+    import ray
+
+    sweep, client, parent_id = session.sweep, session.client, session.parent_id
+    children = _finish_children(client, sweep.experiment, parent_id)
+    text, ok = summarize(results, wall, children, ray.cluster_resources(),
+                         {t.key: t.label for t in sweep.trials}, resumed=bool(args.resume),
+                         max_concurrent=None if args.resume else args.max_concurrent)
+    print("\n" + text)
+    client.log_text(parent_id, text, "sweep/trials.md")
+    client.log_metric(parent_id, "time/sweep_wall_seconds", wall)
+    if not ok:
+        print(f"some trials did not finish; continue with: {resume_command(args)}",
+              file=sys.stderr)
+    print(f"report: fishermask report --run {parent_id} --out report/"
+          + (f" --tracking-uri {session.tracking_uri}"
+             if not os.environ.get("MLFLOW_TRACKING_URI") else ""))
+    _print_where_to_look(client, sweep.experiment, session.tracking_uri)
+    return ("FINISHED", 0) if ok else ("FAILED", 1)
 
 
 def _print_where_to_look(client, experiment: str, tracking_uri: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fishermask.config import (Config, all_strategy_params, apply_overrides, from_dict,
-                               get_strategy_spec, read_yaml, set_dotted)
+                               read_yaml, set_dotted, strategy_params_for)
 from fishermask.errors import ConfigError
 
 DEFAULT_STORAGE = ".fishermask/sweeps"
@@ -58,16 +58,12 @@ class Sweep:
 
 
 def _drop_foreign_strategy_params(raw: dict[str, Any]) -> list[str]:
-    """Drop the parameters of other strategies; a key no strategy takes stays (and fails)."""
+    """Drop the parameters of other strategies from a raw trial (in place); their names."""
     strat = raw.get("strategy")
     if not isinstance(strat, dict):
         return []
-    spec = get_strategy_spec(strat.get("name", "random"))
-    allowed = set(spec.params.model_fields) | {"name"}
-    known = all_strategy_params()
-    dropped = [k for k in strat if k not in allowed and k in known]
-    for k in dropped:
-        del strat[k]
+    kept, dropped = strategy_params_for(strat.get("name", "random"), strat)
+    raw["strategy"] = kept
     return dropped
 
 

@@ -68,7 +68,7 @@ def summarize(results, wall: float, children: dict[str, int], cluster: dict[str,
     lines = ["## Trials (per-trial table; the comparison is `fishermask report`)", "",
              "| trial | status | labels | accuracy | balanced acc. | trial s | AL work s | MLflow run |",
              "|---|---|---|---|---|---|---|---|", *rows, "",
-             f"MLflow child runs: " + (", ".join(f"{v} {k}" for k, v in sorted(children.items()))
+             "MLflow child runs: " + (", ".join(f"{v} {k}" for k, v in sorted(children.items()))
                                        or "none"), ""]
     slots = _slots(results, cluster)
     if max_concurrent is not None:

@@ -9,7 +9,6 @@ reports, checkpoint restore) separately from the active-learning work.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -103,8 +102,8 @@ def run_trial(config: dict[str, Any]) -> None:
         tune_t.seconds += time.perf_counter() - t0
 
     try:
-        loop = ActiveLearningLoop(cfg, tracker=tracker, checkpoint_dir=workdir, progress=False,
-                                  on_round=on_round)
+        loop = ActiveLearningLoop.from_config(cfg, tracker=tracker, checkpoint_dir=workdir,
+                                              progress=False, on_round=on_round)
         last = loop.run()[-1]
         tune.report({"round": last.round, "n_labels": last.n_labels, "accuracy": last.accuracy,
                      "balanced_accuracy": last.balanced_accuracy, "run_id": tracker.run_id,

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import yaml
 
 from fishermask.errors import FishermaskError
-from fishermask.loop.runlock import blocking_lock
+from fishermask.locks import blocking_lock
 from fishermask.tracking import run_meta
 
 RUN_KEY_TAG = "mlflow.fishermask.run_key"  # "mlflow." keys are hidden in the UI
@@ -21,15 +21,23 @@ PARENT_TAG = "mlflow.parentRunId"
 
 
 class Tracker:
-    """Interface (also a no-op tracker)."""
+    """The interface the AL loop talks to (also a no-op tracker).  It receives plain values:
 
-    def start(self, cfg, run_id: Optional[str] = None) -> Optional[str]:
+    * ``start(cfg, data, run_id)``: the config and the experiment data (pool and test set) at the
+      start of a run (``run_id``: the run a checkpoint names, to resume); returns the run's id;
+    * ``log_round(rec, records, picks, replay)``: a finished round's record, every record so far
+      and the picks so far (``{"initial": [...], "rounds": [[...], ...]}``); ``replay``: an earlier
+      round logged again after a resume (only what is missing is logged);
+    * ``finish(records, status)``: FINISHED, FAILED or KILLED.
+    """
+
+    def start(self, cfg, data, run_id: Optional[str] = None) -> Optional[str]:
         return run_id
 
-    def log_round(self, rec, loop, replay: bool = False) -> None:
+    def log_round(self, rec, records: list, picks: dict, replay: bool = False) -> None:
         pass
 
-    def finish(self, loop, status: str) -> None:
+    def finish(self, records: list, status: str) -> None:
         pass
 
 
@@ -98,7 +106,7 @@ class MlflowTracker(Tracker):
         paths as the user wrote them; ``context``: MLflow context tags resolved by the driver
         (a Ray worker's own would name Ray's worker script)."""
         self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.client = make_client(self.tracking_uri)
+        self._client = None
         self.experiment, self.run_name = experiment, run_name
         self.parent_run_id, self.run_key, self.tags = parent_run_id, run_key, dict(tags or {})
         self.variant, self.sweep, self.given, self.context = variant, sweep, given, context
@@ -106,9 +114,18 @@ class MlflowTracker(Tracker):
         self._logged_steps: set[int] = set()
         self._logged_files: set[str] = set()  # rounds/… artifacts already in the run
         self._inputs_logged = False
+        self.cfg = self.data = None
+
+    @property
+    def client(self):
+        """The MLflow client, made on first use (a sqlite store is created then)."""
+        if self._client is None:
+            self._client = make_client(self.tracking_uri)
+        return self._client
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, cfg, run_id: Optional[str] = None) -> str:
+    def start(self, cfg, data, run_id: Optional[str] = None) -> str:
+        self.cfg, self.data = cfg, data
         exp_id = get_or_create_experiment(self.client, self.experiment or cfg.experiment)
         self.experiment_id = exp_id
         run_meta.describe_experiment(self.client, exp_id)
@@ -164,36 +181,36 @@ class MlflowTracker(Tracker):
     def _log_params(self, cfg) -> None:
         run_meta.log_params(self.client, self.run_id, run_meta.run_params(cfg, self.given))
 
-    def _log_inputs(self, loop) -> None:
+    def _log_inputs(self) -> None:
         """The pool and the test set as the run's dataset inputs (once, also across resumes)."""
         self._inputs_logged = True
         have = {(d.dataset.name, d.dataset.digest)
                 for d in self.client.get_run(self.run_id).inputs.dataset_inputs}
-        new = [d for d in run_meta.dataset_inputs(loop.cfg, loop.data)
+        new = [d for d in run_meta.dataset_inputs(self.cfg, self.data)
                if (d.dataset.name, d.dataset.digest) not in have]
         if new:
             self.client.log_inputs(self.run_id, datasets=new)
 
-    def finish(self, loop, status: str) -> None:
+    def finish(self, records: list, status: str) -> None:
         if self.run_id is None:
             return
-        if status == "FINISHED" and loop.records:  # the UI sorts by these as the report ranks
+        if status == "FINISHED" and records:  # the UI sorts by these as the report ranks
             from mlflow.entities import Metric
 
-            step = loop.records[-1].n_labels
+            step = records[-1].n_labels
             self.client.log_batch(self.run_id, metrics=[
                 Metric(k, float(v), 0, step)
-                for k, v in run_meta.summary_metrics(loop.records).items()])
+                for k, v in run_meta.summary_metrics(records).items()])
         self.client.set_terminated(self.run_id, status=status)
 
     # ------------------------------------------------------------------ rounds
-    def log_round(self, rec, loop, replay: bool = False) -> None:
+    def log_round(self, rec, records: list, picks: dict, replay: bool = False) -> None:
         from mlflow.entities import Metric
 
         from fishermask.tracking import plots
 
         if not self._inputs_logged:
-            self._log_inputs(loop)
+            self._log_inputs()
         if rec.n_labels not in self._logged_steps:
             values = run_meta.round_metrics(rec)
             ts = 0
@@ -209,16 +226,16 @@ class MlflowTracker(Tracker):
                 self.client.log_dict(self.run_id, obj, path)
                 self._logged_files.add(path)
             if "mask_profile" in rec.artifacts:
-                profiles = [(r.round, r.artifacts["mask_profile"]) for r in loop.records
+                profiles = [(r.round, r.artifacts["mask_profile"]) for r in records
                             if "mask_profile" in r.artifacts and r.round <= rec.round]
                 self._log_figure(plots.mask_profile_rounds(profiles, "FisherMask mask profile"),
                                  "mask_profile.png")
         if replay:
             return
-        self.client.log_dict(self.run_id, loop.selected_indices(), "selected_indices.json")
-        self.client.log_dict(self.run_id, [_record_dict(r) for r in loop.records], "rounds.json")
-        self._log_figure(plots.learning_curve(loop.records, f"{loop.cfg.strategy.name}, seed "
-                                                            f"{loop.cfg.seed}"), "learning_curve.png")
+        self.client.log_dict(self.run_id, picks, "selected_indices.json")
+        self.client.log_dict(self.run_id, [_record_dict(r) for r in records], "rounds.json")
+        self._log_figure(plots.learning_curve(records, f"{self.cfg.strategy.name}, seed "
+                                                       f"{self.cfg.seed}"), "learning_curve.png")
 
     def _log_figure(self, fig, path: str) -> None:
         import matplotlib.pyplot as plt

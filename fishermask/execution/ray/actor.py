@@ -4,7 +4,8 @@ there).
 The actor holds the whole pool (one object-store reference per run; numpy arrays are shared
 zero-copy by every actor on a node), the round's model (architecture once, weights per round,
 both as references it fetches only when they change), and during a Fisher greedy the candidates'
-embeddings of its shard in a :class:`~fishermask.kernels.resident.ResidentShard`.
+embeddings of its shard in a :class:`~fishermask.kernels._shard.GreedyShard`.  Its batches run
+through the same :class:`~fishermask.execution.batches.BatchRunner` as the in-process executor's.
 
 Every method is idempotent given its arguments: ``map``/``sum_nodes`` carry the model references
 and reload them when needed, so a restarted actor answers them as before; the resident methods carry
@@ -18,15 +19,12 @@ import os
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 
-from fishermask.errors import FishermaskError
 from fishermask.data.pool import ImageData
-from fishermask.kernels.reduction import add_outputs, cat_outputs, to_cpu
-from fishermask.kernels.resident import ResidentShard
-from fishermask.kernels.embeddings import cat_embeddings
-from fishermask.kernels.reduction import TreeSum, tree_cover, tree_node_range
+from fishermask.errors import FishermaskError
+from fishermask.execution.batches import BatchRunner
+from fishermask.kernels._shard import GreedyShard
 
 
 class ShardStateLost(RuntimeError):
@@ -50,12 +48,6 @@ def pool_from_payload(payload: dict):
         images = torch.from_numpy(payload["images"])
         targets = torch.from_numpy(payload["targets"])
     return ImageData(images, targets, payload["classes"], payload["mean"], payload["std"])
-
-
-def _cpu_tree(value):
-    if isinstance(value, dict):
-        return {k: v.cpu() for k, v in value.items()}
-    return value.cpu()
 
 
 def actor_device(device: str) -> torch.device:
@@ -100,8 +92,9 @@ class PoolShard:
             self.pool = pool_from_payload(ray.get(refs[0]))
             self._pool_key = refs[0].hex()
 
-    def _use_model(self, refs) -> torch.nn.Module:
-        """``refs`` = [pool, architecture, weights] references (nested, so fetched only here)."""
+    def _runner(self, refs) -> BatchRunner:
+        """The batch runner on the pool and the round's model; ``refs`` = [pool, architecture,
+        weights] references (nested, so fetched only here, when they changed)."""
         import ray
 
         self.load_pool(refs)
@@ -116,49 +109,41 @@ class PoolShard:
                 self.model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
             self.model.eval()
             self._weights_key = weights_ref.hex()
-        return self.model
-
-    def _batches(self, model, fn, indices):
-        indices = np.asarray(indices, dtype=np.int64)
-        for start in range(0, len(indices), self.batch_size):
-            x = self.pool.inputs(indices[start:start + self.batch_size]).to(self.device)
-            yield fn(model, x)
+        return BatchRunner(self.pool, self.model, self.device, self.batch_size)
 
     # ------------------------------------------------------------------------------ map / sum
     def map(self, refs, fn, indices):
-        model = self._use_model(refs)
-        return cat_outputs([to_cpu(out) for out in self._batches(model, fn, indices)])
+        return self._runner(refs).map(fn, indices)
 
     def sum_nodes(self, refs, fn, indices, first: int, last: int, n_leaves: int) -> dict:
         """Tree nodes over the batches (leaves) [first, last) of a sum of n_leaves batches;
         ``indices`` are the rows of exactly those batches."""
-        model = self._use_model(refs)
-        leaves = (add_outputs(None, out) for out in self._batches(model, fn, indices))
-        return _nodes(tree_cover(first, last, n_leaves), n_leaves, leaves)
+        return self._runner(refs).sum_nodes(fn, indices, first, last, n_leaves)
 
     # ------------------------------------------------------------------------------ resident
     def resident_embed(self, key: str, refs, fn, indices, offset: int) -> int:
         """Embed the rows ``indices`` (global positions [offset, offset + len)) and keep them."""
-        model = self._use_model(refs)
-        parts = [out for out in self._batches(model, fn, indices)]
-        self._resident = {"key": key, "shard": ResidentShard(cat_embeddings(parts), int(offset))}
+        emb = self._runner(refs).embed(fn, indices)
+        self._resident = {"key": key, "shard": GreedyShard(emb, int(offset))}
         return len(indices)
 
-    def _shard(self, key: str) -> ResidentShard:
+    def _shard(self, key: str) -> GreedyShard:
         if self._resident.get("key") != key:
             raise ShardStateLost(f"shard {self.shard} holds no resident rows for round {key}")
         return self._resident["shard"]
 
-    def resident_call(self, key: str, method: str, args):
-        return getattr(self._shard(key), method)(*args)
+    def resident_call(self, key: str, op, args):
+        """``op(shard, *args)`` for a :class:`GreedyShard` operation ``op`` (the function itself,
+        e.g. ``GreedyShard.reset``, sent by the driver's shard group)."""
+        return op(self._shard(key), *args)
 
     def resident_replay(self, key: str, log) -> None:
-        """Re-apply the state-changing calls of the round, in order (after a restart)."""
+        """Re-apply the state-changing operations of the round, in order (after a restart)."""
         import ray
 
         shard = self._shard(key)
-        for method, ref in log:
-            getattr(shard, method)(*ray.get(ref))
+        for op, ref in log:
+            op(shard, *ray.get(ref))
 
     def resident_end(self, key: str) -> None:
         if self._resident.get("key") == key:
@@ -168,18 +153,6 @@ class PoolShard:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-def _nodes(cover, n_leaves: int, leaves) -> dict:
-    """Values of the tree nodes ``cover`` (contiguous, left to right) from an iterator over
-    their leaves in order."""
-    out = {}
-    for node in cover:
-        tree = TreeSum()
-        for _ in tree_node_range(node, n_leaves):
-            tree.add(next(leaves))
-        out[node] = _cpu_tree(tree.result())
-    return out
 
 
 __all__ = ["PoolShard", "ShardStateLost", "pool_payload", "pool_from_payload"]

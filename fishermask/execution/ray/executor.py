@@ -5,8 +5,9 @@ that keep the results identical are ``docs/design.md`` §2.5).
   actors of a node) and starts the actors; ``set_model`` puts the architecture once and the weights
   once per round, each as one reference the actors fetch when it changes.
 * ``map``/``sum`` split the caller's index list into contiguous, batch-aligned runs, one per actor,
-  so every batch holds exactly the rows it holds in :class:`LocalExecutor`; sums are combined in the
-  canonical tree order of :mod:`fishermask.execution.base`.  Results are identical to the local ones.
+  so every batch holds exactly the rows it holds in :class:`~fishermask.execution.local.LocalExecutor`;
+  sums are combined in the canonical tree order of :mod:`fishermask.kernels._reduction`.  Results
+  are identical to the local ones.
 * ``embed_resident`` keeps embeddings on the actors (a CHUNK-aligned range each) for the strategy's
   greedy, which talks to them through one call per step (:mod:`fishermask.execution.ray.group`).
 * An actor that dies is restarted by Ray (``max_restarts=-1``); the driver re-sends the failed call,
@@ -18,23 +19,21 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import numbers
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from fishermask.errors import FishermaskError
 from fishermask.execution.base import BatchFn, PoolExecutor
-from fishermask.kernels.reduction import cat_outputs
 from fishermask.execution.ray.actor import PoolShard, ShardStateLost, pool_payload
 from fishermask.execution.ray.cluster import (check_bundles, check_reachable, local_cpus,
                                               local_shards, ray_init)
-from fishermask.execution.ray.group import RayGroup
-from fishermask.kernels.greedy_shard import CHUNK, shard_bounds
-from fishermask.kernels.reduction import tree_combine
+from fishermask.execution.ray.group import RayShardGroup
+from fishermask.kernels._reduction import cat_outputs, tree_combine
+from fishermask.kernels._shard import CHUNK, shard_bounds
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +204,7 @@ class RayExecutor(PoolExecutor):
     # --------------------------------------------------------------------------- plumbing
     def refs(self) -> list:
         """The [pool, architecture, weights] object references every shard call carries (the
-        driver-side interface :class:`~fishermask.execution.ray.group.RayGroup` uses)."""
+        driver-side interface :class:`~fishermask.execution.ray.group.RayShardGroup` uses)."""
         if not self.actors or self._weights_ref is None:
             raise RuntimeError("call bind(pool) and set_model(model) first")
         # nested in a list: each actor fetches a reference only when it changed (or it restarted)
@@ -295,14 +294,14 @@ class RayExecutor(PoolExecutor):
         return tree_combine({k: v for p in parts for k, v in p.items()}, n_leaves)
 
     # --------------------------------------------------------------------------- resident
-    def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray):
+    def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray) -> RayShardGroup:
         """Each actor embeds its CHUNK-aligned (and, when it can be, batch-aligned) range of the
-        sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray.group.RayGroup`."""
+        sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray.group.RayShardGroup`."""
         idx = np.asarray(indices, dtype=np.int64)
         unit = math.lcm(CHUNK, self.batch_size)
         if unit > 8 * CHUNK:  # odd batch sizes: give up batch alignment, keep balance
             unit = CHUNK
-        return RayGroup(self, embed_fn, idx, self._split(len(idx), unit))
+        return RayShardGroup(self, embed_fn, idx, self._split(len(idx), unit))
 
 
 __all__ = ["RayExecutor", "execution_resources"]

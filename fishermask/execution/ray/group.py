@@ -1,23 +1,45 @@
-"""The driver's side of resident shards on Ray actors (:meth:`RayExecutor.embed_resident`).
+"""The Ray implementation of the resident shard group (:meth:`RayExecutor.embed_resident`).
 
-Each actor embeds its range of the index list and keeps a
-:class:`~fishermask.kernels.resident.ResidentShard` under a round key.  ``call(method, *args)``
-puts the arguments in the object store once, runs the method on every actor that holds rows, and
-returns the results in shard order.  Calls that change a shard's state (``MUTATING``) are logged;
-when an actor dies, Ray restarts it, the driver re-embeds its range and replays the log, then
-re-sends the failed call, so the round's result does not change.
+Each actor embeds its range of the index list and keeps it as a
+:class:`~fishermask.kernels._shard.GreedyShard` under a round key.  Every operation of the
+:class:`~fishermask.kernels._group.ShardGroup` is forwarded to the actors that hold rows as the
+shard's own function (``GreedyShard.reset`` …, never a name in a string), its arguments put in the
+object store once, the results in shard order.
+
+The operations that change a shard's state are marked :func:`replayed` here, where they are
+defined: their calls are logged, and when an actor dies Ray restarts it, the driver re-embeds its
+range and replays the log, then re-sends the failed call, so the round's result does not change.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 import numpy as np
 
-from fishermask.kernels.resident import MUTATING
+from fishermask.kernels._group import Report, ShardGroup
+from fishermask.kernels._reduction import merge_nodes
+from fishermask.kernels._shard import GreedyShard
 
 
-class RayGroup:
+def replayed(method):
+    """Mark a group operation that changes the shards' state: the calls it sends are logged and
+    replayed, in order, on an actor that was restarted."""
+
+    @functools.wraps(method)
+    def logged(self, *args):
+        self._logging = True
+        try:
+            return method(self, *args)
+        finally:
+            self._logging = False
+
+    logged.replayed = True
+    return logged
+
+
+class RayShardGroup(ShardGroup):
     def __init__(self, ex, embed_fn, indices: np.ndarray, bounds: list[tuple[int, int]]):
         import ray
 
@@ -27,6 +49,7 @@ class RayGroup:
         self.fn_ref = ray.put(embed_fn)
         self.active = [j for j, (a, b) in enumerate(bounds) if b > a]
         self.log: list = []
+        self._logging = False
         self.recoveries0 = ex.recoveries
         self.steps = 0
         pending = {j: self._embed(j) for j in self.active}
@@ -49,18 +72,39 @@ class RayGroup:
         if self.log:
             ray.get(self.ex.actors[j].resident_replay.remote(self.key, self.log))
 
-    def call(self, method: str, *args) -> list:
+    def _run(self, op, *args) -> list:
+        """``op(shard, *args)`` on every shard that holds rows, results in shard order."""
         import ray
 
         ref = ray.put(args)
         out = self.ex.gather(
-            lambda j: self.ex.actors[j].resident_call.remote(self.key, method, ref),
+            lambda j: self.ex.actors[j].resident_call.remote(self.key, op, ref),
             self.active, restore=self._restore)
-        if method in MUTATING:
-            self.log.append((method, ref))
-        if method == "advance":
-            self.steps += 1
+        if self._logging:
+            self.log.append((op, ref))
         return out
+
+    # ------------------------------------------------------------------ the operations
+    def gram_nodes(self, n_leaves: int, diagonal: bool) -> dict:
+        return merge_nodes(self._run(GreedyShard.gram_nodes, n_leaves, diagonal))
+
+    @replayed
+    def start(self, fisher, w_s: float) -> None:
+        self._run(GreedyShard.start, fisher, w_s)
+
+    @replayed
+    def reset(self, a_mat, forward: bool) -> list[Report]:
+        return self._run(GreedyShard.reset, a_mat, forward)
+
+    @replayed
+    def advance(self, update, forward: bool) -> list[Report]:
+        out = self._run(GreedyShard.advance, update, forward)
+        self.steps += 1
+        return out
+
+    @replayed
+    def override(self, g: int, score: float, forward: bool) -> list[Report]:
+        return self._run(GreedyShard.override, g, score, forward)
 
     def close(self) -> None:
         import ray
@@ -73,4 +117,4 @@ class RayGroup:
         self.log = []
 
 
-__all__ = ["RayGroup"]
+__all__ = ["RayShardGroup", "replayed"]

@@ -98,6 +98,23 @@ def tree_combine(nodes: dict, n_leaves: int) -> Any:
     return value(_tree_levels(n_leaves), 0) if n_leaves > 0 else None
 
 
+def tree_nodes(cover: list[tuple[int, int]], n_leaves: int, leaves) -> dict:
+    """The values (on the CPU) of the tree nodes ``cover`` (contiguous, left to right, as from
+    :func:`tree_cover`) from an iterator over exactly their leaves, in order."""
+    out = {}
+    for node in cover:
+        tree = TreeSum()
+        for _ in tree_node_range(node, n_leaves):
+            tree.add(next(leaves))
+        out[node] = to_cpu(tree.result())
+    return out
+
+
+def merge_nodes(parts) -> dict:
+    """One mapping of tree nodes from the shards' mappings (their nodes are disjoint)."""
+    return {node: value for part in parts for node, value in part.items()}
+
+
 def leaf_count(total: int) -> int:
     """Leaves of FISHER_BLOCK rows over ``total`` rows."""
     return -(-total // FISHER_BLOCK)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fishermask.kernels._reduction import FISHER_BLOCK, tree_cover, tree_nodes
 from fishermask.kernels.embeddings import FisherEmbeddings
 
 CHUNK = 256
@@ -57,29 +58,54 @@ def trace_solve(s: Tensor, q: Tensor) -> Tensor:
 
 
 class GreedyShard:
-    """Candidates [offset, offset + m) of one greedy run (see the module docstring).
+    """The candidates [offset, offset + m) of one greedy run: their embeddings, kept where they
+    were computed, and the greedy's state on them (see the module docstring).
 
-    Protocol (driven by :func:`fishermask.kernels.greedy.run_greedy`, any number of shards):
-    ``reset(A, rows)`` builds P, Q from A; ``advance(update, forward)`` applies the last winner's
-    update and reports ``(score, global index, embedding row)`` of the best local candidate (or
-    None); ``override(g, score, forward)`` replaces one maintained score by an exact one.
+    The operations, driven through a :class:`~fishermask.kernels._group.ShardGroup` (any number of
+    shards): :meth:`gram_nodes` (this shard's part of Σ V_xᵀV_x), :meth:`start` (the round's F and
+    w_S), ``reset(A, forward)`` builds P, Q from A; ``advance(update, forward)`` applies the last
+    winner's update and reports ``(score, global index, embedding row)`` of the best local
+    candidate (or None); ``override(g, score, forward)`` replaces one maintained score by an exact
+    one.
     """
 
-    def __init__(self, emb: FisherEmbeddings, offset: int, fisher: Tensor, w_s: float, *,
-                 chunk: int = CHUNK, compute_dtype=torch.float64):
+    def __init__(self, emb: FisherEmbeddings, offset: int, *, chunk: int = CHUNK):
         if chunk < 1 or offset < 0 or offset % chunk:
             raise ValueError(f"offset ({offset}) must be a non-negative multiple of chunk ({chunk})")
         self.emb, self.offset, self.size, self.chunk = emb, int(offset), len(emb), int(chunk)
-        self.device, self.dtype = emb.device, compute_dtype
+        self.device = emb.device
+
+    def __len__(self) -> int:
+        return self.size
+
+    def nbytes(self) -> int:
+        return self.emb.nbytes()
+
+    # ------------------------------------------------------------------ target Fisher
+    def gram_nodes(self, n_leaves: int, diagonal: bool) -> dict:
+        """Tree nodes of Σ V_xᵀV_x over this shard's leaves (FISHER_BLOCK rows each; ``offset`` is
+        a multiple of FISHER_BLOCK) in the tree over ``n_leaves`` leaves."""
+        first = self.offset // FISHER_BLOCK
+        last = -(-(self.offset + self.size) // FISHER_BLOCK) if self.size else first
+        leaves = (self.emb.rows(slice(start, start + FISHER_BLOCK)).gram(diagonal)
+                  for start in range(0, self.size, FISHER_BLOCK))
+        return tree_nodes(tree_cover(first, last, n_leaves), n_leaves, leaves)
+
+    # ------------------------------------------------------------------ greedy state
+    def start(self, fisher: Tensor, w_s: float, compute_dtype=torch.float64) -> None:
+        """The round's target F and weight w_S; zero state (a :meth:`reset` fills it)."""
+        self.dtype = compute_dtype
         self.fisher = fisher.to(device=self.device, dtype=compute_dtype)
         self.root_w = float(w_s) ** 0.5
-        c = emb.num_classes
+        c = self.emb.num_classes
         self.p = torch.zeros(self.size, c, c, dtype=compute_dtype, device=self.device)
         self.q = torch.zeros_like(self.p)
         self.selected = torch.zeros(self.size, dtype=torch.bool, device=self.device)
-        self.scores = torch.full((self.size,), float("-inf"), dtype=compute_dtype, device=self.device)
+        self.scores = torch.full((self.size,), float("-inf"), dtype=compute_dtype,
+                                 device=self.device)
         self.sign = 1
         self.removing = False  # after the first removal only selected rows are current
+        emb = self.emb
         cast = emb.dense is not None and emb.dense.dtype != compute_dtype
         # one chunk's dense block in the compute dtype, reused by every product (no allocation)
         self._work = (torch.empty(min(self.chunk, self.size) * c * emb.k_dense, dtype=compute_dtype,

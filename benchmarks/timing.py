@@ -1,0 +1,46 @@
+"""A shard group that times each operation (the benchmarks' view into the greedy's phases:
+``reset`` is the initialisation, P and Q from A; ``advance`` a step's streaming update)."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from fishermask.kernels._group import ShardGroup
+
+
+class TimedGroup(ShardGroup):
+    """Forwards every operation to ``group``; ``seconds[operation]`` sums the time spent in it."""
+
+    def __init__(self, group: ShardGroup, seconds=None):
+        self.group = group
+        self.bounds = group.bounds
+        self.seconds = seconds if seconds is not None else collections.defaultdict(float)
+
+    def _timed(self, op, *args):
+        t0 = time.perf_counter()
+        out = op(*args)
+        self.seconds[op.__name__] += time.perf_counter() - t0
+        return out
+
+    def gram_nodes(self, n_leaves, diagonal):
+        return self._timed(self.group.gram_nodes, n_leaves, diagonal)
+
+    def start(self, fisher, w_s):
+        return self._timed(self.group.start, fisher, w_s)
+
+    def reset(self, a_mat, forward):
+        return self._timed(self.group.reset, a_mat, forward)
+
+    def advance(self, update, forward):
+        return self._timed(self.group.advance, update, forward)
+
+    def override(self, g, score, forward):
+        return self._timed(self.group.override, g, score, forward)
+
+    def close(self):
+        self.group.close()
+
+    @property
+    def recoveries(self):
+        return self.group.recoveries
