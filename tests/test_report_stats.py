@@ -1,16 +1,20 @@
 """Reports: the statistics and tables on edge cases a real study runs into (one shared seed, a
 baseline of another configuration, a class never picked, a phase one seed lacks), and the values
-left in MLflow when a report is made again."""
+left in MLflow when a report is made again, and the comparisons' tests (p, Holm, seeds for power)
+against scipy computed here."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy import integrate
+from scipy import stats as sps
 
-from fishermask.reports import mlflow_log
+from fishermask.reports import mlflow_log, stats
 from fishermask.reports.command import build_report
 from fishermask.reports.data import RunData, baseline_for, ci95, diff_ci, group, phase_seconds
 
@@ -149,3 +153,84 @@ def test_rare_classes_by_round(tmp_path):
     no_rounds = runs[:2] + [_run("margin", s, [0.5, 0.7], pool=pool) for s in range(2)]
     build_report(no_rounds, tmp_path / "old", title="x")
     assert "rare classes" not in (tmp_path / "old" / "summary.md").read_text()
+
+
+# ----------------------------------------------------------------------------- p, Holm, power
+
+def _holm_by_definition(ps):
+    """p_holm_(i) = max_{j<=i} min(1, (m - j + 1) p_(j)) over the sorted p, back in input order."""
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    out = [0.0] * m
+    for i in range(m):
+        out[order[i]] = max(min(1.0, (m - j) * ps[order[j]]) for j in range(i + 1))
+    return out
+
+
+def _power(n, diff, sd):
+    """P(|T'| > t_{0.975, n-1}), T' ~ nct(n - 1, sqrt(n) diff / sd): 1 - the density's integral
+    over [-t, t] (scipy's lower tail, nct.cdf(-t), is NaN for a far noncentrality)."""
+    crit = sps.t.ppf(0.975, n - 1)
+    nc = math.sqrt(n) * diff / sd
+    inside, _ = integrate.quad(sps.nct.pdf, -crit, crit, args=(n - 1, nc), epsabs=1e-12)
+    assert not math.isnan(inside)
+    return 1.0 - inside
+
+
+def _brute_force_seeds(diff, sd):
+    n = 2
+    while _power(n, diff, sd) < 0.8:
+        n += 1
+    return n
+
+
+def test_holm_from_its_definition_with_ties_and_the_cap_at_one():
+    rng = np.random.default_rng(0)
+    cases = [rng.uniform(0, 0.2, 7).tolist(), [0.01, 0.04, 0.01, 0.04, 0.5],
+             [0.3, 0.3, 0.3], [0.02], [0.0, 0.9, 0.45, 0.45]]
+    for ps in cases:
+        got = stats.holm(ps)
+        assert got == pytest.approx(_holm_by_definition(ps), rel=1e-12)
+        ranked = [got[i] for i in sorted(range(len(ps)), key=lambda i: ps[i])]
+        assert ranked == sorted(ranked) and max(got) <= 1.0  # never decreases, capped at 1
+        assert all(h >= p for h, p in zip(got, ps))
+    ties = stats.holm([0.01, 0.04, 0.01, 0.04, 0.5])
+    assert ties[0] == ties[2] == pytest.approx(0.05) and ties[1] == ties[3] == pytest.approx(0.12)
+    assert stats.holm([0.3, 0.3, 0.3]) == [pytest.approx(0.9)] * 3
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]
+    nan = stats.holm([0.01, math.nan, 0.04])  # no test: not one of the m
+    assert nan[0] == pytest.approx(0.02) and math.isnan(nan[1]) and nan[2] == pytest.approx(0.04)
+
+
+def test_seeds_for_power_is_the_smallest_n_with_80_percent_by_the_noncentral_t():
+    for diff, sd in [(0.5, 1.0), (0.8, 1.0), (0.2, 1.0), (0.01, 0.004), (-0.03, 0.02),
+                     (0.003, 0.02), (1.0, 0.1)]:
+        n = stats.seeds_for_power(diff, sd)
+        assert n == _brute_force_seeds(abs(diff), sd)
+        assert stats.power(n, diff, sd) == pytest.approx(_power(n, diff, sd))
+        assert n == 2 or _power(n - 1, diff, sd) < 0.8 <= _power(n, diff, sd)
+    assert stats.seeds_for_power(0.5, 1.0) == 34  # Cohen's d = 0.5: the textbook 34 pairs
+    for diff, sd in [(0.0, 0.01), (0.01, 0.0), (math.nan, 0.01), (0.01, math.nan)]:
+        assert stats.seeds_for_power(diff, sd) is None
+
+
+def test_edge_cases_zero_difference_zero_sd_and_two_or_one_seeds():
+    a = {0: 0.75, 1: 0.5, 2: 0.625}
+    zero_diff = stats.t_test(a, {0: 0.7, 1: 0.55, 2: 0.625})
+    assert zero_diff["diff"] == pytest.approx(0) and zero_diff["p"] == pytest.approx(1.0)
+    assert stats.seeds_for_power(zero_diff["diff"], zero_diff["sd"]) is None
+    shifted = {s: v - 0.25 for s, v in a.items()}  # every seed exactly 0.25 better: no spread
+    zero_sd = stats.t_test(a, shifted)
+    assert zero_sd["sd"] == 0 and zero_sd["p"] == 0.0
+    with warnings.catch_warnings():  # scipy warns of its constant differences, and agrees
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert sps.ttest_rel(list(a.values()), list(shifted.values())).pvalue == 0.0
+    assert stats.seeds_for_power(zero_sd["diff"], zero_sd["sd"]) is None
+    same = stats.t_test(a, dict(a))  # identical: scipy's 0/0 is NaN, no evidence of a gap
+    assert same["p"] == 1.0 and same["sd"] == 0
+    two = stats.t_test({0: 0.7, 1: 0.8}, {0: 0.6, 1: 0.65})
+    assert two["n"] == 2
+    assert two["p"] == pytest.approx(sps.ttest_rel([0.7, 0.8], [0.6, 0.65]).pvalue)
+    assert stats.seeds_for_power(two["diff"], two["sd"]) == _brute_force_seeds(0.125, two["sd"])
+    one = stats.t_test({0: 0.7}, {0: 0.6})
+    assert one["paired"] and one["n"] == 1 and math.isnan(one["p"]) and math.isnan(one["sd"])
