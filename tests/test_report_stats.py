@@ -1,11 +1,13 @@
 """Reports: the statistics and tables on edge cases a real study runs into (one shared seed, a
-baseline of another configuration, a class never picked, a phase one seed lacks), and the values
+baseline of another configuration, a class never picked, a phase one seed lacks), the values
 left in MLflow when a report is made again, and the comparisons' tests (p, Holm, seeds for power)
 against scipy computed here."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -234,3 +236,136 @@ def test_edge_cases_zero_difference_zero_sd_and_two_or_one_seeds():
     assert stats.seeds_for_power(two["diff"], two["sd"]) == _brute_force_seeds(0.125, two["sd"])
     one = stats.t_test({0: 0.7}, {0: 0.6})
     assert one["paired"] and one["n"] == 1 and math.isnan(one["p"]) and math.isnan(one["sd"])
+
+
+# ----------------------------------------------------------------------------- comparisons.json
+
+KEYS = {"a", "b", "metric", "family", "n", "diff", "ci95", "p", "p_holm", "seeds_for_power",
+        "paired", "sd", "min_gap", "seeds_for_min_gap"}
+
+
+def _aubc_by_seed(runs, variant):
+    """AUBC per seed, computed here: the trapezoids over the labels axis over its width."""
+    return {r.seed: integrate.trapezoid(r.curves["accuracy"], r.steps) / (r.steps[-1] - r.steps[0])
+            for r in runs if r.variant == variant}
+
+
+def _study():
+    """Four variants x 5 seeds with gaps of several sizes, and one whose seeds do not match."""
+    rng = np.random.default_rng(7)
+    runs = []
+    for s in range(5):
+        noise = rng.normal(0, 0.01, 3)
+        runs.append(_run("random", s, [0.5, 0.6 + noise[0], 0.65 + noise[1]]))
+        runs.append(_run("margin", s, [0.5, 0.63 + noise[0] + rng.normal(0, 0.01),
+                                       0.69 + noise[1]]))
+        runs.append(_run("fishermask", s, [0.5, 0.62 + noise[0] + rng.normal(0, 0.02),
+                                           0.67 + noise[2]]))
+        runs.append(_run("bait", s + 10, [0.5, 0.61 + noise[0], 0.66 + noise[2]]))  # seeds 10-14
+    return runs
+
+
+def test_comparisons_json_has_a_row_per_comparison_shown_with_scipy_p_values(tmp_path):
+    runs = _study()
+    res = build_report(runs, tmp_path, title="stats", target=0.9, min_gap=0.02)
+    rows = json.loads((tmp_path / "comparisons.json").read_text())
+    assert res["files"]["comparisons"] == tmp_path / "comparisons.json"
+    text = (tmp_path / "summary.md").read_text()
+    versus = text.split("## FisherMask against each strategy")[1].split("\n## ")[0]
+    shown = [line for line in versus.splitlines() if line.startswith("| fishermask |")]
+    fam = {f: [r for r in rows if r["family"] == f] for f in {r["family"] for r in rows}}
+    assert set(fam) == {"vs random", "fishermask vs others"}
+    assert [(r["a"], r["b"]) for r in fam["vs random"]] == [
+        ("margin", "random"), ("bait", "random"), ("fishermask", "random")]  # the table's order
+    assert len(fam["fishermask vs others"]) == len(shown) == 3
+    for r in rows:
+        assert set(r) == KEYS and r["metric"] == "aubc/accuracy" and r["min_gap"] == 0.02
+        a, b = _aubc_by_seed(runs, r["a"]), _aubc_by_seed(runs, r["b"])
+        if "bait" in (r["a"], r["b"]):  # seeds 10-14 against 0-4: Welch, no paired sd to plan with
+            assert not r["paired"] and r["seeds_for_power"] is None and r["sd"] is None
+            want = sps.ttest_ind(list(a.values()), list(b.values()), equal_var=False)
+        else:
+            seeds = sorted(a)
+            want = sps.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+            d = np.array([a[s] - b[s] for s in seeds])
+            assert r["paired"] and r["n"] == 5 and r["sd"] == pytest.approx(d.std(ddof=1))
+            assert r["diff"] == pytest.approx(d.mean())
+            assert r["ci95"] == pytest.approx(sps.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5))
+            assert r["seeds_for_power"] == _brute_force_seeds(d.mean(), d.std(ddof=1))
+            assert r["seeds_for_min_gap"] == _brute_force_seeds(0.02, d.std(ddof=1))
+        assert r["p"] == pytest.approx(want.pvalue, rel=1e-9)
+    for f, members in fam.items():  # Holm within each table, from its definition
+        want = _holm_by_definition([r["p"] for r in members])
+        assert [r["p_holm"] for r in members] == pytest.approx(want, rel=1e-12)
+    # the tables show both p values beside each comparison
+    for r in fam["fishermask vs others"]:
+        line = next(x for x in shown if x.startswith(f"| fishermask | {r['b']} |"))
+        assert line.endswith(f"| {_p(r['p'])} | {_p(r['p_holm'])} |")
+    aubc = text.split("## Area under the budget curve")[1].split("\n## ")[0]
+    assert "| Δ vs random | p | Holm p |" in aubc
+    seeds = text.split("## Seeds needed")[1].split("\n## ")[0]
+    assert "| seeds for 0.02 |" in seeds and "| bait − random | 5 (unpaired) |" in seeds
+    margin = next(r for r in fam["vs random"] if r["a"] == "margin")
+    assert (f"| margin − random | 5 | {margin['diff']:+.4f} | {margin['sd']:.4f} | "
+            f"{margin['seeds_for_power']:,} | {margin['seeds_for_min_gap']:,} |") in seeds
+    assert seeds.count("fishermask − random") == 1  # shown in two tables, planned once
+
+
+def _p(p):
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def test_significant_above_and_below_follow_the_holm_p_only(tmp_path):
+    """Three gaps with raw p < 0.05 of which Holm keeps only some: every sentence that says
+    significant, above or below names only pairs whose Holm p is under 0.05."""
+    base = [0.60, 0.62, 0.61, 0.63, 0.60, 0.62]
+    gaps = {"margin": [0.030, 0.028, 0.031, 0.029, 0.030, 0.032],   # tiny p
+            "entropy": [0.004, 0.012, -0.003, 0.010, 0.006, 0.011],  # raw p ~0.03
+            "bait": [0.012, -0.006, 0.009, 0.015, 0.001, 0.010]}     # raw p ~0.06
+    runs = [_run("random", s, [b]) for s, b in enumerate(base)]
+    runs += [_run(v, s, [b + g[s]]) for v, g in gaps.items() for s, b in enumerate(base)]
+    build_report(runs, tmp_path, title="words", target=0.9)
+    rows = {r["a"]: r for r in json.loads((tmp_path / "comparisons.json").read_text())}
+    assert rows["entropy"]["p"] < 0.05 < rows["entropy"]["p_holm"]  # the review's case
+    assert rows["margin"]["p_holm"] < 0.05 and rows["bait"]["p"] > 0.05
+    text = (tmp_path / "summary.md").read_text()
+    claims = re.findall(r"`([^`]+)` (above|below) `([^`]+)`", text)
+    assert claims == [("margin", "above", "random")]
+    for sentence in re.split(r"(?<=\.)\s", text):
+        if re.search(r"significant|above|below", sentence, re.I):
+            named = set(re.findall(r"`([^`]+)`", sentence)) - {"random", "comparisons.json",
+                                                               "--min-gap"}
+            assert all(rows[v]["p_holm"] < 0.05 for v in named), sentence
+
+
+def test_edge_cases_in_the_report(tmp_path):
+    """One seed: no test, null p and Holm p, no seeds to plan; a pair shown both ways is one
+    test of its table (m counts it once); --min-gap's column."""
+    runs = [_run("random", 0, [0.5]), _run("margin", 0, [0.6])]
+    build_report(runs, tmp_path / "one", title="one seed", target=0.9)
+    (row,) = json.loads((tmp_path / "one" / "comparisons.json").read_text())
+    assert row["n"] == 1 and row["p"] is None and row["p_holm"] is None
+    assert row["seeds_for_power"] is None and row["seeds_for_min_gap"] is None
+    text = (tmp_path / "one" / "summary.md").read_text()
+    assert "Holm's adjustment over" not in text and "## Seeds needed" not in text
+
+    runs = [_run(v, s, [x + 0.01 * s * (v == "fishermask") + 0.003 * (s % 2)])
+            for s in range(4) for v, x in [("random", 0.5), ("fishermask", 0.52),
+                                            ("fishermask_authors", 0.51)]]
+    build_report(runs, tmp_path / "both", title="both ways", target=0.9, min_gap=0.05)
+    rows = json.loads((tmp_path / "both" / "comparisons.json").read_text())
+    others = [r for r in rows if r["family"] == "fishermask vs others"]
+    fa = next(r for r in others if (r["a"], r["b"]) == ("fishermask", "fishermask_authors"))
+    af = next(r for r in others if (r["a"], r["b"]) == ("fishermask_authors", "fishermask"))
+    assert fa["p"] == pytest.approx(af["p"]) and fa["p_holm"] == af["p_holm"]
+    assert fa["diff"] == pytest.approx(-af["diff"])
+    tests = {frozenset((r["a"], r["b"])): r["p"] for r in others}  # 3 tests in 4 rows
+    want = dict(zip(tests, _holm_by_definition(list(tests.values()))))
+    assert [r["p_holm"] for r in others] == pytest.approx(
+        [want[frozenset((r["a"], r["b"]))] for r in others])
+    text = (tmp_path / "both" / "summary.md").read_text()
+    assert "over the 3 tests of this table" in text and "| seeds for 0.05 |" in text
+    ablation = [r for r in rows if r["family"] == "fishermask ablation"]
+    assert {(r["a"], r["b"]) for r in ablation} == {
+        ("fishermask", "random"), ("fishermask_authors", "fishermask"),
+        ("fishermask_authors", "random")}
