@@ -183,7 +183,8 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
     _comparisons_agree_with_scipy(client, out, text)
     logged = {a.path for a in client.list_artifacts(tiny_sweep.parent_run_id, "report")}
     assert {"report/summary.md", "report/learning_curves.png", "report/mask_profile.png",
-            "report/report.html", "report/comparisons.json"} <= logged
+            "report/report.html", "report/comparisons.json",
+            "report/comparisons_table.json"} <= logged
     # the same report by parent run id, and a clear error for an unknown experiment
     assert main(["report", "--run", tiny_sweep.parent_run_id, "--out", str(tmp_path / "r2"),
                  "--tracking-uri", tiny_sweep.uri, "--no-log"]) == 0

@@ -120,6 +120,23 @@ def test_a_new_report_replaces_the_values_of_an_earlier_one_in_mlflow(tmp_path):
     assert second["target/accuracy"] == pytest.approx(0.95)
     child = client.get_run(ids[0]).data.metrics
     assert math.isnan(child["labels_to_target/accuracy"]) and child["target/accuracy"] == 0.95
+    # the comparisons: the file and the table view, the second report's numbers
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/comparisons.json", "report/comparisons_table.json"} <= logged
+    table = json.loads(open(client.download_artifacts(
+        parent.info.run_id, "report/comparisons_table.json", str(tmp_path))).read())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert len(rows) == 2 and {r["family"] for r in rows} == {"vs random", "fishermask vs others"}
+    assert all(set(r) == KEYS and r["a"] == "fishermask" and r["diff"] == pytest.approx(0.1)
+               for r in rows)
+    assert json.loads((tmp_path / "second" / "comparisons.json").read_text()) == json.loads(open(
+        client.download_artifacts(parent.info.run_id, "report/comparisons.json",
+                                  str(tmp_path / "dl"))).read())
+    variants = json.loads(open(client.download_artifacts(
+        parent.info.run_id, "report/variants.json", str(tmp_path / "dl"))).read())
+    assert len(variants["data"]) == 2  # replaced, not appended to
+    aubc = variants["columns"].index("aubc_accuracy")
+    assert sorted(row[aubc] for row in variants["data"]) == pytest.approx([0.5, 0.6])
 
 
 def test_rare_classes_by_round(tmp_path):

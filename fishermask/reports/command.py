@@ -15,8 +15,8 @@
 * ``report.html`` — all of it in one self-contained file (figures inline);
 
 and logs them to the sweep's parent run under ``report/`` (plus per-variant summary metrics, a
-``report/variants.json`` table and the best variant in the parent's description; see
-``reports.mlflow_log``).  Only FINISHED child runs count; runs that share a
+``report/variants.json`` table, the comparisons as a table and the best variant in the parent's
+description; see ``reports.mlflow_log``).  Only FINISHED child runs count; runs that share a
 variant label but not the config are reported as separate variants, and a seed run twice counts
 once (its newest run).
 """
