@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy import integrate
+from scipy import stats as sps
 
 from fishermask.cli import main
 from fishermask.reports.command import build_report
-from fishermask.reports.data import RunData, aubc, diff_ci, group, labels_to_reach, mean_curve
+from fishermask.reports.data import (RunData, aubc, child_runs, diff_ci, find_parent, group,
+                                     labels_to_reach, load_run, mean_curve, split_configs)
 
 pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 
@@ -151,7 +155,7 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
                  "--tracking-uri", tiny_sweep.uri]) == 0
     files = {p.name for p in out.iterdir()}
     assert files == {"learning_curves.png", "aubc.png", "class_balance.png", "mask_profile.png",
-                     "mask_by_tensor.png", "summary.md", "report.html"}
+                     "mask_by_tensor.png", "summary.md", "report.html", "comparisons.json"}
     text = (out / "summary.md").read_text()
     assert "4 finished runs in 2 variants" in text
     table = [line for line in text.split("## Area under")[1].split("##")[0].splitlines()
@@ -176,9 +180,11 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
     fm_row = next(line for line in times if line.startswith("| fishermask"))
     assert all(float(x) > 0 for x in fm_row.strip("| ").split(" | ")[1:])
     client = MlflowClient(tiny_sweep.uri)
+    _comparisons_agree_with_scipy(client, out, text)
     logged = {a.path for a in client.list_artifacts(tiny_sweep.parent_run_id, "report")}
     assert {"report/summary.md", "report/learning_curves.png", "report/mask_profile.png",
-            "report/report.html"} <= logged
+            "report/report.html", "report/comparisons.json",
+            "report/comparisons_table.json"} <= logged
     # the same report by parent run id, and a clear error for an unknown experiment
     assert main(["report", "--run", tiny_sweep.parent_run_id, "--out", str(tmp_path / "r2"),
                  "--tracking-uri", tiny_sweep.uri, "--no-log"]) == 0
@@ -192,3 +198,32 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
     assert main(["report", "--run", tiny_sweep.parent_run_id, "--tracking-uri", tiny_sweep.uri,
                  "--no-log", "--seeds", "99"]) == 2
     assert "no finished run has seed 99; the finished runs have seeds [0, 1]" in capsys.readouterr().err
+    assert main(["report", "--run", tiny_sweep.parent_run_id, "--tracking-uri", tiny_sweep.uri,
+                 "--no-log", "--min-gap", "0"]) == 2
+    assert "--min-gap 0.0: give a positive AUBC gap" in capsys.readouterr().err
+
+
+def _comparisons_agree_with_scipy(client, out, text):
+    """comparisons.json: fishermask against random in the AUBC table and in FisherMask's table,
+    p from scipy's paired t-test over the sweep's two seeds (AUBC by the trapezoid rule here)."""
+    rows = json.loads((out / "comparisons.json").read_text())
+    assert [(r["family"], r["a"], r["b"]) for r in rows] == [
+        ("vs random", "fishermask", "random"), ("fishermask vs others", "fishermask", "random")]
+    parent, exp_id = find_parent(client, experiment="tiny")
+    runs, _ = split_configs([load_run(client, r) for r in child_runs(client, exp_id, parent)
+                             if r.info.status == "FINISHED"])
+    score = {(r.variant, r.seed): integrate.trapezoid(r.curves["accuracy"], r.steps)
+             / (r.steps[-1] - r.steps[0]) for r in runs}
+    fm, rnd = ([score[(v, s)] for s in (0, 1)] for v in ("fishermask", "random"))
+    for r in rows:
+        assert {"a", "b", "metric", "family", "n", "diff", "ci95", "p", "p_holm",
+                "seeds_for_power"} <= set(r)
+        assert r["metric"] == "aubc/accuracy" and r["paired"] and r["n"] == 2
+        assert r["diff"] == pytest.approx(np.mean(fm) - np.mean(rnd))
+        assert r["p"] == pytest.approx(sps.ttest_rel(fm, rnd).pvalue, rel=1e-9)
+        assert r["p_holm"] == pytest.approx(r["p"])  # one test in each table
+        assert f"| {_p(r['p'])} | {_p(r['p_holm'])} |" in text
+
+
+def _p(p):
+    return "<0.001" if p < 0.001 else f"{p:.3f}"

@@ -8,17 +8,22 @@
 * ``class_balance.png`` — labels per class at the end of the budget;
 * ``mask_profile.png`` — FisherMask's fraction of every parameter tensor in the mask (Fig. 2),
   rounds × tensors by name;
-* ``summary.md`` — the tables (AUBC, labels to reach ``--target``, class balance, mask profile);
+* ``summary.md`` — the tables (AUBC, labels to reach ``--target``, class balance, mask profile),
+  each comparison with its p value and its Holm-adjusted p within its table, and the seeds each
+  comparison needs for 80 % power at the observed gap and at ``--min-gap``;
+* ``comparisons.json`` — one row per comparison the report shows (``reports.stats``);
 * ``report.html`` — all of it in one self-contained file (figures inline);
 
 and logs them to the sweep's parent run under ``report/`` (plus per-variant summary metrics, a
-``report/variants.json`` table and the best variant in the parent's description; see
-``reports.mlflow_log``).  Only FINISHED child runs count; runs that share a variant label but not the
-config are reported as separate variants, and a seed run twice counts once (its newest run).
+``report/variants.json`` table, the comparisons as a table and the best variant in the parent's
+description; see ``reports.mlflow_log``).  Only FINISHED child runs count; runs that share a
+variant label but not the config are reported as separate variants, and a seed run twice counts
+once (its newest run).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -28,6 +33,7 @@ from fishermask import preflight
 from fishermask.errors import FishermaskError
 from fishermask.reports import mlflow_log as report_mlflow
 from fishermask.reports import sections
+from fishermask.reports import stats
 from fishermask.reports.sections import pm, std
 from fishermask.reports.data import (aubc, baseline_for, child_runs, ci95, diff_ci, find_parent,
                                      group, labels_to_reach, load_run, mean_curve, split_configs)
@@ -52,13 +58,16 @@ def add_parser(subparsers) -> None:
                    help="strategy to compare with (default random, when the runs have it)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="report only these seeds (e.g. the seeds every strategy has finished)")
+    p.add_argument("--min-gap", type=float, default=0.01, metavar="AUBC",
+                   help="AUBC gap to plan seeds for in the seeds-needed table (default 0.01)")
     p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
 
 
 def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
                  baseline: str = "random", target: Optional[float] = None,
-                 notes: Optional[list[str]] = None) -> dict[str, Any]:
-    """Write the figures, ``summary.md`` and ``report.html`` for ``runs`` (RunData) into ``out``."""
+                 notes: Optional[list[str]] = None, min_gap: float = 0.01) -> dict[str, Any]:
+    """Write the figures, ``summary.md``, ``comparisons.json`` and ``report.html`` for ``runs``
+    (RunData) into ``out``."""
     import numpy as np
 
     from fishermask.reports import plots
@@ -93,28 +102,24 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
         files["mask_profile"] = mp
         files["mask_by_tensor"] = plots.mask_by_tensor(groups, out / "mask_by_tensor.png")
 
+    families = {"base": stats.family(f"vs {baseline}", [(r["variant"], r["ref"]) for r in rows
+                                                         if r["ref"] and r["ref"] != r["variant"]],
+                                     scores, metric, min_gap),
+                "versus": stats.family("fishermask vs others", sections.versus_pairs(groups),
+                                       scores, metric, min_gap),
+                "ablation": stats.family("fishermask ablation",
+                                         sections.ablation_pairs(groups, baseline), scores,
+                                         metric, min_gap)}
+    comparisons = [c for fam in families.values() for c in fam]
     L = [f"# Report: {title}", "",
          f"{len(runs)} finished runs in {len(groups)} variants; seeds per variant: "
          + ", ".join(f"{v} {r['n']}" for v, r in zip(groups, rows)) + ".", "",
          *[f"- note: {n}" for n in notes or []], *([""] if notes else []),
-         "## Area under the budget curve", "",
-         f"Normalised AUBC = area under the curve of test accuracy against the number of labels, "
-         f"divided by the labels axis' width (mean accuracy over the budget). AUBC: mean ± 95 % "
-         f"CI of the mean over seeds (t-interval); Δ = difference to `{baseline}` in "
-         f"{metric.replace('_', ' ')} AUBC ± 95 % CI over seeds (t-interval; paired by seed when "
-         f"the seeds match); final: the last round's test accuracy, mean ± std over seeds.", "",
-         "| variant | seeds | AUBC acc. | AUBC bal. acc. | Δ vs " + baseline + " | final acc. | "
-         "final bal. acc. |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        d = r["diff"]
-        dtxt = ("–" if math.isnan(d["diff"]) else
-                pm(d["diff"], d["ci"], "{:+.4f}") + f" ({'paired, ' if d['paired'] else ''}n={d['n']})")
-        L.append(f"| {r['variant']} | {r['n']} | {pm(*r['accuracy'])} | "
-                 f"{pm(*r['balanced_accuracy'])} | {dtxt} | {pm(*r['final_accuracy'])} | "
-                 f"{pm(*r['final_balanced_accuracy'])} |")
-    L += ["", "![learning curves](learning_curves.png)", "", "![AUBC](aubc.png)", ""]
-    L += (sections.versus(groups, scores, metric)
-          + sections.ablation(groups, scores, metric, baseline)
+         *_aubc_section(rows, families["base"], baseline, metric)]
+    L += ["![learning curves](learning_curves.png)", "", "![AUBC](aubc.png)", ""]
+    L += (sections.versus(scores, metric, families["versus"])
+          + sections.ablation(groups, scores, metric, families["ablation"], baseline)
+          + sections.seeds_needed(comparisons, min_gap)
           + sections.budget(runs, metric))
     L += [
           f"## Labels needed to reach {metric.replace('_', ' ')} {target:.4f}", "",
@@ -135,9 +140,41 @@ def build_report(runs, out: Path, *, title: str, metric: str = "accuracy",
     L += sections.training(groups) + sections.wall_time(runs)
     (out / "summary.md").write_text("\n".join(L) + "\n")
     files["summary"] = out / "summary.md"
+    (out / "comparisons.json").write_text(json.dumps(stats.as_json(comparisons), indent=1) + "\n")
+    files["comparisons"] = out / "comparisons.json"
 
     files["html"] = write_html(files["summary"], out / "report.html", f"Report: {title}")
-    return {"files": files, "rows": rows, "target": target, "groups": groups, "scores": scores}
+    return {"files": files, "rows": rows, "target": target, "groups": groups, "scores": scores,
+            "comparisons": comparisons}
+
+
+def _aubc_section(rows, family: list[dict], baseline: str, metric: str) -> list[str]:
+    """The AUBC table: per variant the AUBC of both metrics, Δ to the baseline of its
+    configuration with p and Holm p (``family``: the rows of those comparisons), the final
+    accuracies; then which Δ are significant after Holm."""
+    tests = {c["a"]: c for c in family}
+    L = ["## Area under the budget curve", "",
+         f"Normalised AUBC = area under the curve of test accuracy against the number of labels, "
+         f"divided by the labels axis' width (mean accuracy over the budget). AUBC: mean ± 95 % "
+         f"CI of the mean over seeds (t-interval); Δ = difference to `{baseline}` in "
+         f"{metric.replace('_', ' ')} AUBC ± 95 % CI over seeds (t-interval; paired by seed when "
+         f"the seeds match); final: the last round's test accuracy, mean ± std over seeds.", "",
+         "p = two-sided t-test of a Δ over seeds (paired by seed; Welch's where the seeds do not "
+         "match); Holm p = that p adjusted for the comparisons of its table (Holm's step-down, "
+         "one family per table). A comparison is called significant only where its Holm p < "
+         f"{stats.ALPHA:g}; the 95 % CIs are not adjusted. Every comparison, with the seeds it "
+         "needs, is in `comparisons.json`.", "",
+         "| variant | seeds | AUBC acc. | AUBC bal. acc. | Δ vs " + baseline + " | p | Holm p | "
+         "final acc. | final bal. acc. |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d, c = r["diff"], tests.get(r["variant"])
+        dtxt = ("–" if math.isnan(d["diff"]) else pm(d["diff"], d["ci"], "{:+.4f}")
+                + f" ({'paired, ' if d['paired'] else ''}n={d['n']})")
+        ptxt = f"{sections.p_text(c['p'])} | {sections.p_text(c['p_holm'])}" if c else "– | –"
+        L.append(f"| {r['variant']} | {r['n']} | {pm(*r['accuracy'])} | "
+                 f"{pm(*r['balanced_accuracy'])} | {dtxt} | {ptxt} | {pm(*r['final_accuracy'])} | "
+                 f"{pm(*r['final_balanced_accuracy'])} |")
+    return L + [""] + sections.holm_note(family)
 
 
 def _class_balance(groups, n_cls: int) -> list[str]:
@@ -205,6 +242,8 @@ def cmd_report(args) -> int:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+    if not 0 < args.min_gap < math.inf:
+        raise FishermaskError(f"--min-gap {args.min_gap}: give a positive AUBC gap (e.g. 0.01)")
     uri = absolute_tracking_uri(preflight.tracking_uri(args.tracking_uri))  # fails fast if down
     _check_store(args, uri)
     out = _out_folder(args.out, create=False)
@@ -229,7 +268,7 @@ def cmd_report(args) -> int:
     title = (parent.data.tags.get("sweep") or parent.data.tags.get("fishermask.sweep")
              or parent.info.run_name) if parent else args.experiment
     res = build_report(runs, out, title=title, metric=args.metric, baseline=baseline,
-                       target=args.target, notes=notes)
+                       target=args.target, notes=notes, min_gap=args.min_gap)
     print("\n".join(line for line in res["files"]["summary"].read_text().splitlines()
                     if not line.startswith("![")))
     if skipped:

@@ -3,8 +3,10 @@
 * on the sweep's parent run: the report's files under ``report/`` (``report.html`` first), the
   per-variant numbers as metrics (``variant_aubc/<variant>``, ``variant_aubc_ci95/<variant>``,
   ``variant_aubc_vs_<baseline>/<variant>``, ``variant_final/<variant>``, for the report's metric)
-  and as a table (``report/variants.json``), the target (``target/<metric>``), and the best
-  variant by AUBC in its description;
+  and as a table (``report/variants.json``), every comparison the report shows with its p, Holm p
+  and seeds needed (the file ``report/comparisons.json`` and the table
+  ``report/comparisons_table.json``), the target (``target/<metric>``), and the best variant by
+  AUBC in its description;
 * on every reported child run: ``labels_to_target/<metric>`` (labels the run needed to reach the
   report's target; NaN when it never did) and that target (``target/<metric>``).
 
@@ -15,13 +17,17 @@ UI shows.
 from __future__ import annotations
 
 import math
+import posixpath
 import re
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fishermask.reports.data import ci95, labels_to_reach
+from fishermask.reports.stats import as_json
 from fishermask.tracking.run_meta import metric_key, NOTE_TAG, ui_base
 
 BEST_MARK = "**Best variant by AUBC"
@@ -80,6 +86,22 @@ def mlflow_markdown(text: str, tracking_uri: str, run_id: str) -> str:
     return f"{head}\n\n{note}\n{rest}"
 
 
+def log_table(client, run_id: str, rows: list[dict[str, Any]], path: str) -> None:
+    """``rows`` as an MLflow table at ``path`` (``MlflowClient.log_table``), replacing the table of
+    an earlier report: ``log_table`` appends to an existing file, so the file is then rewritten in
+    its format (pandas' ``split`` JSON) and logged over the old one."""
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    folder, name = posixpath.split(path)
+    if path not in {f.path for f in client.list_artifacts(run_id, folder)}:
+        client.log_table(run_id, columns, path)  # the first time: also marks it a table for the UI
+        return
+    import pandas as pd  # mlflow's own dependency, as in log_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pd.DataFrame(columns).to_json(Path(tmp) / name, orient="split", index=False)
+        client.log_artifact(run_id, str(Path(tmp) / name), folder)
+
+
 def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
     from mlflow.entities import Metric
 
@@ -112,9 +134,9 @@ def log_report(client, parent, runs, res: dict[str, Any], metric: str) -> None:
         metrics += [Metric(k, float(v), now, 0) for k, v in values.items()]
     for i in range(0, len(metrics), 500):
         client.log_batch(pid, metrics=metrics[i:i + 500])
-    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-             for row in table]
-    client.log_table(pid, {k: [row[k] for row in clean] for k in clean[0]},
-                     "report/variants.json")
+    log_table(client, pid, as_json(table), "report/variants.json")
+    comparisons = as_json(res["comparisons"])
+    if comparisons:  # the UI's table view of comparisons.json (logged above with the files)
+        log_table(client, pid, comparisons, "report/comparisons_table.json")
     note = parent.data.tags.get(NOTE_TAG, "")
     client.set_tag(pid, NOTE_TAG, _with_best(note, best_line(table, metric)))

@@ -1,7 +1,9 @@
 """The report's markdown sections that compare variants: FisherMask against each strategy, the
-ablation of FisherMask's variants, accuracy at each budget, the rare classes' labels by round, the
-mask by tensor and the wall time per phase.  Each function returns a list of lines (empty when the
-runs have nothing to show)."""
+ablation of FisherMask's variants, the seeds the comparisons need, accuracy at each budget, the rare
+classes' labels by round, the mask by tensor and the wall time per phase.  Each function returns a
+list of lines (empty when the runs have nothing to show).  The comparisons' tables show the rows of
+:func:`fishermask.reports.stats.family` (which pairs: ``*_pairs``); the words significant, above and
+below are written only for a Holm-adjusted p under α."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from fishermask.reports.data import (accuracy_table, ci95, diff_ci, mask_layers, phase_seconds,
                                      pool_class_counts)
+from fishermask.reports.stats import ALPHA, POWER
 
 FISHERMASK_FAMILY = ("fishermask", "fishermask_authors")
 
@@ -26,36 +29,79 @@ def std(xs) -> float:
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
 
 
-def paired(scores_v: dict, scores_ref: dict) -> tuple[dict, str]:
-    """The difference to the reference over seeds (:func:`diff_ci`) and the wins, ``"k/n"``:
-    seeds where ``scores_v`` is higher, of the seeds both have."""
+def wins(scores_v: dict, scores_ref: dict) -> str:
+    """``"k/n"``: seeds where ``scores_v`` is higher, of the seeds both have."""
     common = sorted(set(scores_v) & set(scores_ref))
-    wins = sum(scores_v[s] > scores_ref[s] for s in common)
-    return diff_ci(scores_v, scores_ref), f"{wins}/{len(common)}"
+    return f"{sum(scores_v[s] > scores_ref[s] for s in common)}/{len(common)}"
 
 
-def _diff_text(scores_v: dict, scores_ref: dict) -> tuple[str, str]:
-    d, wins = paired(scores_v, scores_ref)
-    return f"{pm(d['diff'], d['ci'], '{:+.4f}')} (n={d['n']})", wins
+def paired(scores_v: dict, scores_ref: dict) -> tuple[dict, str]:
+    """The difference to the reference over seeds (:func:`diff_ci`) and the :func:`wins`."""
+    return diff_ci(scores_v, scores_ref), wins(scores_v, scores_ref)
 
 
-def versus(groups, scores, metric: str) -> list[str]:
-    """FisherMask (and the authors' variant) against every other variant: paired differences.
-    Variants with extra parameters (ablations) are left to :func:`ablation`."""
-    fm = [v for v, rs in groups.items() if rs[0].strategy in FISHERMASK_FAMILY
-          and v == rs[0].strategy]
+def p_text(p: float) -> str:
+    """A p value in a table: ``–`` without a test (NaN), ``<0.001``, else three decimals."""
+    if math.isnan(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def diff_cell(row: dict) -> str:
+    """A comparison's Δ ± 95 % CI half-width and its number of seeds."""
+    return f"{pm(row['diff'], row['ci95'], '{:+.4f}')} (n={row['n']})"
+
+
+def holm_note(family: list[dict]) -> list[str]:
+    """The sentence under a table of comparisons: which are significant after Holm's adjustment
+    within the table (Holm p < α), each pair once, ``a`` above or below ``b`` by the sign of Δ;
+    no lines when the table holds no test."""
+    tests = {frozenset((r["a"], r["b"])) for r in family if not math.isnan(r["p_holm"])}
+    if not tests:
+        return []
+    named, hits = set(), []
+    for r in family:
+        pair = frozenset((r["a"], r["b"]))
+        if r["p_holm"] < ALPHA and pair not in named:
+            named.add(pair)
+            holm = p_text(r["p_holm"])
+            hits.append(f"`{r['a']}` {'above' if r['diff'] > 0 else 'below'} `{r['b']}` "
+                        f"(Holm p {'< 0.001' if holm.startswith('<') else '= ' + holm})")
+    head = (f"Holm's adjustment over the {len(tests)} test{'s' if len(tests) > 1 else ''} of "
+            f"this table, α = {ALPHA:g}: ")
+    return [head + ("significant: " + "; ".join(hits) if hits else "none is significant") + ".",
+            ""]
+
+
+def _fishermask_variants(groups) -> list[str]:
+    return [v for v, rs in groups.items() if rs[0].strategy in FISHERMASK_FAMILY]
+
+
+def versus_pairs(groups) -> list[tuple[str, str]]:
+    """FisherMask (and the authors' variant) as the paper writes it against every other variant;
+    variants with extra parameters (ablations) are left to :func:`ablation_pairs`."""
+    fm = [v for v in _fishermask_variants(groups) if v == groups[v][0].strategy]
     if not fm or len(groups) < 2:
+        return []
+    return [(v, other) for v in fm for other in groups if other != v]
+
+
+def versus(scores, metric: str, family: list[dict]) -> list[str]:
+    """The table of :func:`versus_pairs`' comparisons (``family``): paired differences, wins,
+    p and Holm p."""
+    if not family:
         return []
     L = ["## FisherMask against each strategy", "",
          f"Δ = FisherMask's {metric.replace('_', ' ')} AUBC minus the other strategy's, ± 95 % "
-         "CI over seeds (paired by seed); wins = seeds where FisherMask's AUBC is higher.", "",
-         "| FisherMask variant | against | Δ AUBC | wins |", "|---|---|---|---|"]
-    for v in fm:
-        for other in groups:
-            if other != v:
-                diff, wins = _diff_text(scores[v][metric], scores[other][metric])
-                L.append(f"| {v} | {other} | {diff} | {wins} |")
-    return L + [""]
+         "CI over seeds (paired by seed); wins = seeds where FisherMask's AUBC is higher; p, Holm "
+         "p: the t-test of Δ, and adjusted within this table.", "",
+         "| FisherMask variant | against | Δ AUBC | wins | p | Holm p |",
+         "|---|---|---|---|---|---|"]
+    for r in family:
+        L.append(f"| {r['a']} | {r['b']} | {diff_cell(r)} | "
+                 f"{wins(scores[r['a']][metric], scores[r['b']][metric])} | {p_text(r['p'])} | "
+                 f"{p_text(r['p_holm'])} |")
+    return L + [""] + holm_note(family)
 
 
 def rare_labels(groups) -> list[str]:
@@ -88,34 +134,81 @@ def _flag(value, default: str) -> str:
     return str(value if value is not None else default).lower()
 
 
-def ablation(groups, scores, metric: str, baseline: str = "random") -> list[str]:
-    """FisherMask's variants side by side (√p scaling of the embeddings, which pool points give the
-    mask's Fisher diagonal), each against ``fishermask`` as the paper writes it, paired by seed."""
-    fam = [v for v, rs in groups.items() if rs[0].strategy in FISHERMASK_FAMILY]
+def ablation_pairs(groups, baseline: str = "random") -> list[tuple[str, str]]:
+    """FisherMask's variants against ``fishermask`` as the paper writes it and against the
+    baseline (the first variant of that strategy)."""
+    fam = _fishermask_variants(groups)
     if "fishermask" not in groups or len(fam) < 2:
         return []
-    base = [v for v, rs in groups.items() if rs[0].strategy == baseline]
+    base = [v for v, rs in groups.items() if rs[0].strategy == baseline][:1]
+    return [(v, ref) for v in fam for ref in dict.fromkeys(["fishermask", *base]) if ref != v]
+
+
+def ablation(groups, scores, metric: str, family: list[dict],
+             baseline: str = "random") -> list[str]:
+    """FisherMask's variants side by side (√p scaling of the embeddings, which pool points give the
+    mask's Fisher diagonal), each against ``fishermask`` as the paper writes it, paired by seed:
+    the table of :func:`ablation_pairs`' comparisons (``family``)."""
+    if not family:
+        return []
+    by = {(r["a"], r["b"]): r for r in family}
+    base = next((v for v, rs in groups.items() if rs[0].strategy == baseline), None)
     L = ["## FisherMask ablation", "",
          "What each FisherMask variant computes, and its AUBC against `fishermask` (the paper's "
          "formula: √p scaling, mask from random pool points): AUBC ± 95 % CI of the mean, Δ ± "
-         "95 % CI paired by seed; wins = seeds where the variant's AUBC is higher.", "",
-         f"| variant | √p scaling | mask pool points | AUBC | Δ vs fishermask | wins | "
-         f"Δ vs {baseline} |", "|---|---|---|---|---|---|---|"]
-    for v in fam:
+         "95 % CI paired by seed; wins = seeds where the variant's AUBC is higher; p, Holm p: "
+         "the t-test of each Δ, and adjusted within this table (both Δ columns).", "",
+         "| variant | √p scaling | mask pool points | AUBC | Δ vs fishermask | wins | p | Holm p "
+         f"| Δ vs {baseline} | p | Holm p |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in _fishermask_variants(groups):
         cfg = groups[v][0].config
         authors = groups[v][0].strategy == "fishermask_authors"
         sqrt_p = _flag(cfg.get("strategy.prob_scaling"), "false" if authors else "true")
         subset = _flag(cfg.get("strategy.mask_subset"), "first" if authors else "random")
         n = cfg.get("strategy.mask_samples", "1024")
         vals = list(scores[v][metric].values())
-        if v == "fishermask":
-            diff, wins = "–", "–"
-        else:
-            diff, wins = _diff_text(scores[v][metric], scores["fishermask"][metric])
-        vs_base = _diff_text(scores[v][metric], scores[base[0]][metric])[0] if base else "–"
+        vs_fm, vs_base = by.get((v, "fishermask")), by.get((v, base))
+        fm_cells = (f"{diff_cell(vs_fm)} | {wins(scores[v][metric], scores['fishermask'][metric])}"
+                    f" | {p_text(vs_fm['p'])} | {p_text(vs_fm['p_holm'])}" if vs_fm
+                    else "– | – | – | –")
+        base_cells = (f"{diff_cell(vs_base)} | {p_text(vs_base['p'])} | "
+                      f"{p_text(vs_base['p_holm'])}" if vs_base else "– | – | –")
         L.append(f"| {v} | {'yes' if sqrt_p == 'true' else 'no'} | {subset} {n} | "
-                 f"{pm(float(np.mean(vals)), ci95(vals))} | {diff} | {wins} | {vs_base} |")
+                 f"{pm(float(np.mean(vals)), ci95(vals))} | {fm_cells} | {base_cells} |")
+    return L + [""] + holm_note(family)
+
+
+def seeds_needed(comparisons: list[dict], min_gap: float) -> list[str]:
+    """Per comparison (a pair shown in several tables or both ways, once): the paired seeds for
+    :data:`~fishermask.reports.stats.POWER` at the observed Δ and at ``min_gap``, both with the
+    observed sd of the paired differences (:func:`fishermask.reports.stats.seeds_for_power`);
+    no section when no comparison has a paired sd to plan with."""
+    if all(math.isnan(r["sd"]) for r in comparisons):
+        return []
+    L = ["## Seeds needed", "",
+         f"Paired seeds for {POWER * 100:.0f} % power of the two-sided paired t-test at "
+         f"α = {ALPHA:g} (noncentral t), with the observed sd of the paired AUBC differences: "
+         f"at the observed Δ and at a gap of {min_gap:g} AUBC (`--min-gap`). – = nothing to plan "
+         "from (a zero Δ or sd, fewer than two paired seeds, or seeds that do not pair). The "
+         "numbers are per test: after Holm's adjustment the first test of a table of m is held "
+         "to α/m, so a table needs more.", "",
+         f"| comparison | seeds now | Δ AUBC | sd of Δ | seeds for Δ | seeds for {min_gap:g} |",
+         "|---|---|---|---|---|---|"]
+    shown = set()
+    for r in comparisons:
+        key = (frozenset((r["a"], r["b"])), r["metric"])
+        if key in shown:
+            continue
+        shown.add(key)
+        now = f"{r['n']}" + ("" if r["paired"] else " (unpaired)")
+        sd = "–" if math.isnan(r["sd"]) else f"{r['sd']:.4f}"
+        L.append(f"| {r['a']} − {r['b']} | {now} | {r['diff']:+.4f} | {sd} | "
+                 f"{_count(r['seeds_for_power'])} | {_count(r['seeds_for_min_gap'])} |")
     return L + [""]
+
+
+def _count(n) -> str:
+    return "–" if n is None else f"{n:,}"
 
 
 def budget(runs, metric: str) -> list[str]:
