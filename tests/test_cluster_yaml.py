@@ -7,11 +7,8 @@ import json
 from pathlib import Path
 
 import jsonschema
-import pytest
 import ray
 import yaml
-
-pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 
 ROOT = Path(__file__).parents[1]
 

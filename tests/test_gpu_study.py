@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_tiny_sweep
+from tests.conftest import write_tiny_sweep
 
 pytestmark = pytest.mark.integration  # real trials in worker processes
 ROOT = Path(__file__).resolve().parents[1]

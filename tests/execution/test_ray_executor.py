@@ -19,7 +19,6 @@ from fishermask.strategies import inference
 from fishermask.config import ExecutionConfig
 from fishermask.data import ImageData
 from fishermask.errors import FishermaskError
-from fishermask.kernels._reduction import TreeSum, tree_combine, tree_cover, tree_node_range
 from fishermask.execution.local import LocalExecutor
 from fishermask.models import build_model
 from fishermask.strategies import SelectionContext, build_strategy
@@ -27,7 +26,7 @@ from fishermask.strategies.fisher_greedy import FisherDiagonalSum
 
 pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
 BATCH = 64
 N_POOL, N_QUERY = 700, 24
 GREEDY_CASES = {  # name: (strategy, params)
@@ -77,7 +76,7 @@ def run_child(code: str, timeout: int = 240) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
                TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
-               PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), env.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -142,39 +141,6 @@ def local_picks(problem):
 
 
 # ------------------------------------------------------------------------------------ tests
-def test_tree_reduction_is_the_same_for_any_split():
-    rng = np.random.default_rng(0)
-    for n in list(range(1, 20)) + [37, 64, 100]:
-        leaves = [torch.as_tensor(rng.standard_normal(5) * 10.0 ** rng.integers(-8, 8, 5))
-                  for _ in range(n)]
-        whole = TreeSum()
-        for leaf in leaves:
-            whole.add(leaf)
-        for _ in range(5):
-            cuts = sorted({0, n, *rng.integers(0, n + 1, size=rng.integers(0, 4)).tolist()})
-            nodes = {}
-            for p, q in zip(cuts[:-1], cuts[1:]):
-                cover = tree_cover(p, q, n)
-                assert len(cover) <= 2 * max(1, n - 1).bit_length()
-                assert [i for node in cover for i in tree_node_range(node, n)] == list(range(p, q))
-                for node in cover:
-                    part = TreeSum()
-                    for i in tree_node_range(node, n):
-                        part.add(leaves[i])
-                    nodes[node] = part.result()
-            assert torch.equal(tree_combine(nodes, n), whole.result())
-
-
-def test_trial_resources_bundles():
-    from fishermask.execution.ray.executor import execution_resources
-
-    pgf = execution_resources(ExecutionConfig(shards=3, cpus_per_shard=2, gpus_per_shard=0.5))
-    assert pgf.bundles == [{"CPU": 1}] + [{"CPU": 2, "GPU": 0.5}] * 3
-    pgf = execution_resources(ExecutionConfig(shards=2, cpus_per_shard=1))
-    assert pgf.bundles == [{"CPU": 1}, {"CPU": 1}, {"CPU": 1}]
-    assert execution_resources(ExecutionConfig()).bundles == [{"CPU": 1}]
-
-
 @pytest.mark.parametrize("shards", [2, 3])
 def test_map_and_sum_are_identical_to_local(executors, problem, shards):
     pool, model, labeled, unlabeled = problem
@@ -291,7 +257,7 @@ def test_impossible_resources_fail_fast(ray_session, problem):
 
 def test_loop_with_two_shards_picks_what_one_shard_picks(ray_session, tmp_path):
     from fishermask.loop import ActiveLearningLoop
-    from helpers import tiny_config
+    from tests.helpers import tiny_config
 
     picks = {}
     for shards in (1, 2):
@@ -308,7 +274,7 @@ def test_loop_with_two_shards_picks_what_one_shard_picks(ray_session, tmp_path):
 CLUSTER_CHILD = """
 import json, ray
 from ray.cluster_utils import Cluster
-import test_ray_executor as t
+import tests.execution.test_ray_executor as t
 from fishermask.execution.local import LocalExecutor
 from fishermask.execution.ray.executor import RayExecutor
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
@@ -337,7 +303,7 @@ TUNE_CHILD = """
 import json, tempfile, numpy as np, ray
 from ray import tune
 from ray.util import get_current_placement_group
-import test_ray_executor as t
+import tests.execution.test_ray_executor as t
 from fishermask.strategies import inference
 from fishermask.config import ExecutionConfig
 from fishermask.execution.ray.executor import RayExecutor, execution_resources

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fishermask.errors import ConfigError, FishermaskError, MemoryLimitError, ParameterError
+from fishermask.errors import FishermaskError, MemoryLimitError, ParameterError
 from fishermask.models import build_model
 from fishermask.strategies import select
 

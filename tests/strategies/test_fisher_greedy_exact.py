@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from fishermask.kernels.fisher import fisher_diagonal, top_k_mask
 from fishermask.strategies import select
 from tests.greedy_reference import brute_force, objective
+from tests.helpers import ToyNet
 
 TOL = 1e-6
 N = 6  # batch size
@@ -22,25 +22,10 @@ N = 6  # batch size
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: threads only cost
 
 
-class Tiny(nn.Module):
+def Tiny(seed, d_in=5, d=4, c=3, tanh=True, bias=True, conf=1.0):
     """features: a fixed random linear (+ tanh) body; classifier: nn.Linear (scaled by ``conf``:
     a large conf makes a confident model with a peaked softmax)."""
-
-    def __init__(self, seed, d_in=5, d=4, c=3, tanh=True, bias=True, conf=1.0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.body = nn.Sequential(nn.Linear(d_in, d), nn.Tanh() if tanh else nn.Identity())
-        self.classifier = nn.Linear(d, c, bias=bias)
-        with torch.no_grad():
-            self.classifier.weight.mul_(conf)
-            if bias:
-                self.classifier.bias.mul_(conf)
-
-    def features(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
+    return ToyNet(d_in, d, c, seed=seed, act="tanh" if tanh else "none", bias=bias, conf=conf)
 
 
 def reference_embeddings(model, x, mask, prob_scaling=True) -> np.ndarray:

@@ -73,7 +73,7 @@ def test_one_seed_has_no_spread():
 
 @pytest.mark.integration
 def test_the_script_refuses_repeated_names_and_a_missing_store(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_evaluations.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "compare_evaluations.py"
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
 
     def call(*sweeps):

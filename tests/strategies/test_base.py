@@ -9,29 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from fishermask.errors import MemoryLimitError
 from fishermask.strategies import (STRATEGIES, Badge, Bait, Entropy, FisherMask,
                                    FisherMaskAuthors, Margin, Strategy, select)
+from tests.helpers import ToyNet
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-class BNNet(nn.Module):
+def BNNet():
     """features + classifier with BatchNorm, so a train-mode forward would change buffers."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU())
-        self.classifier = nn.Linear(8, 3)
-
-    def features(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
+    return ToyNet(6, 8, 3, act="relu", batchnorm=True)
 
 
 @pytest.fixture

@@ -193,29 +193,3 @@ def test_second_sweep_launch_refuses_naming_the_first(tmp_path, capfd):
         holder.wait()
     assert code == 2 and f"pid {holder.pid}" in err and "is already running" in err
     assert "Traceback" not in err and not (tmp_path / "mlflow.db").exists()
-
-
-def test_ray_resume_hint_becomes_the_fishermask_command():
-    import logging
-
-    from fishermask.sweeps.hints import ResumeHint
-
-    record = logging.LogRecord("ray.tune.tune", logging.WARNING, __file__, 1,
-                               'Experiment has been interrupted, but the most recent state was '
-                               'saved.\nResume experiment with: Tuner.restore(path="%s", '
-                               'trainable=...)', ("/x",), None)
-    assert ResumeHint("fishermask sweep s.yaml --resume").filter(record)
-    text = record.getMessage()
-    assert "Tuner.restore" not in text and text.endswith("fishermask sweep s.yaml --resume")
-
-
-def test_every_committed_sweep_passes_the_mask_capacity_check():
-    from fishermask import preflight
-    from fishermask.config import from_dict
-    from fishermask.sweeps.grid import load_sweep
-
-    files = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
-    assert files
-    for f in files:
-        for t in load_sweep(f).trials:
-            preflight.trial_mask_capacity(from_dict(t.config))  # raises if a mask cannot fit

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import write_tiny_sweep
+from tests.conftest import write_tiny_sweep
 from fishermask.cli import main
 
 pytestmark = pytest.mark.integration  # Ray, the CLI and real sweeps

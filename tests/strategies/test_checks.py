@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fishermask.strategies import STRATEGIES, select
-from test_strategies import ToyNet
+from tests.helpers import ToyNet
 
 N = 30
 
@@ -21,22 +21,6 @@ class NoFeatures(nn.Module):
 
     def forward(self, x):
         return self.classifier(x)
-
-
-class PlainNet(nn.Module):
-    """features + classifier, no classifier_weight_name: the protocol's minimum."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Linear(6, 5)
-        self.classifier = nn.Linear(5, 3)
-
-    def features(self, x):
-        return torch.tanh(self.body(x))
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
 
 
 def _pool(bad=None):
@@ -118,6 +102,6 @@ def test_unknown_strategy_names_the_valid_ones():
 def test_select_takes_the_protocol_minimum_and_numpy_inputs(name):
     """A model with just features + classifier, numpy inputs and numpy integer arguments."""
     params = {"sparsity": 0.5} if name.startswith("fishermask") else {}
-    sel = select(name, PlainNet().eval(), _pool().numpy(), np.array([0, 5], dtype=np.int32),
+    sel = select(name, ToyNet().eval(), _pool().numpy(), np.array([0, 5], dtype=np.int32),
                  np.int64(4), batch_size=np.int64(7), device="cpu", **params)
     assert len(set(sel.indices.tolist())) == 4 and not {0, 5} & set(sel.indices.tolist())

@@ -1,9 +1,9 @@
-"""Reports: the statistics on hand-made numbers, and the files from a real sweep's MLflow runs."""
+"""fishermask report: the report built from hand-made runs, and the files from a real sweep's
+MLflow runs."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -13,32 +13,8 @@ from scipy import stats as sps
 
 from fishermask.cli import main
 from fishermask.reports.command import build_report
-from fishermask.reports.data import (RunData, aubc, child_runs, diff_ci, find_parent, group,
-                                     labels_to_reach, load_run, mean_curve, split_configs)
-
-pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
-
-
-def test_aubc_is_the_mean_height_over_the_budget():
-    assert aubc([10, 20, 30], [0.5, 0.5, 0.5]) == pytest.approx(0.5)
-    assert aubc([10, 20, 40], [0.0, 1.0, 1.0]) == pytest.approx((5 + 20) / 30)
-    assert aubc([10], [0.7]) == 0.7
-
-
-def test_diff_ci_paired_by_seed_and_unpaired():
-    d = diff_ci({0: 0.6, 1: 0.7, 2: 0.8}, {0: 0.5, 1: 0.5, 2: 0.6, 3: 0.9})
-    assert d["paired"] and d["n"] == 3
-    assert d["diff"] == pytest.approx(0.5 / 3)
-    diffs = np.array([0.1, 0.2, 0.2])
-    assert d["ci"] == pytest.approx(4.302653 * diffs.std(ddof=1) / math.sqrt(3), rel=1e-5)
-    u = diff_ci({0: 0.6, 1: 0.8}, {5: 0.5, 6: 0.5})
-    assert not u["paired"] and u["diff"] == pytest.approx(0.2) and u["ci"] > 0
-    assert math.isnan(diff_ci({0: 0.6}, {0: 0.5})["ci"])  # one pair: no interval
-
-
-def test_labels_to_reach():
-    assert labels_to_reach(np.array([10, 20, 30]), np.array([0.5, 0.8, 0.9]), 0.8) == 20
-    assert labels_to_reach(np.array([10, 20]), np.array([0.5, 0.6]), 0.9) is None
+from fishermask.reports.data import (RunData, child_runs, find_parent, group,
+                                     load_run, mean_curve, split_configs)
 
 
 def _run(variant, strategy, seed, accs, per_class=(3, 3, 4)):
@@ -149,6 +125,7 @@ def test_one_seed_reports_no_spread(tmp_path):
     assert "| fishermask | 0.500 | 0.700 | 0.800 |" in budget and "±" not in budget.split("|---")[1]
 
 
+@pytest.mark.integration  # a real sweep on Ray, its MLflow runs, the CLI
 def test_report_of_a_real_sweep(tiny_sweep, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", "--experiment", "tiny", "--out", str(out),

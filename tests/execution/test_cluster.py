@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import _free_port, write_tiny_sweep
+from tests.conftest import _free_port, write_tiny_sweep
 
 pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 

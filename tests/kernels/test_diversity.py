@@ -1,0 +1,78 @@
+"""k-center greedy and BADGE's k-means++ seeding against brute force (explicit distances,
+materialised gradient embeddings), and their argument checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fishermask.kernels import diversity
+
+
+def brute_kcenter(cand, centers, n):
+    cand, centers = cand.double(), centers.double()
+    picks = []
+    for step in range(n):
+        pts = torch.cat([centers, cand[picks]]) if picks else centers
+        if len(pts) == 0:
+            d = ((cand - cand.mean(0)) ** 2).sum(1)
+        else:
+            d = torch.cdist(cand, pts).pow(2).min(1).values
+        d[picks] = -1
+        picks.append(int(torch.argmax(d)))
+    return picks
+
+
+@pytest.mark.parametrize("n_centers,chunk", [(0, 4), (1, 4), (7, 3), (30, 1000)])
+def test_kcenter_equals_brute_force(n_centers, chunk):
+    g = torch.Generator().manual_seed(n_centers)
+    cand, centers = torch.randn(50, 4, generator=g), torch.randn(n_centers, 4, generator=g)
+    got = diversity.kcenter_greedy(cand, centers, 12, chunk=chunk).tolist()
+    assert got == brute_kcenter(cand, centers, 12)
+
+
+def test_badge_factorised_distances_equal_materialised():
+    g = torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(40, 4, generator=g), 1)
+    h = torch.randn(40, 7, generator=g)
+    a = diversity.badge_embedding_factors(p)
+    G = torch.stack([torch.kron(a[i], h[i].double()) for i in range(40)])  # brute g_x
+    yhat = p.argmax(1)
+    assert torch.allclose(a[torch.arange(40), yhat], 1 - p[torch.arange(40), yhat].double())
+    # first pick = largest ‖g‖; replay the k-means++ draws with the same RNG on brute distances
+    picks = diversity.badge_seeding(p, h, 8, np.random.default_rng(5)).tolist()
+    rng = np.random.default_rng(5)
+    want = [int(torch.argmax((G * G).sum(1)))]
+    D2 = ((G - G[want[0]]) ** 2).sum(1)
+    for _ in range(7):
+        w = D2.clone()
+        w[want] = 0
+        i = int(rng.choice(40, p=(w / w.sum()).numpy()))
+        want.append(i)
+        D2 = torch.minimum(D2, ((G - G[i]) ** 2).sum(1))
+    assert picks == want
+
+
+def test_badge_duplicates_fall_back_to_uniform():
+    p = torch.full((6, 3), 1 / 3)
+    h = torch.ones(6, 2)
+    picks = diversity.badge_seeding(p, h, 6, np.random.default_rng(0)).tolist()
+    assert sorted(picks) == list(range(6))
+
+
+@pytest.mark.parametrize("n,exc,text", [(-1, ValueError, "n must be a non-negative integer, got -1"),
+                                        (2.0, TypeError, "n must be a non-negative integer, got 2.0"),
+                                        (11, ValueError, "cannot select n=11 points from 10")])
+def test_bad_n_is_named(n, exc, text):
+    x, p = torch.randn(10, 3), torch.full((10, 2), 0.5)
+    with pytest.raises(exc, match=text):
+        diversity.kcenter_greedy(x, x[:0], n)
+    with pytest.raises(exc, match=text):
+        diversity.badge_seeding(p, x, n, np.random.default_rng(0))
+
+
+def test_zero_picks():
+    x = torch.randn(10, 3)
+    assert diversity.kcenter_greedy(x, x[:2], 0).tolist() == []
+    assert diversity.badge_seeding(torch.full((10, 2), 0.5), x, 0, np.random.default_rng(0)).tolist() == []
