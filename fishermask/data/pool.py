@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from fishermask.data import readers as datasets
-from fishermask.data.params import SETTINGS, DataParams
-from fishermask.errors import ConfigError, DataError
+from fishermask.data.params import SETTINGS, DataParams, resolve_dataset
+from fishermask.errors import ConfigError, DataError, FishermaskError
 
 CROP_PADDING = 4
 
@@ -62,9 +62,10 @@ class ImageData:
         return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
 
     def class_counts(self, idx: Any = None) -> np.ndarray:
-        """Number of items per task class (of ``idx``, default all) as int64 [num_classes]."""
-        t = self.targets if idx is None else self.targets[_as_index(idx)]
-        return np.bincount(t.numpy(), minlength=self.num_classes).astype(np.int64)
+        """Number of items per task class (of ``idx``, default all) as int64 [num_classes]; items
+        without a label (a negative target) are not counted."""
+        t = (self.targets if idx is None else self.targets[_as_index(idx)]).numpy()
+        return np.bincount(t[t >= 0], minlength=self.num_classes).astype(np.int64)
 
     def subset(self, idx: Any) -> "ImageData":
         i = _as_index(idx)
@@ -135,13 +136,39 @@ def initial_labeled(pool: ImageData, n: int, rng: np.random.Generator) -> np.nda
     return np.sort(rng.choice(len(pool), size=n, replace=False)).astype(np.int64)
 
 
+BUILTIN_LOADERS = {"digits": datasets.load_digits, "fashion_mnist": datasets.load_fashion_mnist,
+                   "cifar10": datasets.load_cifar10, "image_folder": datasets.load_image_folder}
+
+
+def _splits(cfg: DataParams, seed: int):
+    """((train x, y), (test x, y), classes, mean, std) of a built-in or of a dataset factory."""
+    plugin = resolve_dataset(cfg.dataset)
+    if plugin.source == "builtin":
+        return BUILTIN_LOADERS[cfg.dataset](cfg, seed)
+    try:
+        out = plugin.obj(**cfg.args)
+    except FishermaskError:
+        raise
+    except Exception as exc:
+        raise DataError(f"data.dataset: the factory {plugin.path} failed: {type(exc).__name__}: "
+                        f"{str(exc)[:300]}") from None
+    if not (isinstance(out, tuple) and len(out) == 2
+            and all(isinstance(d, ImageData) for d in out)):
+        raise DataError(f"data.dataset: the factory {plugin.path} must return (train, test), each "
+                        f"a fishermask.data.ImageData; it returned {type(out).__name__}")
+    train, test = out
+    if list(train.classes) != list(test.classes):
+        raise DataError(f"data.dataset: {plugin.path}'s train and test splits name different "
+                        f"classes ({train.classes} and {test.classes}); give both the same list")
+    return ((train.images, train.targets.numpy()), (test.images, test.targets.numpy()),
+            list(train.classes), train.mean, train.std)
+
+
 def load_experiment_data(cfg: DataParams, seed: int) -> ExperimentData:
     """Load ``cfg.dataset``, apply the imbalance setting and return pool + test set (seeded)."""
     if seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed}")
-    loader = {"digits": datasets.load_digits, "fashion_mnist": datasets.load_fashion_mnist,
-              "cifar10": datasets.load_cifar10, "image_folder": datasets.load_image_folder}[cfg.dataset]
-    (tr_x, tr_y), (te_x, te_y), classes, mean, std = loader(cfg, seed)
+    (tr_x, tr_y), (te_x, te_y), classes, mean, std = _splits(cfg, seed)
     tr_y, te_y = np.asarray(tr_y, dtype=np.int64), np.asarray(te_y, dtype=np.int64)
     available = np.bincount(tr_y, minlength=len(classes))
     counts, key = available.tolist(), "the whole train split"

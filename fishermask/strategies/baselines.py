@@ -34,7 +34,7 @@ class _ScoreStrategy(Strategy):
         p = ctx.executor.map(inference.probs, unl)
         s = self.score(p.double()).numpy()
         pos = top_n(s, n)
-        return Selection(unl[pos], diagnostics={
+        return Selection(unl[pos], scores=s[pos], diagnostics={
             "scores": score_summary(s), "picked_scores": score_summary(s[pos]),
             "predicted_class_counts": _picked_class_counts(p, pos, ctx.num_classes)})
 
@@ -74,7 +74,7 @@ class KCenterGreedy(Strategy):
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         unl, lab = np.sort(ctx.unlabeled), np.sort(ctx.labeled)
-        feats = ctx.executor.map(inference.features, np.concatenate([unl, lab]))
+        feats = ctx.executor.map(inference.Features(ctx.classifier), np.concatenate([unl, lab]))
         pos = diversity.kcenter_greedy(feats[:len(unl)], feats[len(unl):], n).numpy()
         return Selection(unl[pos])
 
@@ -86,7 +86,7 @@ class Badge(Strategy):
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         unl = np.sort(ctx.unlabeled)
-        out = ctx.executor.map(inference.probs_features, unl)
+        out = ctx.executor.map(inference.ProbsFeatures(ctx.classifier), unl)
         pos = diversity.badge_seeding(out["probs"], out["features"], n, ctx.rng).numpy()
         return Selection(unl[pos], diagnostics={
             "predicted_class_counts": _picked_class_counts(out["probs"], pos, ctx.num_classes)})

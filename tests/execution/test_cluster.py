@@ -226,3 +226,35 @@ def test_sweep_runs_on_both_nodes_after_a_start_that_ran_no_trial(cluster, faile
     assert "MLflow child runs: 2 FINISHED" in p.stdout
     assert "for 2 trials (2 at a time)" in p.stdout
     assert (folder / "storage" / "tiny" / "fishermask_sweep.json").exists()
+
+
+def test_a_plugin_next_to_the_sweep_file_reaches_the_workers_of_both_nodes(cluster, tmp_path):
+    """The network and strategy exist only on the driver: the sweep file and the plug-in module
+    sit on a tmpfs mounted in the driver's own mount namespace (``unshare -m``), so no node's
+    worker can read them from disk (as on a real cluster, where they would be on the laptop).
+    Ray's py_modules carries the module to every worker."""
+    from tests.helpers import EXAMPLE
+
+    assert shutil.which("unshare"), "the test needs unshare(1) for a driver-only folder"
+    private = tmp_path / "driver-only"
+    private.mkdir()
+    sweep = write_tiny_sweep(tmp_path).read_text().replace(
+        "model: {name: cnn_small}", "model: {name: 'fishermask_example.nets:ShapeNet', "
+                                    "args: {width: 4}}").replace(
+        "  strategy.name: [random, fishermask]",
+        "  strategy.name: [random, 'fishermask_example.strategies:BalancedMargin']")
+    (tmp_path / "plugin-sweep.yaml").write_text(sweep)
+    script = (f"mount -t tmpfs tmpfs {private} && cp -r {EXAMPLE / 'fishermask_example'} "
+              f"{tmp_path / 'plugin-sweep.yaml'} {private}/ && cd {private} && exec "
+              + " ".join(FISHERMASK + ["sweep", "plugin-sweep.yaml", "--address", cluster.address,
+                                       "--storage", str(tmp_path / "storage"), "--tracking-uri",
+                                       f"sqlite:///{tmp_path / 'mlflow.db'}", "--set",
+                                       "'sweep.seed=[0]'"]))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+                       cwd=tmp_path, env=_env(tmp_path, auth), capture_output=True, text=True,
+                       timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "MLflow child runs: 2 FINISHED" in p.stdout
+    assert "for 2 trials (2 at a time)" in p.stdout  # one trial on each 1-CPU node
+    assert not (private / "fishermask_example").exists()  # only the driver has it

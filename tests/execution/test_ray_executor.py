@@ -153,7 +153,7 @@ def test_map_and_sum_are_identical_to_local(executors, problem, shards):
     ex.set_model(model)  # same architecture: only the weights travel again
     assert ex._arch_ref is arch
     order = np.concatenate([unlabeled[::-1], labeled])  # any order, kept
-    for fn in (inference.probs, inference.probs_features):
+    for fn in (inference.probs, inference.ProbsFeatures()):
         got, want = ex.map(fn, order), local.map(fn, order)
         if isinstance(want, dict):
             assert all(torch.equal(got[k], want[k]) for k in want)
