@@ -1,5 +1,5 @@
 """Networks: the built-ins ``resnet18`` (torchvision, CIFAR stem), ``resnet18_narrow`` (the
-authors' net) and ``cnn_small``, and any network a user names (``model.name``: an import path
+authors' net), ``cnn_small``, and ``linear`` and ``mlp`` for pools of features, and any network a user names (``model.name``: an import path
 ``package.module:attribute`` or an installed plug-in's name).
 
 **The network contract.** ``model.name`` names a callable (a class or a function) that is called
@@ -20,7 +20,7 @@ from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from fishermask._compat import import_torchvision
@@ -126,10 +126,42 @@ class CNNSmall(_Net):
         return self.body(x)
 
 
+class Linear(_Net):
+    """One ``nn.Linear`` on a features pool's rows (``in_channels`` = the feature dimension d):
+    BAIT's last-layer Fisher is then the exact Fisher of the whole model."""
+
+    def __init__(self, num_classes: int, in_channels: int):
+        super().__init__()
+        self.classifier = nn.Linear(in_channels, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class MLP(_Net):
+    """Hidden ``nn.Linear`` + ReLU layers (``model.hidden``, default [256]), then the classifier:
+    a small head on a features pool; FisherMask masks across its layers."""
+
+    def __init__(self, num_classes: int, in_channels: int, hidden: tuple[int, ...] = (256,)):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_channels
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": ResNet18,
     "resnet18_narrow": ResNet18Narrow,
     "cnn_small": CNNSmall,
+    "linear": Linear,
+    "mlp": MLP,
 }
 
 
@@ -196,7 +228,8 @@ def build_model(name: str, num_classes: int, in_channels: int,
 def model_from_params(params: "ModelParams", num_classes: int, in_channels: int) -> nn.Module:
     """The configured network: built (:func:`build_model`), its ``weights`` loaded, its body
     frozen with ``freeze: features``."""
-    model = build_model(params.name, num_classes, in_channels, params.args)
+    args = dict(params.args, **({"hidden": tuple(params.hidden)} if params.name == "mlp" else {}))
+    model = build_model(params.name, num_classes, in_channels, args)
     if params.weights:
         load_weights(model, params.weights)
     if params.freeze == "features":
@@ -270,6 +303,15 @@ class ModelParams(BaseModel):
     classifier: Optional[str] = None
     weights: Optional[str] = None
     freeze: Literal["none", "features"] = "none"
+    hidden: list[int] = Field(default_factory=lambda: [256],
+                              description="mlp: the hidden layers' widths")
+
+    @field_validator("hidden")
+    @classmethod
+    def _widths(cls, v):
+        if any(w < 1 for w in v):
+            raise ValueError("model.hidden: give positive layer widths, e.g. [256]")
+        return v
 
     @model_validator(mode="after")
     def _network_binds(self):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fishermask.errors import ConfigError
 from fishermask.plugins import Plugin, PluginError, resolve
 
-DATASETS = ("digits", "fashion_mnist", "cifar10", "image_folder")
+DATASETS = ("digits", "fashion_mnist", "cifar10", "image_folder", "features")
 SETTINGS: dict[int, list[int]] = {1: [250, 5000, 250, 250], 2: [250] * 9 + [5000]}
 """Imbalance settings: class counts of the pool (Setting 1: one majority class among four;
 Setting 2: nine minority classes and one majority class)."""
@@ -54,7 +54,12 @@ class DataParams(BaseModel):
     augment: bool = False
     image_size: int = Field(32, ge=4, le=1024,
                             description="image_folder only: images are resized to this")
-    test_fraction: float = Field(0.3, gt=0, lt=1, description="digits only: stratified hold-out")
+    test_fraction: float = Field(0.3, gt=0, lt=1,
+                                 description="digits, image_folder, features: stratified hold-out")
+    features: Optional[str] = Field(None, description="features: .npy of float32/float16 [N, d]")
+    labels: Optional[str] = Field(None, description="features: .npy of int labels [N]")
+    test_features: Optional[str] = None
+    test_labels: Optional[str] = None
 
     @field_validator("class_counts")
     @classmethod
@@ -68,6 +73,24 @@ class DataParams(BaseModel):
     def _one_imbalance(self):
         if self.setting is not None and self.class_counts is not None:
             raise ValueError("give either data.setting or data.class_counts, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _feature_files(self):
+        files = ("features", "labels", "test_features", "test_labels")
+        if self.dataset != "features":
+            given = [f"data.{k}" for k in files if getattr(self, k)]
+            if given:
+                raise ValueError(f"{', '.join(given)} belong to data.dataset=features")
+            return self
+        if not (self.features and self.labels):
+            raise ValueError("data.dataset=features needs data.features and data.labels (.npy "
+                             "files of the pool's [N, d] features and [N] labels)")
+        if bool(self.test_features) != bool(self.test_labels):
+            raise ValueError("give both data.test_features and data.test_labels, or neither "
+                             "(then data.test_fraction of the pool is held out)")
+        if self.augment:
+            raise ValueError("data.augment crops and flips images; features take none")
         return self
 
     @model_validator(mode="after")

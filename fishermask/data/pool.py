@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fishermask.data import readers as datasets
+from fishermask.data.features import FeatureData, load_features
 from fishermask.data.params import SETTINGS, DataParams, resolve_dataset
 from fishermask.errors import ConfigError, DataError, FishermaskError
 
@@ -67,9 +68,12 @@ class ImageData:
         t = (self.targets if idx is None else self.targets[_as_index(idx)]).numpy()
         return np.bincount(t[t >= 0], minlength=self.num_classes).astype(np.int64)
 
-    def subset(self, idx: Any) -> "ImageData":
+    def subset(self, idx: Any, targets: Optional[torch.Tensor] = None,
+               classes: Optional[list[str]] = None) -> "ImageData":
+        """The items ``idx``, relabelled by ``targets`` and ``classes`` when given."""
         i = _as_index(idx)
-        return ImageData(self.images[i], self.targets[i], list(self.classes), self.mean, self.std)
+        return ImageData(self.images[i], self.targets[i] if targets is None else targets,
+                         list(self.classes if classes is None else classes), self.mean, self.std)
 
     def inputs(self, idx: Any = None, *, augment: bool = False,
                generator: Optional[torch.Generator] = None, device: Any = None) -> torch.Tensor:
@@ -94,8 +98,8 @@ class ImageData:
 
 @dataclass(repr=False)
 class ExperimentData:
-    pool: ImageData                  # the (imbalanced) pool, in a seeded random order
-    test: ImageData                  # test split restricted to the kept classes
+    pool: "ImageData | FeatureData"  # the (imbalanced) pool, in a seeded random order
+    test: "ImageData | FeatureData"  # test split restricted to the kept classes
     pool_source_index: np.ndarray    # index of each pool item in the train split (as loaded)
     class_ids: list[int]             # original dataset class ids kept, in task order
 
@@ -141,10 +145,17 @@ BUILTIN_LOADERS = {"digits": datasets.load_digits, "fashion_mnist": datasets.loa
 
 
 def _splits(cfg: DataParams, seed: int):
-    """((train x, y), (test x, y), classes, mean, std) of a built-in or of a dataset factory."""
+    """(train, test) of a built-in (ImageData, or FeatureData for ``features``) or of a dataset
+    factory."""
     plugin = resolve_dataset(cfg.dataset)
+    if cfg.dataset == "features":
+        return load_features(cfg, seed)
     if plugin.source == "builtin":
-        return BUILTIN_LOADERS[cfg.dataset](cfg, seed)
+        (tr_x, tr_y), (te_x, te_y), classes, mean, std = BUILTIN_LOADERS[cfg.dataset](cfg, seed)
+        return (ImageData(tr_x, torch.as_tensor(np.asarray(tr_y, dtype=np.int64)), list(classes),
+                          mean, std),
+                ImageData(te_x, torch.as_tensor(np.asarray(te_y, dtype=np.int64)), list(classes),
+                          mean, std))
     try:
         out = plugin.obj(**cfg.args)
     except FishermaskError:
@@ -160,16 +171,15 @@ def _splits(cfg: DataParams, seed: int):
     if list(train.classes) != list(test.classes):
         raise DataError(f"data.dataset: {plugin.path}'s train and test splits name different "
                         f"classes ({train.classes} and {test.classes}); give both the same list")
-    return ((train.images, train.targets.numpy()), (test.images, test.targets.numpy()),
-            list(train.classes), train.mean, train.std)
+    return train, test
 
 
 def load_experiment_data(cfg: DataParams, seed: int) -> ExperimentData:
     """Load ``cfg.dataset``, apply the imbalance setting and return pool + test set (seeded)."""
     if seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed}")
-    (tr_x, tr_y), (te_x, te_y), classes, mean, std = _splits(cfg, seed)
-    tr_y, te_y = np.asarray(tr_y, dtype=np.int64), np.asarray(te_y, dtype=np.int64)
+    train, test = _splits(cfg, seed)
+    tr_y, te_y, classes = train.targets.numpy(), test.targets.numpy(), list(train.classes)
     available = np.bincount(tr_y, minlength=len(classes))
     counts, key = available.tolist(), "the whole train split"
     if cfg.setting is not None or cfg.class_counts is not None:
@@ -201,6 +211,6 @@ def load_experiment_data(cfg: DataParams, seed: int) -> ExperimentData:
         raise DataError(f"the '{cfg.dataset}' test split has no images of the kept classes "
                         f"{[classes[c] for c in kept]}; add test images for them")
     names = [classes[c] for c in kept]
-    pool, test = (ImageData(x[torch.from_numpy(i)], torch.from_numpy(remap[y[i]]), list(names), mean, std)
-                  for x, y, i in ((tr_x, tr_y, source), (te_x, te_y, test_idx)))
+    pool = train.subset(source, torch.from_numpy(remap[tr_y[source]]), names)
+    test = test.subset(test_idx, torch.from_numpy(remap[te_y[test_idx]]), names)
     return ExperimentData(pool=pool, test=test, pool_source_index=source, class_ids=kept)

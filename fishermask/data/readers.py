@@ -34,7 +34,7 @@ CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "
 _GRAY_MODES = ("1", "L", "LA", "F", "I", "I;16", "I;16B", "I;16L")
 
 
-def _holdout(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+def holdout(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified hold-out: sorted (train, test) index arrays."""
     from sklearn.model_selection import train_test_split
 
@@ -65,7 +65,7 @@ def load_digits(cfg: DataParams, seed: int):
     d = sk_datasets.load_digits()
     x = torch.from_numpy(np.clip(d.images * 16, 0, 255).astype(np.uint8)[:, None])
     y = d.target.astype(np.int64)
-    tr, te = _holdout(y, cfg.test_fraction, seed, "digits")
+    tr, te = holdout(y, cfg.test_fraction, seed, "digits")
     mean, std = image_stats(x[tr])
     return (x[tr], y[tr]), (x[te], y[te]), [str(c) for c in d.target_names], mean, std
 
@@ -293,6 +293,6 @@ def load_image_folder(cfg: DataParams, seed: int):
         classes, samples = _scan(tv, root, root)
         x = read_images(root, [p for p, _ in samples], cfg.image_size)
         y = np.array([t for _, t in samples], dtype=np.int64)
-        tr, te = _holdout(y, cfg.test_fraction, seed, f"image_folder {root}")
+        tr, te = holdout(y, cfg.test_fraction, seed, f"image_folder {root}")
     mean, std = image_stats(x[tr])
     return (x[tr], y[tr]), (x[te], y[te]), classes, mean, std

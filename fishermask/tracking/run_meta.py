@@ -299,6 +299,8 @@ def dataset_inputs(cfg, data) -> list:
 
     if cfg.data.dataset == "digits":
         source, stype = {"uri": "sklearn.datasets.load_digits"}, "code"
+    elif cfg.data.dataset == "features":
+        source, stype = {"uri": resolved_path(cfg.data.features)}, "local"
     else:
         source, stype = {"uri": resolved_path(cfg.data.data_dir)}, "local"
     out = []

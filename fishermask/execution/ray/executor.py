@@ -182,6 +182,12 @@ class RayExecutor(PoolExecutor):
                                      for k, v in state.items()})
         self.model = model
 
+    def shard_stats(self) -> list[dict]:
+        """Each shard actor's :meth:`~fishermask.execution.ray.actor.PoolShard.stats`."""
+        import ray
+
+        return ray.get([a.stats.remote() for a in self.actors])
+
     def close(self) -> None:
         import ray
 
