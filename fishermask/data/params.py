@@ -83,9 +83,9 @@ class DataParams(BaseModel):
             if given:
                 raise ValueError(f"{', '.join(given)} belong to data.dataset=features")
             return self
-        if not (self.features and self.labels):
-            raise ValueError("data.dataset=features needs data.features and data.labels (.npy "
-                             "files of the pool's [N, d] features and [N] labels)")
+        if not self.features:
+            raise ValueError("data.dataset=features needs data.features (the .npy file of the "
+                             "pool's [N, d] features) and, to simulate labeling, data.labels")
         if bool(self.test_features) != bool(self.test_labels):
             raise ValueError("give both data.test_features and data.test_labels, or neither "
                              "(then data.test_fraction of the pool is held out)")

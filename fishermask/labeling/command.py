@@ -3,7 +3,8 @@
     fishermask select my.yaml --labeled labels.csv --n 100 --out next.csv
 
 The config names the folder of images (``data.dataset: image_folder``, ``data.data_dir``; a flat
-folder is fine), the network, the training, the strategy and where it runs (``execution``).  The
+folder is fine) or a features file (``data.dataset: features``, ``data.features``; the CSV then
+names rows: ``row,label``), the network, the training, the strategy and where it runs (``execution``).  The
 round trains the network on the labeled images (or loads ``--checkpoint``), runs the strategy over
 the others, writes the ``--n`` images to label next, most informative first, and logs the round to
 MLflow.  Appending the new labels to the CSV and running the command again is the next round.
@@ -22,7 +23,8 @@ from fishermask import preflight
 from fishermask.config import Config, load_config
 from fishermask.errors import ConfigError
 from fishermask.execution import make_executor
-from fishermask.labeling.files import LABEL_STUDIO_PREFIX, labeling_pool, write_picks
+from fishermask.labeling.files import (LABEL_STUDIO_PREFIX, feature_labeling_pool,
+                                      labeling_pool, write_picks)
 from fishermask.loop.loop import jsonable, round_seed
 from fishermask.models import load_weights, model_from_params
 from fishermask.strategies import SelectionContext, build_strategy
@@ -53,9 +55,13 @@ def add_parser(subparsers, add_common) -> None:
 
 def _config(args) -> Config:
     cfg = load_config(args.file, args.overrides)
-    if cfg.data.dataset != "image_folder":
-        raise ConfigError(f"select reads a folder of images: set data.dataset=image_folder and "
-                          f"data.data_dir=<the folder> (got data.dataset={cfg.data.dataset})")
+    if cfg.data.dataset not in ("image_folder", "features"):
+        raise ConfigError(f"select reads a folder of images (data.dataset=image_folder, "
+                          f"data.data_dir=<the folder>) or a features file (data.dataset=features, "
+                          f"data.features=<the .npy>); got data.dataset={cfg.data.dataset}")
+    if cfg.data.dataset == "features" and args.format == "label-studio":
+        raise ConfigError("--format label-studio lists images to label; a features pool has "
+                          "none: use the CSV (its rows) instead")
     if args.tracking_uri:
         cfg.tracking.tracking_uri = args.tracking_uri
     return cfg
@@ -85,11 +91,16 @@ def cmd_select(args) -> int:
     uri = preflight.tracking_uri(cfg.tracking.tracking_uri)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     t0 = time.perf_counter()
-    pool = labeling_pool(Path(cfg.data.data_dir), Path(args.labeled), cfg.data.image_size, classes)
+    if cfg.data.dataset == "features":
+        pool = feature_labeling_pool(Path(cfg.data.features), Path(args.labeled), classes)
+    else:
+        pool = labeling_pool(Path(cfg.data.data_dir), Path(args.labeled), cfg.data.image_size,
+                             classes)
     free = len(pool.unlabeled)
     if n > free:
-        raise ConfigError(f"--n {n}: only {free} images of {cfg.data.data_dir} are not labeled "
-                          f"yet ({len(pool.paths)} images, {len(pool.labeled)} labeled)")
+        where = cfg.data.features if cfg.data.dataset == "features" else cfg.data.data_dir
+        raise ConfigError(f"--n {n}: only {free} items of {where} are not labeled yet "
+                          f"({len(pool.data)} in all, {len(pool.labeled)} labeled)")
     device = preflight.device(cfg.execution)
     strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
     model = model_from_params(cfg.model, len(pool.classes), pool.data.in_channels)
@@ -104,10 +115,11 @@ def cmd_select(args) -> int:
                                rng=np.random.default_rng(round_seed(cfg.seed, len(pool.labeled), 3)),
                                classifier=cfg.model.classifier)
         sel = strategy.run_round(ctx, n)
-    picked = [pool.paths[i] for i in sel.indices]
-    out = write_picks(Path(args.out), picked, sel.scores, args.format, args.ls_prefix)
+    picked = [pool.name(i) for i in sel.indices]
+    out = write_picks(Path(args.out), picked, sel.scores, args.format, args.ls_prefix,
+                      "row" if pool.paths is None else "path")
     seconds = time.perf_counter() - t0
-    print(f"{cfg.strategy.name}: {n} of {free} unlabeled images in {seconds:.1f} s "
+    print(f"{cfg.strategy.name}: {n} of {free} unlabeled items in {seconds:.1f} s "
           f"({len(pool.labeled)} labeled, classes {', '.join(pool.classes)}); wrote {out}")
     _log(cfg, uri, args, pool, sel, out, seconds)
     return 0
@@ -128,11 +140,11 @@ def _log(cfg: Config, uri: str, args, pool, sel, out: Path, seconds: float) -> N
     rid = run.info.run_id
     params = run_meta.run_params(cfg)
     params.update({"select.n": str(len(sel.indices)), "select.labeled": str(len(pool.labeled)),
-                   "select.pool": str(len(pool.paths)), "select.classes": ",".join(pool.classes),
+                   "select.pool": str(len(pool.data)), "select.classes": ",".join(pool.classes),
                    "select.format": args.format})
     run_meta.log_params(client, rid, params)
     client.log_batch(rid, metrics=[Metric("time/select_seconds", seconds, 0, len(pool.labeled))])
-    client.log_dict(rid, {"picked": [pool.paths[i] for i in sel.indices],
+    client.log_dict(rid, {"picked": [pool.name(i) for i in sel.indices],
                           "diagnostics": jsonable(sel.diagnostics)}, "picks.json")
     client.log_artifact(rid, str(out))
     client.set_terminated(rid, "FINISHED")

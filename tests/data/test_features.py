@@ -92,7 +92,7 @@ def test_a_pool_of_features_is_drawn_like_a_pool_of_images(tmp_path):
 
 
 @pytest.mark.parametrize("data,text", [
-    ({"labels": None}, "needs data.features and data.labels"),
+    ({"features": None}, "needs data.features"),
     ({"test_features": "t.npy"}, "give both data.test_features and data.test_labels"),
     ({"augment": True}, "features take none"),
 ])

@@ -122,12 +122,12 @@ def test_a_checkpoint_instead_of_training(tmp_path, folder, capsys):
     ([["d000.png", "zero"], ["d001.png", "one"]], ["--classes", "zero,two"],
      "line 3: label 'one' is not one of --classes zero,two"),
     ([["d000.png", "zero"], ["d001.png", "one"]], ["--n", "199"],
-     "--n 199: only 198 images of"),
+     "--n 199: only 198 items of"),
     ([["d000.png", "zero"], ["d001.png", "one"]], ["--n", "0"], "--n must be a positive integer"),
     ([["d000.png", "zero"], ["d001.png", "one"]], ["--labeled", "missing.csv"],
      "--labeled missing.csv: no such file"),
     ([["d000.png", "zero"], ["d001.png", "one"]], ["--set", "data.dataset=digits"],
-     "select reads a folder of images: set data.dataset=image_folder"),
+     "select reads a folder of images (data.dataset=image_folder"),
 ])
 def test_bad_input_exits_2_with_one_message(tmp_path, folder, capfd, rows, extra, text):
     args = _setup(tmp_path, folder, [])
@@ -140,3 +140,29 @@ def test_bad_input_exits_2_with_one_message(tmp_path, folder, capfd, rows, extra
     assert code == 2 and "Traceback" not in err
     assert err.startswith("error: ") and text in err, err
     assert not (tmp_path / "n.csv").exists()
+
+
+def test_a_features_pool(tmp_path):
+    """The rows of a features file, named by their numbers (``row,label``), with a linear head."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 2, (3, 8))
+    y = rng.integers(0, 3, 500)
+    np.save(tmp_path / "x.npy", (means[y] + rng.normal(size=(500, 8))).astype(np.float32))
+    cfg = {"experiment": "rows", "data": {"dataset": "features",
+                                         "features": str(tmp_path / "x.npy")},
+           "model": {"name": "linear"}, "train": {"epochs": 10}, "strategy": {"name": "bait"}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    labeled = list(range(0, 500, 25))
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["row", "label"]] + [[i, f"c{y[i]}"] for i in labeled])
+    args = ["select", str(tmp_path / "cfg.yaml"), "--labeled", str(tmp_path / "labels.csv"),
+            "--n", "7", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert main(args + ["--out", str(tmp_path / "one.csv")]) == 0
+    rows = [int(r["row"]) for r in _read(tmp_path / "one.csv")]
+    assert len(set(rows)) == 7 and not set(rows) & set(labeled) and max(rows) < 500
+    assert main(args + ["--out", str(tmp_path / "two.csv"), "--set", "execution.shards=2",
+                        "--set", "execution.cpus_per_shard=0.5"]) == 0
+    assert [int(r["row"]) for r in _read(tmp_path / "two.csv")] == rows
+    with (tmp_path / "labels.csv").open("a", newline="") as f:
+        csv.writer(f).writerow([500, "c0"])
+    assert main(args + ["--out", str(tmp_path / "bad.csv")]) == 2

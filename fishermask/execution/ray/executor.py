@@ -305,7 +305,9 @@ class RayExecutor(PoolExecutor):
         sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray.group.RayShardGroup`."""
         idx = np.asarray(indices, dtype=np.int64)
         unit = math.lcm(CHUNK, self.batch_size)
-        if unit > 8 * CHUNK:  # odd batch sizes: give up batch alignment, keep balance
+        if unit > 8 * CHUNK and 2 * unit * self.shards > len(idx):
+            # a large unit for this pool (an odd batch size, or a large one on a small pool):
+            # batch alignment would leave shards empty, so keep balance and CHUNK alignment
             unit = CHUNK
         return RayShardGroup(self, embed_fn, idx, self._split(len(idx), unit))
 
