@@ -46,14 +46,14 @@ def find_head(model: nn.Module, path: Optional[str] = None) -> tuple[str, nn.Lin
     A TypeError says what to name otherwise."""
     candidates = [path] if path else [n for n in HEAD_NAMES if hasattr(model, n)]
     for name in candidates:
-        found = _last_linear(_at(model, name)) if isinstance(_at(model, name), nn.Module) else None
+        obj = _at(model, name)
+        found = _last_linear(obj) if isinstance(obj, nn.Module) else None
         if found is not None:
             sub, linear = found
             return (f"{name}.{sub}" if sub else name), linear
         if path:
-            raise TypeError(f"model: {name!r} is a {type(_at(model, name)).__name__} without an "
-                            f"nn.Linear; name the final nn.Linear (the layer whose output is the "
-                            f"logits)")
+            raise TypeError(f"model: {name!r} is a {type(obj).__name__} without an nn.Linear; "
+                            f"name the final nn.Linear (the layer whose output is the logits)")
     raise TypeError(f"model: {type(model).__name__} has no final nn.Linear at "
                     f"{', '.join(HEAD_NAMES)}; name it by its attribute path (model.classifier in "
                     f"a config, classifier= in Strategy.select), e.g. 'head.fc'")
