@@ -1,7 +1,8 @@
 """Datasets and imbalance settings, held in memory as uint8 tensors (no maths, Ray or MLflow).
 
 ``load_experiment_data(cfg.data, seed)``: the pool is drawn per class (seeded, without
-replacement) from the train split and stored in a seeded random order; the test set is the test
+replacement) from the train split and stored in a seeded random order (a pool of features: in
+the file's order, so that each shard's range is one part of the file); the test set is the test
 split restricted to the kept classes; task labels are 0.. in the order of the kept class ids.
 """
 
@@ -204,6 +205,8 @@ def load_experiment_data(cfg: DataParams, seed: int) -> ExperimentData:
     drawn = [rng.choice(np.flatnonzero(tr_y == c), size=counts[c], replace=False) for c in kept]
     source = np.concatenate(drawn).astype(np.int64)
     source = source[rng.permutation(len(source))]
+    if isinstance(train, FeatureData):  # rows stay in file order: a shard reads one part of it
+        source = np.sort(source)
     remap = np.full(len(classes), -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
     test_idx = np.flatnonzero(np.isin(te_y, kept))

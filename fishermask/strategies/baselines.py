@@ -23,6 +23,9 @@ class RandomSampling(Strategy):
         return Selection(ctx.rng.choice(np.sort(ctx.unlabeled), size=n, replace=False))
 
 
+SCORE_ROWS = 1 << 20
+
+
 class _ScoreStrategy(Strategy):
     """Pick the ``n`` unlabeled points with the largest ``score(p)`` (ties: lowest pool index)."""
 
@@ -32,7 +35,9 @@ class _ScoreStrategy(Strategy):
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         unl = np.sort(ctx.unlabeled)
         p = ctx.executor.map(inference.probs, unl)
-        s = self.score(p.double()).numpy()
+        # float64 scores, a million rows at a time (a pool of millions: no float64 copy of p)
+        s = torch.cat([self.score(p[i:i + SCORE_ROWS].double())
+                       for i in range(0, len(p), SCORE_ROWS)]).numpy()
         pos = top_n(s, n)
         return Selection(unl[pos], scores=s[pos], diagnostics={
             "scores": score_summary(s), "picked_scores": score_summary(s[pos]),
