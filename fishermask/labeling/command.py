@@ -103,6 +103,7 @@ def cmd_select(args) -> int:
                           f"({len(pool.data)} in all, {len(pool.labeled)} labeled)")
     device = preflight.device(cfg.execution)
     strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
+    torch.manual_seed(round_seed(cfg.seed, 0, 4))  # the initial weights: the same in any process
     model = model_from_params(cfg.model, len(pool.classes), pool.data.in_channels)
     preflight.network(cfg, model, pool.data)
     preflight.mask_capacity(cfg, model, free, len(pool.classes))

@@ -102,6 +102,7 @@ class ActiveLearningLoop:
         preflight.budget(cfg, len(data.pool))
         device = preflight.device(cfg.execution)
         strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
+        torch.manual_seed(round_seed(cfg.seed, 0, 4))  # the initial weights, for reinit: none
         model = model_from_params(cfg.model, data.pool.num_classes, data.pool.in_channels)
         preflight.network(cfg, model, data.pool)
         preflight.mask_capacity(cfg, model, len(data.pool), data.pool.num_classes)
