@@ -83,8 +83,10 @@ def check_memory(need_gb: float, limit_gb: float, *, what: str, shards: int = 1)
     if need_gb > limit_gb:
         raise MemoryLimitError(
             "{what} needs about {need:.1f} GB per process but {max_memory_gb} is {limit:g}. "
-            "Lower {sparsity} (smaller mask k), use {fisher_target}=diag, spread the pool over "
-            "more {shards} (now {now}), or raise {max_memory_gb} if the machine has the memory.",
+            "Lower {sparsity} (smaller mask k), use {fisher_target}=diag, keep fewer classes per "
+            "sample ({fisher_classes}=top with a small {top_c}: c×c instead of C×C state), "
+            "spread the pool over more {shards} (now {now}), or raise {max_memory_gb} if the "
+            "machine has the memory.",
             what=what, need=need_gb, limit=limit_gb, now=shards)
 
 

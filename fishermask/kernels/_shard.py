@@ -123,7 +123,7 @@ class GreedyShard:
         :meth:`reset` fills it).  The state P, Q and the scores are float64 in any case."""
         self.fisher = fisher.to(device=self.device, dtype=torch.float64)
         self.root_w = float(w_s) ** 0.5
-        c = self.emb.num_classes
+        c = self.emb.num_rows
         self.p = torch.zeros(self.size, c, c, dtype=torch.float64, device=self.device)
         self.q = torch.zeros_like(self.p)
         self.selected = torch.zeros(self.size, dtype=torch.bool, device=self.device)
@@ -137,7 +137,7 @@ class GreedyShard:
         """The dtype of the large products, F in it, and a work buffer for the dense block."""
         self.dtype = compute_dtype
         self._fisher_c = self.fisher.to(compute_dtype)
-        emb, c = self.emb, self.emb.num_classes
+        emb, c = self.emb, self.emb.num_rows
         cast = emb.dense is not None and emb.dense.dtype != compute_dtype
         # one chunk's dense block in the compute dtype, reused by every product (no allocation)
         self._work = (torch.empty(min(self.chunk, self.size) * c * emb.k_dense, dtype=compute_dtype,

@@ -81,9 +81,9 @@ def fisher_greedy(candidates, labeled, fisher, n: int, *, lam: float = 1.0, over
     fisher = check_fisher(fisher, k)
     lab = None if labeled is None else as_embeddings(labeled, "labeled")
     if lab is not None:
-        if (lab.num_classes, lab.k) != (cand.num_classes, k):
-            raise ValueError(f"labeled has (C, k) = {(lab.num_classes, lab.k)} but the candidates "
-                             f"have {(cand.num_classes, k)}")
+        if (lab.num_rows, lab.k) != (cand.num_rows, k):
+            raise ValueError(f"labeled has (C, k) = {(lab.num_rows, lab.k)} but the candidates "
+                             f"have {(cand.num_rows, k)}")
         lab.check_finite("labeled")
         if len(lab) == 0:
             lab = None
