@@ -34,7 +34,9 @@ public entry point is :func:`fishermask.kernels.greedy.fisher_greedy`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 
 import torch
@@ -90,6 +92,27 @@ def check_memory(need_gb: float, limit_gb: float, *, what: str, shards: int = 1)
             what=what, need=need_gb, limit=limit_gb, now=shards)
 
 
+@contextlib.contextmanager
+def step_threads():
+    """torch on one thread inside, unless OMP_WAIT_POLICY=PASSIVE (then torch's threads).
+
+    The greedy's steps and the driver's k×k work are many short parallel regions.  OpenMP threads
+    that spin at the end of each region (the default) stall every region for the thread another
+    job has descheduled, and burn the core it needed: measured here at load 7 on 2 cores, a
+    40-step round took 53 s on two spinning threads and 6 s on one.  The ``fishermask`` command
+    and its Ray actors set PASSIVE; the shards' initialisation (long GEMMs) keeps torch's threads.
+    """
+    before = torch.get_num_threads()
+    serial = before > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+    if serial:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if serial:
+            torch.set_num_threads(before)
+
+
 def _sym_mm(mat: Tensor, y: Tensor) -> Tensor:
     """mat @ y for a symmetric k×k ``mat`` and a narrow k×m ``y``, taken as (yᵀ mat)ᵀ: MKL runs
     the narrow product about twice as fast with the narrow matrix on the left."""
@@ -97,7 +120,8 @@ def _sym_mm(mat: Tensor, y: Tensor) -> Tensor:
 
 
 def _inverse(m: Tensor) -> Tensor:
-    a = torch.cholesky_inverse(torch.linalg.cholesky(m))
+    with step_threads():  # LAPACK's blocked Cholesky: many short parallel regions
+        a = torch.cholesky_inverse(torch.linalg.cholesky(m))
     # row-major: cholesky_inverse returns a column-major matrix, and a column-major A times the
     # transposed Ṽᵀ took a slow matmul path (20× slower at k = 2,560)
     return ((a + a.T) / 2).contiguous()
@@ -328,6 +352,15 @@ def run_greedy(group: ShardGroup, driver: GreedyDriver, num_candidates: int, n: 
     t0 = time.perf_counter()
     n_fwd, n_bwd = greedy_steps(num_candidates, n, oversample)
     reports = group.reset(driver.a, True)
+    with step_threads():
+        order = _steps(group, driver, reports, n_fwd, n_bwd)
+    info = dict(driver.stats, steps=n_fwd + n_bwd, seconds=time.perf_counter() - t0,
+                objective=driver.final_objective() if order else float("nan"))
+    return order, info
+
+
+def _steps(group: ShardGroup, driver: GreedyDriver, reports, n_fwd: int, n_bwd: int) -> list:
+    """The forward then backward steps; the kept global indices in the order they were added."""
     order: list[int] = []
     pending = None
     for step in range(n_fwd + n_bwd):
@@ -345,10 +378,8 @@ def run_greedy(group: ShardGroup, driver: GreedyDriver, num_candidates: int, n: 
             order.append(ev["g"])
         else:
             order.remove(ev["g"])
-    info = dict(driver.stats, steps=n_fwd + n_bwd, seconds=time.perf_counter() - t0,
-                objective=driver.final_objective() if order else float("nan"))
-    return order, info
+    return order
 
 
-__all__ = ["GreedyDriver", "MARGIN_FLOOR", "RTOL", "RTOL32", "check_memory", "greedy_memory_gb", "greedy_steps", "run_greedy",
-           "weights"]
+__all__ = ["GreedyDriver", "MARGIN_FLOOR", "RTOL", "RTOL32", "check_memory", "greedy_memory_gb",
+           "greedy_steps", "run_greedy", "step_threads", "weights"]
