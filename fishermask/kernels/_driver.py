@@ -268,14 +268,16 @@ class GreedyDriver:
 
     def accept(self, ev: dict):
         """Apply an evaluated step: M exactly, A ← A − a S⁻¹ aᵀ with a = y.  Returns the shards'
-        update (g, sign, X = √w_S [a | A F a], S⁻¹, K = aᵀFa)."""
+        update (g, sign, X = √w_S [a L | A F a L], K' = Lᵀ (aᵀFa) L) with S⁻¹ = sign·L Lᵀ (a
+        Cholesky factor: ±S⁻¹ is positive definite for an addition and a removal alike)."""
         y, s_inv = ev["y"], ev["s_inv"]
         b = _sym_mm(self.a, ev["fy"])                                      # A F a (A before)
         self.m.addmm_(ev["v"].T, ev["v"], alpha=float(ev["sign"]))
         self.a.addmm_(y @ s_inv, y.T, alpha=-1.0)
         self.objective -= ev["score"]
-        x = self.root * torch.cat([y, b], dim=1)
-        return ev["g"], ev["sign"], x, s_inv, ev["k"]
+        low = torch.linalg.cholesky(ev["sign"] * s_inv)
+        x = self.root * torch.cat([y @ low, b @ low], dim=1)
+        return ev["g"], ev["sign"], x, low.T @ ev["k"] @ low
 
 
 def _global_best(reports) -> tuple[float, int, FisherEmbeddings]:

@@ -6,14 +6,15 @@ The objective is tr(M_S⁻¹ F), M_S = λI + w_L Σ_L V_xᵀV_x + w_S Σ_S V_x�
     P_x = Ṽ_x A Ṽ_xᵀ,   Q_x = Ṽ_x A F A Ṽ_xᵀ,   score(x) = tr((±I + P_x)⁻¹ Q_x)
 
 (+I: the decrease of tr(AF) when x is added; −I: when a selected x is removed, ≤ 0).  After the
-driver adds (+) or removes (−) a point s it sends X = √w_S [a | b] with a = A Ṽ_sᵀ, b = A F a,
-S⁻¹ for S = ±I + Ṽ_s a, and K = aᵀFa; then for every candidate, with [g | h] = V_x X,
+driver adds (+) or removes (−) a point s, with a = A Ṽ_sᵀ, b = A F a, S = ±I + Ṽ_s a,
+K = aᵀFa and [g | h] = Ṽ_x [a | b], every candidate's state becomes
 
     P_x ← P_x − g S⁻¹ gᵀ,   Q_x ← Q_x − g S⁻¹ hᵀ − h S⁻¹ gᵀ + g S⁻¹ K S⁻¹ gᵀ,
 
 one streaming product of the stored embeddings with a k×2C matrix per step (O(C²·k) flops per
-candidate), block by block.  In the backward phase only selected rows are kept current (it looks
-at nothing else).
+candidate), block by block; the driver sends the update with S⁻¹'s Cholesky factor folded in
+(:meth:`GreedyShard.apply`), so that the C×C work is one batched product per block.  In the
+backward phase only selected rows are kept current (it looks at nothing else).
 
 **Precision.**  The large products (V_x A, V_x A F A or (V_x A) F, and V_x X) run in the shard's
 ``compute_dtype``: float32 (what :func:`~fishermask.kernels.greedy.fisher_greedy` and the
@@ -216,22 +217,28 @@ class GreedyShard:
             self._rescore()
         return self.best(forward)
 
-    def apply(self, g: int, sign: int, x: Tensor, s_inv: Tensor, k_mat: Tensor) -> None:
-        """Add (sign +1) or remove (−1) the winner g: mark it, update P, Q and the scores."""
+    def apply(self, g: int, sign: int, x: Tensor, k_mat: Tensor) -> None:
+        """Add (sign σ = +1) or remove (−1) the winner g: mark it, update P, Q and the scores.
+
+        With S⁻¹ = σ L Lᵀ, X = √w_S [a L | b L] and K' = Lᵀ K L from the driver, [G | H] = V_x X
+        gives g S⁻¹ gᵀ = σ G Gᵀ and the update of the module docstring as
+        P ← P − σ G Gᵀ, Q ← Q + W + Wᵀ with W = T Gᵀ, T = G K'/2 − σ H
+        (one batched product [G; T] Gᵀ per block)."""
         self.mark(g, sign)
         self.sign = sign
         dev, f64 = self.device, torch.float64
         x = x.to(device=dev, dtype=self.dtype)
-        s_inv, k_mat = s_inv.to(device=dev, dtype=f64), k_mat.to(device=dev, dtype=f64)
-        c = s_inv.shape[0]
+        half_k = k_mat.to(device=dev, dtype=f64) / 2
+        c = k_mat.shape[0]
         self.scores.fill_(float("-inf"))
         for idx, rows in self._blocks(self.removing):
             gh = rows.matmul(x, self._work).to(f64)                            # [n, C, 2C]
-            gg, hh = gh[..., :c], gh[..., c:]
-            gs = gg @ s_inv                                                    # g S⁻¹
-            self.p[idx] -= gs @ gg.transpose(1, 2)
-            cross = gs @ hh.transpose(1, 2)
-            self.q[idx] += (gs @ k_mat) @ gs.transpose(1, 2) - cross - cross.transpose(1, 2)
+            big_g = gh[..., :c]
+            t = big_g @ half_k - sign * gh[..., c:]
+            u = torch.bmm(torch.cat([big_g, t], 1), big_g.transpose(1, 2))     # [G; T] Gᵀ
+            self.p[idx] -= sign * u[:, :c]
+            w = u[:, c:]
+            self.q[idx] += w + w.transpose(1, 2)
             self._score_rows(idx)
 
     def _eligible_scores(self, forward: bool):
