@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import fishermask
-from fishermask.kernels._driver import step_threads
+from fishermask.kernels._threads import step_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 

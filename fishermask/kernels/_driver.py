@@ -34,9 +34,7 @@ public entry point is :func:`fishermask.kernels.greedy.fisher_greedy`.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
 
 import torch
@@ -44,6 +42,8 @@ from torch import Tensor
 
 from fishermask.errors import MemoryLimitError
 from fishermask.kernels._group import ShardGroup
+from fishermask.kernels._symmetric import Updated, inverse, sym_mm
+from fishermask.kernels._threads import step_threads
 from fishermask.kernels.embeddings import FisherEmbeddings
 
 RTOL = 1e-7
@@ -92,41 +92,6 @@ def check_memory(need_gb: float, limit_gb: float, *, what: str, shards: int = 1)
             what=what, need=need_gb, limit=limit_gb, now=shards)
 
 
-@contextlib.contextmanager
-def step_threads():
-    """torch on one thread inside, unless OMP_WAIT_POLICY=PASSIVE (then torch's threads).
-
-    The greedy's steps and the driver's k×k work are many short parallel regions.  OpenMP threads
-    that spin at the end of each region (the default) stall every region for the thread another
-    job has descheduled, and burn the core it needed: measured here at load 7 on 2 cores, a
-    40-step round took 53 s on two spinning threads and 6 s on one.  The ``fishermask`` command
-    and its Ray actors set PASSIVE; the shards' initialisation (long GEMMs) keeps torch's threads.
-    """
-    before = torch.get_num_threads()
-    serial = before > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
-    if serial:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if serial:
-            torch.set_num_threads(before)
-
-
-def _sym_mm(mat: Tensor, y: Tensor) -> Tensor:
-    """mat @ y for a symmetric k×k ``mat`` and a narrow k×m ``y``, taken as (yᵀ mat)ᵀ: MKL runs
-    the narrow product about twice as fast with the narrow matrix on the left."""
-    return (y.T @ mat).T
-
-
-def _inverse(m: Tensor) -> Tensor:
-    with step_threads():  # LAPACK's blocked Cholesky: many short parallel regions
-        a = torch.cholesky_inverse(torch.linalg.cholesky(m))
-    # row-major: cholesky_inverse returns a column-major matrix, and a column-major A times the
-    # transposed Ṽᵀ took a slow matmul path (20× slower at k = 2,560)
-    return ((a + a.T) / 2).contiguous()
-
-
 class GreedyDriver:
     """The driver's state: M (exact), A = M⁻¹, F, the weights and the winner check."""
 
@@ -140,10 +105,12 @@ class GreedyDriver:
         dev = device if device is not None else fisher.device
         self.fisher = fisher.to(device=dev, dtype=torch.float64)
         self.diagonal = self.fisher.dim() == 1
-        self.m = torch.eye(k, dtype=torch.float64, device=dev) * self.lam
+        m = torch.eye(k, dtype=torch.float64, device=dev) * self.lam
         for start in range(0, num_l, block):  # M₀ = λI + w_L Σ_L V_xᵀV_x, block by block
-            self.m += self.w_l * labeled.rows(slice(start, start + block)).to(dev).gram()
-        self.a = _inverse(self.m)
+            m += self.w_l * labeled.rows(slice(start, start + block)).to(dev).gram()
+        # M and A with the steps' rank-C updates held apart until 128 columns are pending
+        # (kernels/_symmetric.py): a step reads the k×k matrices 5 times instead of 9
+        self._m, self._a = Updated(m), Updated(inverse(m))
         self.objective = self._trace_af()
         self.compute_dtype = compute_dtype  # of the shards' large products (float64 once switched)
         self.resolve_contenders = compute_dtype != torch.float64  # started in float32
@@ -151,9 +118,19 @@ class GreedyDriver:
         self.stats = {"rebuilds": 0, "overrides": 0, "direct_solves": 0, "checks": 0,
                       "contenders": 0, "float64_resets": 0}
 
+    @property
+    def m(self) -> Tensor:
+        """M, dense (its pending updates folded in)."""
+        return self._m.dense
+
+    @property
+    def a(self) -> Tensor:
+        """A, dense (its pending updates folded in)."""
+        return self._a.dense
+
     # ------------------------------------------------------------------ linear algebra
     def _f(self, y: Tensor) -> Tensor:
-        return self.fisher[:, None] * y if self.diagonal else _sym_mm(self.fisher, y)
+        return self.fisher[:, None] * y if self.diagonal else sym_mm(self.fisher, y)
 
     def _trace_af(self) -> float:
         """tr(A F) with the current A."""
@@ -162,7 +139,7 @@ class GreedyDriver:
         return float(torch.dot(self.a.reshape(-1), self.fisher.reshape(-1)))
 
     def dense_row(self, row: FisherEmbeddings) -> Tensor:
-        return self.root * row.to(self.m.device).to_dense(torch.float64)[0]         # Ṽ_s, [C, k]
+        return self.root * row.to(self.fisher.device).to_dense(torch.float64)[0]    # Ṽ_s, [C, k]
 
     def _solve(self, v: Tensor, sign: int) -> Tensor:
         """y = (M + sign·ṼᵀṼ)⁻¹ Ṽᵀ for sign 0 (M itself) or −1 (M with s removed, ≥ λI):
@@ -170,14 +147,14 @@ class GreedyDriver:
         Cholesky solve when it does not converge."""
         rhs = v.T.contiguous()
         if sign == 0:
-            pre = lambda r: _sym_mm(self.a, r)  # noqa: E731
+            pre = self._a.mm
         else:
-            a = _sym_mm(self.a, rhs)
+            a = self._a.mm(rhs)
             s = v @ a
             s.diagonal().sub_(1.0)
             s_inv = torch.linalg.pinv(s)
-            pre = lambda r: _sym_mm(self.a, r) - a @ (s_inv @ (a.T @ r))  # noqa: E731
-        op = lambda y: _sym_mm(self.m, y) + sign * (rhs @ (v @ y))  # noqa: E731
+            pre = lambda r: self._a.mm(r) - a @ (s_inv @ (a.T @ r))  # noqa: E731
+        op = lambda y: self._m.mm(y) + sign * (rhs @ (v @ y))  # noqa: E731
         y = pre(rhs)
         last = math.inf
         for _ in range(10):
@@ -253,7 +230,7 @@ class GreedyDriver:
         """A ← M⁻¹ (fresh Cholesky); returns A for the shards' reset."""
         self.stats["rebuilds"] += 1
         self.err_max = 0.0
-        self.a = _inverse(self.m)
+        self._a = Updated(inverse(self.m))
         self.objective = self._trace_af()
         return self.a
 
@@ -261,7 +238,7 @@ class GreedyDriver:
         """tr(M⁻¹F) from a fresh factorisation of M: the running value (objective minus each
         step's score) and the updated A drift on ill-conditioned problems (3e-5 relative at
         λ = 1e-4), although every pick is verified."""
-        a = _inverse(self.m)
+        a = inverse(self.m)
         if self.diagonal:
             return float(a.diagonal() @ self.fisher)
         return float(torch.dot(a.reshape(-1), self.fisher.reshape(-1)))
@@ -271,9 +248,10 @@ class GreedyDriver:
         update (g, sign, X = √w_S [a L | A F a L], K' = Lᵀ (aᵀFa) L) with S⁻¹ = sign·L Lᵀ (a
         Cholesky factor: ±S⁻¹ is positive definite for an addition and a removal alike)."""
         y, s_inv = ev["y"], ev["s_inv"]
-        b = _sym_mm(self.a, ev["fy"])                                      # A F a (A before)
-        self.m.addmm_(ev["v"].T, ev["v"], alpha=float(ev["sign"]))
-        self.a.addmm_(y @ s_inv, y.T, alpha=-1.0)
+        b = self._a.mm(ev["fy"])                                           # A F a (A before)
+        eye = torch.eye(len(s_inv), dtype=s_inv.dtype, device=s_inv.device)
+        self._m.add(ev["v"].T, float(ev["sign"]) * eye)
+        self._a.add(y, -s_inv)
         self.objective -= ev["score"]
         low = torch.linalg.cholesky(ev["sign"] * s_inv)
         x = self.root * torch.cat([y @ low, b @ low], dim=1)
@@ -384,4 +362,4 @@ def _steps(group: ShardGroup, driver: GreedyDriver, reports, n_fwd: int, n_bwd: 
 
 
 __all__ = ["GreedyDriver", "MARGIN_FLOOR", "RTOL", "RTOL32", "check_memory", "greedy_memory_gb",
-           "greedy_steps", "run_greedy", "step_threads", "weights"]
+           "greedy_steps", "run_greedy", "weights"]
