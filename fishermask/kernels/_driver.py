@@ -111,12 +111,26 @@ class GreedyDriver:
         # M and A with the steps' rank-C updates held apart until 128 columns are pending
         # (kernels/_symmetric.py): a step reads the k×k matrices 5 times instead of 9
         self._m, self._a = Updated(m), Updated(inverse(m))
+        self.low_rank = self._low_rank(labeled)
         self.objective = self._trace_af()
         self.compute_dtype = compute_dtype  # of the shards' large products (float64 once switched)
         self.resolve_contenders = compute_dtype != torch.float64  # started in float32
         self.err_max = 0.0  # largest relative error of a checked maintained score since a reset
         self.stats = {"rebuilds": 0, "overrides": 0, "direct_solves": 0, "checks": 0,
                       "contenders": 0, "float64_resets": 0}
+
+    def _low_rank(self, labeled: FisherEmbeddings | None):
+        """(λ, U) with A₀ = λ⁻¹(I − U Uᵀ) when m = |L|·C < k (Woodbury in sample space:
+        W = √w_L [V_Lᵀ] k×m, λI_m + WᵀW = R Rᵀ, U = W R⁻ᵀ), for the shards' first P; None
+        otherwise (or with a diagonal F, where the shards need V_x A anyway)."""
+        if labeled is None or self.diagonal or len(labeled) * labeled.num_rows >= self.k:
+            return None
+        rows = math.sqrt(self.w_l) * labeled.to(self.fisher.device).to_dense(torch.float64)
+        rows = rows.reshape(-1, self.k)                                          # Wᵀ, m×k
+        gram = rows @ rows.T
+        gram.diagonal().add_(self.lam)
+        low = torch.linalg.cholesky(gram)
+        return self.lam, torch.linalg.solve_triangular(low, rows, upper=False).T.contiguous()
 
     @property
     def m(self) -> Tensor:
@@ -331,7 +345,7 @@ def run_greedy(group: ShardGroup, driver: GreedyDriver, num_candidates: int, n: 
     diagnostics)."""
     t0 = time.perf_counter()
     n_fwd, n_bwd = greedy_steps(num_candidates, n, oversample)
-    reports = group.reset(driver.a, True)
+    reports = group.reset(driver.a, True, None, driver.low_rank)
     with step_threads():
         order = _steps(group, driver, reports, n_fwd, n_bwd)
     info = dict(driver.stats, steps=n_fwd + n_bwd, seconds=time.perf_counter() - t0,

@@ -46,9 +46,11 @@ class ShardGroup(ABC):
         (state zeroed)."""
 
     @abstractmethod
-    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None) -> list[Report]:
-        """Every shard: P, Q from A (in ``compute_dtype`` from now on, unless None); each shard's
-        best candidate of direction ``forward``."""
+    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None,
+              low_rank=None) -> list[Report]:
+        """Every shard: P, Q from A (in ``compute_dtype`` from now on, unless None; ``low_rank``:
+        A's Woodbury form, :meth:`GreedyShard.reset`); each shard's best candidate of direction
+        ``forward``."""
 
     @abstractmethod
     def advance(self, update, forward: bool) -> list[Report]:
@@ -81,8 +83,9 @@ class LocalShardGroup(ShardGroup):
         for s in self.shards:
             s.start(fisher, w_s, compute_dtype)
 
-    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None) -> list[Report]:
-        return [s.reset(a_mat, forward, compute_dtype) for s in self.shards]
+    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None,
+              low_rank=None) -> list[Report]:
+        return [s.reset(a_mat, forward, compute_dtype, low_rank) for s in self.shards]
 
     def advance(self, update, forward: bool) -> list[Report]:
         return [s.advance(update, forward) for s in self.shards]

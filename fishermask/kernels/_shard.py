@@ -178,10 +178,14 @@ class GreedyShard:
             self._score_rows(idx)
 
     # ------------------------------------------------------------------ protocol
-    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None) -> Best | None:
+    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None,
+              low_rank=None) -> Best | None:
         """P_x = Ṽ_x A Ṽ_xᵀ and Q_x = Ṽ_x A F A Ṽ_xᵀ from A (all rows, or only the selected ones
         once removals started), then the best candidate of direction ``forward``.
-        ``compute_dtype``: switch the large products to this dtype first (None: keep it)."""
+        ``compute_dtype``: switch the large products to this dtype first (None: keep it).
+        ``low_rank`` (λ, U): A = λ⁻¹(I − U Uᵀ) with U k×m, m < k (the round's first A when
+        |L|·C < k); where Q is formed from A F A (it then needs no V_x A),
+        P_x = (w_S/λ)(V_xV_xᵀ − (V_xU)(V_xU)ᵀ) costs C·k·m flops per row instead of C·k²."""
         if compute_dtype is not None and compute_dtype != self.dtype:
             self._set_dtype(compute_dtype)
         a_mat = a_mat.to(device=self.device, dtype=self.dtype)
@@ -191,9 +195,18 @@ class GreedyShard:
         if not via_z:  # A F A once, then Q_x like P_x: d·k flops per row on the factored block
             afa = a_mat @ f @ a_mat
             afa = ((afa + afa.T) / 2).contiguous()
+        if via_z or low_rank is None:
+            low_rank = None
+        else:
+            lam, u = float(low_rank[0]), low_rank[1].to(device=self.device, dtype=self.dtype)
         for idx, rows in self._blocks(self.removing):
-            z = rows.matmul(a_mat, self._work)                                 # V_x A
-            self.p[idx] = w * rows.rowdot(z).to(f64)                           # Ṽ_x A Ṽ_xᵀ
+            if low_rank is not None:                                           # Woodbury
+                y = rows.matmul(u, self._work)                                 # V_x U
+                vv = rows.row_gram(self.dtype) - torch.bmm(y, y.transpose(1, 2))
+                self.p[idx] = (w / lam) * vv.to(f64)
+            else:
+                z = rows.matmul(a_mat, self._work)                             # V_x A
+                self.p[idx] = w * rows.rowdot(z).to(f64)                       # Ṽ_x A Ṽ_xᵀ
             if via_z:                                                          # (V_x A) F (V_x A)ᵀ
                 zf = z * f if f.dim() == 1 else (z.reshape(-1, z.shape[2]) @ f).view(z.shape)
                 self.q[idx] = w * torch.bmm(zf, z.transpose(1, 2)).to(f64)
@@ -204,7 +217,7 @@ class GreedyShard:
         return self.best(forward)
 
     def advance(self, update, forward: bool):
-        """Apply ``update`` (None, or (g, sign, X, S⁻¹, K) from the driver) and report the best.
+        """Apply ``update`` (None, or (g, sign, X, K') from the driver) and report the best.
         From the first backward step on only the selected rows are kept current."""
         if forward and self.removing:
             raise RuntimeError("forward scores are unavailable after a removal step")

@@ -264,6 +264,20 @@ class FisherEmbeddings:
             out = dense if out is None else out + dense
         return out
 
+    def row_gram(self, dtype=torch.float64) -> Tensor:
+        """V_x V_xᵀ for every row, [n, rows, rows]: (D Dᵀ)·|h|² on the factored block plus
+        R_x R_xᵀ on the dense one (the blocks are different columns: no cross term)."""
+        out = None
+        if self.features is not None:
+            coef = self.coefficients(dtype)
+            h = self.features.to(dtype)
+            out = torch.bmm(coef, coef.transpose(1, 2)) * (h * h).sum(1)[:, None, None]
+        if self.dense is not None:
+            r = self.dense.to(dtype)
+            dense = torch.bmm(r, r.transpose(1, 2))
+            out = dense if out is None else out + dense
+        return out
+
     def gram(self, diagonal: bool = False, dtype=torch.float64) -> Tensor:
         """Σ_x V_xᵀV_x over the rows: dense [k, k], or its diagonal [k] (``diagonal=True``).
 

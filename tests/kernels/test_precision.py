@@ -150,3 +150,28 @@ def test_compute_dtype_errors():
             fisher_greedy(cands, None, torch.eye(4), 2, compute_dtype=bad)
     assert fisher_greedy(cands, None, torch.eye(4), 2, compute_dtype=torch.float64).tolist() == \
         fisher_greedy(cands, None, torch.eye(4), 2, compute_dtype="float32").tolist()
+
+
+@pytest.mark.parametrize("form", ["factored", "mixed"])
+def test_the_first_p_in_sample_space_when_few_points_are_labeled(form):
+    # |L|·C = 6 < k: A₀ = λ⁻¹(I − U Uᵀ), and P costs C·k·|L|·C per candidate instead of C·k²
+    emb, fisher = problem(12, form=form, num_u=40, num_l=2, spread=1.0, conf=2.0)
+    cand, lab = emb.rows(slice(0, 40)), emb.rows(slice(40, None))
+    driver = GreedyDriver(lab, torch.tensor(fisher), 5, lam=0.2, weighting="bait", k=emb.k)
+    lam, u = driver.low_rank
+    assert u.shape == (emb.k, 6) and lam == 0.2
+    eye = torch.eye(emb.k, dtype=torch.float64)
+    torch.testing.assert_close((eye - u @ u.T) / lam, driver.a, rtol=1e-10, atol=1e-12)
+    shards = [GreedyShard(cand, 0, chunk=16), GreedyShard(cand, 0, chunk=16)]
+    for shard in shards:
+        shard.start(driver.fisher, driver.w_s)
+    shards[0].reset(driver.a, True)
+    shards[1].reset(driver.a, True, None, driver.low_rank)
+    torch.testing.assert_close(shards[1].p, shards[0].p, rtol=1e-9, atol=1e-12)
+    assert torch.equal(shards[1].q, shards[0].q)
+    none = GreedyDriver(emb.rows(slice(0, 20)), torch.tensor(fisher), 5, lam=0.2,
+                        weighting="bait", k=emb.k)
+    assert none.low_rank is None  # |L|·C = 60 ≥ k
+    diag = GreedyDriver(lab, torch.tensor(np.diag(fisher).copy()), 5, lam=0.2, weighting="bait",
+                        k=emb.k)
+    assert diag.low_rank is None  # a diagonal F forms Q from V_x A, which P then reuses

@@ -95,8 +95,8 @@ class RayShardGroup(ShardGroup):
         self._run(GreedyShard.start, fisher, w_s, compute_dtype)
 
     @replayed
-    def reset(self, a_mat, forward: bool, compute_dtype=None) -> list[Report]:
-        return self._run(GreedyShard.reset, a_mat, forward, compute_dtype)
+    def reset(self, a_mat, forward: bool, compute_dtype=None, low_rank=None) -> list[Report]:
+        return self._run(GreedyShard.reset, a_mat, forward, compute_dtype, low_rank)
 
     @replayed
     def advance(self, update, forward: bool) -> list[Report]:
