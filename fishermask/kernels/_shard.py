@@ -235,8 +235,8 @@ class GreedyShard:
 
         With S⁻¹ = σ L Lᵀ, X = √w_S [a L | b L] and K' = Lᵀ K L from the driver, [G | H] = V_x X
         gives g S⁻¹ gᵀ = σ G Gᵀ and the update of the module docstring as
-        P ← P − σ G Gᵀ, Q ← Q + W + Wᵀ with W = T Gᵀ, T = G K'/2 − σ H
-        (one batched product [G; T] Gᵀ per block)."""
+        P ← P − σ G Gᵀ, Q ← Q + W + Wᵀ with W = G Tᵀ, T = G K'/2 − σ H
+        (one batched product G [G; T]ᵀ per block)."""
         self.mark(g, sign)
         self.sign = sign
         dev, f64 = self.device, torch.float64
@@ -246,11 +246,11 @@ class GreedyShard:
         self.scores.fill_(float("-inf"))
         for idx, rows in self._blocks(self.removing):
             gh = rows.matmul(x, self._work).to(f64)                            # [n, C, 2C]
-            big_g = gh[..., :c]
+            big_g = gh[..., :c].contiguous()
             t = big_g @ half_k - sign * gh[..., c:]
-            u = torch.bmm(torch.cat([big_g, t], 1), big_g.transpose(1, 2))     # [G; T] Gᵀ
-            self.p[idx] -= sign * u[:, :c]
-            w = u[:, c:]
+            u = torch.bmm(big_g, torch.cat([big_g, t], 1).transpose(1, 2))     # G [G; T]ᵀ
+            self.p[idx] -= sign * u[..., :c]
+            w = u[..., c:]                                                     # G Tᵀ
             self.q[idx] += w + w.transpose(1, 2)
             self._score_rows(idx)
 
