@@ -158,7 +158,9 @@ class GreedyDriver:
     def _solve(self, v: Tensor, sign: int) -> Tensor:
         """y = (M + sign·ṼᵀṼ)⁻¹ Ṽᵀ for sign 0 (M itself) or −1 (M with s removed, ≥ λI):
         iterative refinement preconditioned by A (by A's removal update for sign −1), with a
-        Cholesky solve when it does not converge."""
+        Cholesky solve when it does not converge.  It stops as soon as the residual r bounds the
+        error below 1e-13 (‖y − y*‖ ≤ ‖r‖/λ), which with an accurate A is before any correction:
+        one product with A and one with M."""
         rhs = v.T.contiguous()
         if sign == 0:
             pre = self._a.mm
@@ -170,9 +172,12 @@ class GreedyDriver:
             pre = lambda r: self._a.mm(r) - a @ (s_inv @ (a.T @ r))  # noqa: E731
         op = lambda y: self._m.mm(y) + sign * (rhs @ (v @ y))  # noqa: E731
         y = pre(rhs)
-        last = math.inf
+        last, floor = math.inf, 1e-13 * self.lam
         for _ in range(10):
-            dy = pre(rhs - op(y))
+            r = rhs - op(y)
+            if float(r.norm()) <= floor * float(y.norm()):
+                return y  # the matrix is ≥ λI: ‖y − y*‖ ≤ ‖r‖/λ ≤ 1e-13‖y‖, no correction needed
+            dy = pre(r)
             y = y + dy
             change = float(dy.norm()) / max(float(y.norm()), 1e-300)
             if not math.isfinite(change):
