@@ -70,6 +70,17 @@ def engine_counts(U: int, L: int, C: int, k: int, lowrank: bool = False) -> dict
     return {"init": init, "step": step}
 
 
+def structured_step_counts(U: int, C: int, d: int, k_dense: int) -> dict:
+    """Flops and bytes of one forward step on factored embeddings (h, p) with a dense block of
+    k_dense columns (BAIT: 0), float32 products: h [U, d] times the update's factored rows
+    (2·U·d·C·2C), D(p) times that (2·U·C·C·2C), the dense block (2·U·C·k_d·2C); about 13UC³ of
+    C×C work and 14k²C in the driver (float64), k = C·d + k_d."""
+    k = C * d + k_dense
+    return {"f32": 2 * U * 2 * C * (d * C + C * C + C * k_dense),
+            "f64": 13 * U * C ** 3 + 14 * k * k * C,
+            "bytes": U * (4 * d + 4 * C + 4 * C * k_dense) + 4 * U * C * C * 8 + 8 * k * k * 8}
+
+
 def public_counts(U: int, L: int, C: int, k: int) -> dict:
     """badge's BAIT ``select`` (float32), one forward step: V A for (I + V A Vᵀ)⁻¹ and again for
     V A F A Vᵀ, then ·F and ·A: four [UC, k]×[k, k] GEMMs, 8UCk² flops, plus 4UC²k (the ·Vᵀ
