@@ -73,10 +73,11 @@ def greedy_steps(num_candidates: int, n: int, oversample: int) -> tuple[int, int
 def greedy_memory_gb(rows: int, row_bytes: int, num_classes: int, k: int,
                      fisher_target: str) -> float:
     """GB one process holds for the Fisher greedy: ``rows`` resident embeddings of ``row_bytes``
-    each with their C×C state (P, Q in float64), and the driver's k×k float64 matrices (F, M, A and
-    a work copy; k-vectors for a diagonal F)."""
+    each with their C×C state (P, Q in float64; ``num_classes`` = c with top-c classes), and the
+    driver's k×k float64 matrices (F, M, A, a work copy, and the sample-space U with the labeled
+    rows, together at most one more; k-vectors for a diagonal F)."""
     per_row = row_bytes + 2 * num_classes * num_classes * 8 + 16
-    square = (4 * k * k * 8) if fisher_target == "dense" else (3 * k * k * 8)
+    square = (5 * k * k * 8) if fisher_target == "dense" else (3 * k * k * 8)
     return (rows * per_row + square) / 1e9
 
 
@@ -109,7 +110,7 @@ class GreedyDriver:
         for start in range(0, num_l, block):  # M₀ = λI + w_L Σ_L V_xᵀV_x, block by block
             m += self.w_l * labeled.rows(slice(start, start + block)).to(dev).gram()
         # M and A with the steps' rank-C updates held apart until 128 columns are pending
-        # (kernels/_symmetric.py): a step reads the k×k matrices 5 times instead of 9
+        # (kernels/_symmetric.py): a step reads the k×k matrices four times instead of nine
         self._m, self._a = Updated(m), Updated(inverse(m))
         self.low_rank = self._low_rank(labeled)
         self.objective = self._trace_af()
@@ -120,10 +121,11 @@ class GreedyDriver:
                       "contenders": 0, "float64_resets": 0}
 
     def _low_rank(self, labeled: FisherEmbeddings | None):
-        """(λ, U) with A₀ = λ⁻¹(I − U Uᵀ) when m = |L|·C < k (Woodbury in sample space:
-        W = √w_L [V_Lᵀ] k×m, λI_m + WᵀW = R Rᵀ, U = W R⁻ᵀ), for the shards' first P; None
-        otherwise (or with a diagonal F, where the shards need V_x A anyway)."""
-        if labeled is None or self.diagonal or len(labeled) * labeled.num_rows >= self.k:
+        """(λ, U) with A₀ = λ⁻¹(I − U Uᵀ) when m = |L|·C ≤ k/2 (Woodbury in sample space:
+        W = √w_L [V_Lᵀ] k×m, λI_m + WᵀW = R Rᵀ, U = W R⁻ᵀ), for the shards' first P, which then
+        costs m/k of the dense one (and U, like the dense labeled rows, at most half a k×k
+        matrix); None otherwise (or with a diagonal F, where the shards need V_x A anyway)."""
+        if labeled is None or self.diagonal or 2 * len(labeled) * labeled.num_rows > self.k:
             return None
         rows = math.sqrt(self.w_l) * labeled.to(self.fisher.device).to_dense(torch.float64)
         rows = rows.reshape(-1, self.k)                                          # Wᵀ, m×k

@@ -154,7 +154,7 @@ def test_compute_dtype_errors():
 
 @pytest.mark.parametrize("form", ["factored", "mixed"])
 def test_the_first_p_in_sample_space_when_few_points_are_labeled(form):
-    # |L|·C = 6 < k: A₀ = λ⁻¹(I − U Uᵀ), and P costs C·k·|L|·C per candidate instead of C·k²
+    # |L|·C = 6 ≤ k/2: A₀ = λ⁻¹(I − U Uᵀ), and P costs C·k·|L|·C per candidate instead of C·k²
     emb, fisher = problem(12, form=form, num_u=40, num_l=2, spread=1.0, conf=2.0)
     cand, lab = emb.rows(slice(0, 40)), emb.rows(slice(40, None))
     driver = GreedyDriver(lab, torch.tensor(fisher), 5, lam=0.2, weighting="bait", k=emb.k)
@@ -171,7 +171,7 @@ def test_the_first_p_in_sample_space_when_few_points_are_labeled(form):
     assert torch.equal(shards[1].q, shards[0].q)
     none = GreedyDriver(emb.rows(slice(0, 20)), torch.tensor(fisher), 5, lam=0.2,
                         weighting="bait", k=emb.k)
-    assert none.low_rank is None  # |L|·C = 60 ≥ k
+    assert none.low_rank is None  # |L|·C = 60 > k/2
     diag = GreedyDriver(lab, torch.tensor(np.diag(fisher).copy()), 5, lam=0.2, weighting="bait",
                         k=emb.k)
     assert diag.low_rank is None  # a diagonal F forms Q from V_x A, which P then reuses
