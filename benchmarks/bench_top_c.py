@@ -43,6 +43,12 @@ def pool(size: int, classes: int, d: int, seed: int, conf: float = 3.0):
     return FisherEmbeddings(features=h, probs=p)
 
 
+def pool_fisher(emb, block: int = 256) -> torch.Tensor:
+    """F = Σ_x V_xᵀV_x / |X|, block by block (the factored gram's temporaries grow as C²·d)."""
+    total = sum(emb.rows(slice(s, s + block)).gram() for s in range(0, len(emb), block))
+    return total / len(emb)
+
+
 def exact_objective(emb, picks, num_u: int, n: int, lam: float) -> float:
     """tr(M_S⁻¹ F) with every class: F over the pool, labeled = rows num_u…, bait weights."""
     num_l = len(emb) - num_u
@@ -51,8 +57,7 @@ def exact_objective(emb, picks, num_u: int, n: int, lam: float) -> float:
     if num_l:
         m += w_l * emb.rows(slice(num_u, None)).gram()
     m += w_s * emb.rows(torch.as_tensor(picks)).gram()
-    fisher = emb.gram() / len(emb)
-    return float(torch.trace(torch.linalg.solve(m, fisher)))
+    return float(torch.trace(torch.linalg.solve(m, pool_fisher(emb))))
 
 
 def run_objective(args) -> None:
@@ -69,13 +74,13 @@ def run_objective(args) -> None:
         for seed in range(args.seeds):
             emb = pool(args.U + args.L, classes, args.d, seed)
             cand, lab = emb.rows(slice(0, args.U)), emb.rows(slice(args.U, None))
-            exact = fisher_greedy(cand, lab, emb.gram() / len(emb), args.n, lam=args.lam,
+            exact = fisher_greedy(cand, lab, pool_fisher(emb), args.n, lam=args.lam,
                                   oversample=2).tolist()
             best = exact_objective(emb, exact, args.U, args.n, args.lam)
             for c in [int(x) for x in args.top_c.split(",") if int(x) <= classes]:
                 top = restrict_top(emb, c)
                 picks = fisher_greedy(top.rows(slice(0, args.U)), top.rows(slice(args.U, None)),
-                                      top.gram() / len(top), args.n, lam=args.lam,
+                                      pool_fisher(top), args.n, lam=args.lam,
                                       oversample=2).tolist()
                 ratios.setdefault(c, []).append(
                     exact_objective(emb, picks, args.U, args.n, args.lam) / best)
@@ -93,7 +98,7 @@ def time_steps(size: int, classes: int, c: int, args) -> dict:
 
     emb = pool(size + args.L, classes, args.d, 0)
     emb = emb if c == classes else restrict_top(emb, c)
-    fisher = emb.gram() / len(emb)
+    fisher = pool_fisher(emb)
     cand = emb.rows(slice(0, size))
     t0 = time.perf_counter()
     driver = GreedyDriver(emb.rows(slice(size, None)), fisher, 50, lam=args.lam, weighting="bait",
