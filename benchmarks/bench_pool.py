@@ -99,6 +99,7 @@ def one_round(args) -> dict:
     t_load = time.perf_counter()
     rng = np.random.default_rng(0)
     labeled = np.sort(rng.choice(len(data.pool), args.labeled, replace=False))
+    torch.manual_seed(0)  # the same initial weights in every process, whatever ran before
     model = model_from_params(cfg.model, data.pool.num_classes, data.pool.in_channels)
     train_model(model, data.pool, labeled, cfg.train, augment=False,
                 device=torch.device(args.device), generator=torch.Generator().manual_seed(0))

@@ -277,8 +277,7 @@ class GreedyShard:
         i = int(hits[0])
         rest = scores.clone()
         rest[i] = float("-inf")
-        return Best(float(top), self.offset + i, self.emb.rows(slice(i, i + 1)).to("cpu"),
-                    float(rest.max()))
+        return Best(float(top), self.offset + i, self.emb.row_copy(i), float(rest.max()))
 
     def contenders(self, threshold: float, forward: bool) -> list:
         """(maintained score, global index, embedding row) of every eligible candidate whose
@@ -288,8 +287,7 @@ class GreedyShard:
             return []
         scores, eligible = found
         idx = torch.nonzero((scores >= threshold) & eligible).flatten().tolist()
-        return [(float(scores[i]), self.offset + i, self.emb.rows(slice(i, i + 1)).to("cpu"))
-                for i in idx]
+        return [(float(scores[i]), self.offset + i, self.emb.row_copy(i)) for i in idx]
 
     def mark(self, g: int, sign: int) -> None:
         """Mark g as added (sign +1) or removed (−1) without updating P, Q (a reset follows)."""

@@ -163,6 +163,11 @@ class FisherEmbeddings:
         """The rows ``index`` (a slice, or an index tensor)."""
         return self._map(lambda t: t[index])
 
+    def row_copy(self, i: int) -> "FisherEmbeddings":
+        """Row ``i`` in tensors of its own on the CPU: a slice is a view of the whole storage,
+        which pickling (a shard's report to the driver) would send whole."""
+        return self._map(lambda t: t[i:i + 1].to("cpu", copy=True))
+
     def to(self, device=None, storage_dtype: Optional[torch.dtype] = None) -> "FisherEmbeddings":
         """Moved to ``device``; features and the dense block cast to ``storage_dtype`` (probs stay
         in float32 or better)."""

@@ -211,3 +211,19 @@ def test_diagnostics():
     v = reference_dense(emb)
     want = objective(v[:30], v[30:], fisher, picks.tolist(), 0.1, 5)
     assert info["objective"] == pytest.approx(want, rel=1e-10)
+
+
+def test_a_report_sends_its_row_not_the_shards_storage():
+    """A report crosses to the driver pickled: the winner's row must not drag along the shard's
+    whole embedding storage (a slice is a view of it)."""
+    import pickle
+
+    driver, shard, *_ = _setup(5, num_u=2000, n=2)
+    best = shard.reset(driver.a, True)
+    whole = len(pickle.dumps(shard.emb))
+    assert len(pickle.dumps(best)) < whole / 50
+    assert len(pickle.dumps(shard.contenders(float("-inf"), True)[0])) < whole / 50
+    row = best[2]
+    ref = shard.emb.rows(slice(best[1], best[1] + 1))
+    for got, want in ((row.features, ref.features), (row.probs, ref.probs), (row.dense, ref.dense)):
+        assert (got is None) == (want is None) and (got is None or torch.equal(got, want))
