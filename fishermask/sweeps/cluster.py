@@ -32,6 +32,14 @@ def init_ray(address: Optional[str]) -> bool:
     return True
 
 
+def head_address() -> Optional[str]:
+    """host:port of the Ray head (its GCS) this process is connected to."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return getattr(ctx, "gcs_address", None)
+
+
 def check_trials_fit(sweep) -> None:
     """Every trial's placement group (``trial_resources``) against the Ray cluster joined: a
     trial the cluster can never place would stay PENDING in silence."""
