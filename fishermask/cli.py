@@ -1,4 +1,4 @@
-"""``fishermask`` command line: ``run``, ``sweep`` and ``report``.
+"""``fishermask`` command line: ``run``, ``sweep``, ``report``, ``select`` and ``list``.
 
 User errors (bad config, missing data, impossible budget, memory limits) print one clear message
 and exit with code 2, without a traceback.
@@ -13,7 +13,12 @@ from typing import Optional
 
 from fishermask import preflight
 from fishermask.config import load_config
+from fishermask.data.params import DATASETS
+from fishermask.models import MODELS
+from fishermask.plugins import available
+from fishermask.strategies import STRATEGIES
 from fishermask.errors import FishermaskError, Terminated
+from fishermask.labeling import command as select_cmd
 from fishermask.loop import ActiveLearningLoop
 from fishermask.sweeps import command as sweep_mod
 from fishermask.tracking import run_meta
@@ -39,11 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ignore an existing checkpoint of this config and start from round 0")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    select_cmd.add_parser(sub, _add_common)
+    sub.add_parser("list", help="every name data.dataset, model.name and strategy.name accept: "
+                                "built-in and installed plug-ins, and where each comes from")
     try:
         sweep_mod.add_parsers(sub, _add_common)
     except ImportError:  # pragma: no cover - sweeps not installed
         pass
     return parser
+
+
+def cmd_list(args) -> int:
+    for kind, key, builtins in (("datasets", "data.dataset", {n: n for n in DATASETS}),
+                                ("models", "model.name", MODELS),
+                                ("strategies", "strategy.name", STRATEGIES)):
+        print(f"{kind} ({key}):")
+        for name, where in available(kind, builtins):
+            print(f"  {name:<22} {where}")
+    print("\nEach key also takes an import path package.module:attribute (a module installed, or "
+          "next to the config file); installed plug-ins register entry points in the groups "
+          "fishermask.datasets, fishermask.models and fishermask.strategies.")
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -112,7 +133,7 @@ def _terminated(exc: BaseException) -> bool:
 
 
 def _dispatch(args) -> int:
-    handlers = {"run": cmd_run}
+    handlers = {"run": cmd_run, "list": cmd_list, "select": select_cmd.cmd_select}
     try:
         handlers.update(sweep_mod.HANDLERS)
     except ImportError:  # pragma: no cover

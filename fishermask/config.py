@@ -21,7 +21,8 @@ from fishermask.data.params import BudgetParams, DataParams
 from fishermask.errors import ConfigError
 from fishermask.execution.base import ExecutionParams
 from fishermask.models import ModelParams
-from fishermask.strategies import STRATEGIES, StrategySpec
+from fishermask.plugins import search_folders
+from fishermask.strategies import STRATEGIES, StrategySpec, strategy_spec
 from fishermask.tracking.params import TrackingParams
 from fishermask.training import TrainParams
 
@@ -136,24 +137,25 @@ def _without_defaults(value: Any, default: Any) -> Any:
 
 
 def get_strategy_spec(name: str) -> StrategySpec:
-    """The registry entry of the strategy ``strategy.name`` names; a :class:`ConfigError` naming
-    the valid strategies otherwise."""
-    if name not in STRATEGIES:
-        raise ConfigError(f"strategy.name: unknown strategy {name!r}; valid strategies: "
-                          f"{', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
+    """The strategy ``strategy.name`` names: built in, or a plug-in (an import path or an
+    installed entry point); a :class:`ConfigError` naming the valid strategies otherwise."""
+    return strategy_spec(name, key="strategy.name")
 
 
-def all_strategy_params() -> set[str]:
-    return {f for spec in STRATEGIES.values() for f in spec.params.model_fields}
+def all_strategy_params(also: tuple[str, ...] = ()) -> set[str]:
+    """The parameter names of the built-in strategies and of the strategies ``also`` names."""
+    specs = list(STRATEGIES.values()) + [get_strategy_spec(n) for n in also
+                                         if n not in STRATEGIES]
+    return {f for spec in specs for f in spec.params.model_fields}
 
 
-def strategy_params_for(name: str, params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``params`` without the parameters of *other* strategies (a sweep over ``strategy.name``
-    shares one base config), and the names dropped.  A name no strategy knows is kept, so that it
-    fails as an unknown key."""
+def strategy_params_for(name: str, params: dict[str, Any],
+                        also: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    """``params`` without the parameters of *other* strategies (built in, or named in ``also``:
+    a sweep over ``strategy.name`` shares one base config), and the names dropped.  A name no
+    strategy knows is kept, so that it fails as an unknown key."""
     own = get_strategy_spec(name).params.model_fields
-    known = all_strategy_params()
+    known = all_strategy_params(also)
     dropped = [k for k in params if k not in own and k != "name" and k in known]
     return {k: v for k, v in params.items() if k not in dropped}, dropped
 
@@ -279,5 +281,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or sweep) file, apply ``--set`` overrides and validate."""
+    """Read a YAML config (or sweep) file, apply ``--set`` overrides and validate (plug-in modules
+    are also looked for next to the file and in the working folder)."""
+    search_folders(Path(path).expanduser().resolve().parent, Path.cwd())
     return from_dict(apply_overrides(read_yaml(path), overrides or []))

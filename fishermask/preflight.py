@@ -31,7 +31,8 @@ from fishermask.execution.base import resolve_device
 from fishermask.execution.ray.cluster import local_cpus, local_shards  # noqa: F401 (re-exported)
 from fishermask.kernels._driver import check_memory, greedy_memory_gb
 from fishermask.kernels.embeddings import row_bytes
-from fishermask.models import build_model
+from fishermask.kernels.head import check_head_output, find_head
+from fishermask.models import build_model, freeze_features
 from fishermask.strategies.fisher_greedy import mask_size
 
 REACH_TIMEOUT_S = 10.0
@@ -169,6 +170,33 @@ def budget(cfg, pool_size: int) -> None:
             f"or enlarge the pool (data.class_counts)")
 
 
+# ----------------------------------------------------------------------------- the network
+
+def network(cfg, model, pool) -> None:
+    """The network's final nn.Linear (``model.classifier``, else classifier/fc/head) must exist
+    and the model's output must be its logits, one per class of the pool: checked on one pool
+    image before any training."""
+
+    try:
+        path, head = find_head(model, cfg.model.classifier)
+        was = model.training
+        model.eval()
+        try:
+            check_head_output(model, pool.inputs([0]), head, path)
+        finally:
+            model.train(was)
+    except TypeError as exc:
+        raise ConfigError(f"model.name={cfg.model.name}: {exc}") from None
+    except RuntimeError as exc:  # e.g. the input does not fit the network
+        raise ConfigError(f"model.name={cfg.model.name}: a forward pass on one pool image "
+                          f"({tuple(pool.inputs([0]).shape)}) fails: {str(exc).splitlines()[0]}"
+                          ) from None
+    if head.out_features != pool.num_classes:
+        raise ConfigError(f"model.name={cfg.model.name}: the final nn.Linear {path!r} has "
+                          f"{head.out_features} outputs but the pool has {pool.num_classes} "
+                          f"classes; the network factory must use num_classes")
+
+
 # ----------------------------------------------------------------------------- FisherMask
 
 def mask_capacity(cfg, model, pool_size: int, num_classes: int) -> None:
@@ -181,7 +209,8 @@ def mask_capacity(cfg, model, pool_size: int, num_classes: int) -> None:
     n_params = sum(t.numel() for t in model.parameters() if t.requires_grad)
     sparsity = p["sparsity"]
     k = mask_size(sparsity, n_params)
-    forced = model.classifier.weight.numel() if p.get("include_last_layer", True) else 0
+    head = find_head(model, cfg.model.classifier)[1]
+    forced = head.weight.numel() if p.get("include_last_layer", True) else 0
     need = max(forced, 1)
     if k < need:
         smallest = _smallest_sparsity(need, n_params)
@@ -198,7 +227,7 @@ def mask_capacity(cfg, model, pool_size: int, num_classes: int) -> None:
         return  # the shards split the greedy's arrays; the executor checks each one
     initial = cfg.budget.resolved()[0]
     # candidates' stored rows: the classifier block factored as (h, p), the rest of the mask dense
-    d = model.classifier.weight.shape[1]
+    d = head.weight.shape[1]
     per_row = row_bytes(num_classes, d, k - forced, bool(forced), p.get("storage_dtype", "float32"))
     gb = greedy_memory_gb(max(pool_size - initial, 0), per_row, num_classes, k,
                           p.get("fisher_target", "dense"))
@@ -237,5 +266,7 @@ def trial_mask_capacity(cfg) -> None:
               else cfg.data.class_counts)
     if counts is not None:
         classes, size = sum(1 for c in counts if c > 0), sum(counts)
-    model = build_model(cfg.model.name, classes, channels)
+    model = build_model(cfg.model.name, classes, channels, cfg.model.args)
+    if cfg.model.freeze == "features":
+        freeze_features(model, find_head(model, cfg.model.classifier)[1])
     mask_capacity(cfg, model, size, classes)

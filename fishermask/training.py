@@ -38,6 +38,21 @@ class TrainResult:
     seconds: float
 
 
+def frozen_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """When some parameters are frozen (``model.freeze: features``): the modules without a
+    trainable parameter in their subtree, the fixed body.  Empty when everything trains."""
+    if all(p.requires_grad for p in model.parameters()):
+        return []
+    return [m for m in model.modules() if not any(p.requires_grad for p in m.parameters())]
+
+
+def _train_mode(model: torch.nn.Module) -> None:
+    """Train mode, except for the frozen body (its BatchNorm statistics and dropout stay fixed)."""
+    model.train()
+    for m in frozen_modules(model):
+        m.eval()
+
+
 def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainParams, *,
                 augment: bool, device: torch.device, generator: torch.Generator) -> TrainResult:
     """Train ``model`` on ``data`` rows ``indices``.
@@ -46,11 +61,14 @@ def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainPar
     ``generator`` (augmentations too), clamps every gradient element to ±``grad_clamp`` when set,
     and stops after ``epochs`` epochs if given, else once the epoch's running train accuracy
     reaches ``target_accuracy`` (or ``max_epochs``).  With ``bn_recalibrate`` the BatchNorm
-    running statistics are then recomputed over the rows (:func:`recalibrate_batchnorm`).
+    running statistics are then recomputed over the rows (:func:`recalibrate_batchnorm`).  Frozen
+    parameters (``requires_grad=False``) do not train, and the modules they make up stay in eval
+    mode (:func:`frozen_modules`).
     """
     t0 = time.perf_counter()
-    model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    _train_mode(model.to(device))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                           weight_decay=cfg.weight_decay)
     indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
     max_epochs = cfg.epochs or cfg.max_epochs
@@ -97,12 +115,14 @@ def recalibrate_batchnorm(model: torch.nn.Module, data, indices: np.ndarray, *,
     """Replace every BatchNorm layer's running statistics by their plain average over the rows
     ``indices`` of ``data`` (train-mode forward passes, no gradient step): μ = mean_x E[h(x)],
     σ² = mean_x Var[h(x)] over the batches, instead of the momentum average of training."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    frozen = {id(m) for m in frozen_modules(model)}
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+           and id(m) not in frozen]
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
-    model.to(device).train()
+    _train_mode(model.to(device))
     indices = np.asarray(indices, dtype=np.int64)
     for start in range(0, len(indices), batch_size):
         model(data.inputs(indices[start:start + batch_size]).to(device))

@@ -12,6 +12,11 @@ has finished, every trial of the first wave starts).  Each finished round is app
 ``results.jsonl`` at once (one JSON object a line), so a trial the lease cuts short still leaves
 its curve; the last line of a finished trial says so.  ``--report`` reads that file here and
 writes the usual report (summary.md and figures) of the finished trials, with the hardware.
+
+``--resume`` runs only the trials the ``--out`` folder's results.jsonl has not finished, so a
+study too long for one sitting (the CPU studies of docs/results.md) goes on in parts: commit
+results.jsonl, run the same command with ``--resume`` later (an interrupted trial continues from its
+round checkpoint while the machine keeps it, else from round 0), and ``--report`` the file.
 """
 
 from __future__ import annotations
@@ -98,16 +103,22 @@ def run(args) -> int:
     specs = [t.to_dict() for t in sweep.trials]
     specs.sort(key=lambda s: s["config"]["seed"])  # stable: seed-major, the file's order within
     out = Path(args.out)
-    if (out / "results.jsonl").exists():
-        print(f"error: {out / 'results.jsonl'} exists; give another --out (each study starts "
-              f"fresh)", file=sys.stderr)
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
     results = str(out / "results.jsonl")
+    workdir = out.parent / f".{out.name}-checkpoints"  # the rounds' checkpoints
+    if (out / "results.jsonl").exists() and not args.resume:
+        print(f"error: {out / 'results.jsonl'} exists; give another --out (each study starts "
+              f"fresh) or --resume to run the trials it has not finished", file=sys.stderr)
+        return 2
+    if args.resume and (out / "results.jsonl").exists():
+        done = set(_finished(results))
+        specs = [s for s in specs if s["label"] not in done]
+        print(f"resuming: {len(done)} trials finished in {results}, {len(specs)} to run "
+              f"(an interrupted one continues from its checkpoint when {workdir} has it)")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)  # a fresh study: no old checkpoints
+    out.mkdir(parents=True, exist_ok=True)
     _append(results, {**_hardware(), "sweep": str(args.file), "overrides": args.overrides,
                       "trials": len(specs), "minutes": args.minutes, "workers": args.workers})
-    workdir = out.parent / f".{out.name}-checkpoints"  # the rounds' checkpoints, fresh each time
-    shutil.rmtree(workdir, ignore_errors=True)
     budget, t0 = args.minutes * 60.0, time.time()
     took: dict[str, float] = {}  # variant -> longest finished trial, seconds
     waiting, running, skipped = list(specs), {}, []
@@ -142,20 +153,30 @@ def run(args) -> int:
     return 0
 
 
-def load_results(path: str | Path):
-    """The finished trials of a ``results.jsonl`` as report runs, and the header (hardware)."""
+def _rows(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _finished(path: str | Path) -> list[str]:
+    return [r["trial"] for r in _rows(path) if r["event"] == "finished"]
+
+
+def load_results(*paths: str | Path):
+    """The finished trials of one or more ``results.jsonl`` (a study run in parts: its later
+    files win) as report runs, and the first file's header (hardware).  A round logged twice (a
+    trial restarted after an interruption) counts once, its last line."""
     import numpy as np
 
     from fishermask.config import flatten
     from fishermask.reports.data import RunData, run_config
 
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [r for path in paths for r in _rows(path)]
     header = next((r for r in rows if r["event"] == "start"), {})
     finished = {r["trial"]: r for r in rows if r["event"] == "finished"}
     runs = []
     for label, fin in finished.items():
-        rounds = sorted((r for r in rows if r["event"] == "round" and r["trial"] == label),
-                        key=lambda r: r["round"])
+        last = {r["round"]: r for r in rows if r["event"] == "round" and r["trial"] == label}
+        rounds = [last[k] for k in sorted(last)]
         seconds = {"run (wall)": fin["seconds"],
                    "train": sum(r["train_seconds"] for r in rounds),
                    "query": sum(r["query_seconds"] for r in rounds)}
@@ -180,9 +201,9 @@ def load_results(path: str | Path):
 def report(args) -> int:
     from fishermask.reports.command import build_report
 
-    runs, hw = load_results(args.report)
+    runs, hw = load_results(*args.report)
     if not runs:
-        print(f"error: no finished trial in {args.report}", file=sys.stderr)
+        print(f"error: no finished trial in {' '.join(args.report)}", file=sys.stderr)
         return 2
     where = (f"{hw.get('gpu') or 'CPU'}, torch {hw.get('torch')}, {hw.get('cpus')} CPUs, "
              f"{hw.get('workers')} trials at a time, {hw.get('time')}")
@@ -201,7 +222,10 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=8.0, help="start no trial past this")
     ap.add_argument("--workers", type=int, default=4, help="trials at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per trial")
-    ap.add_argument("--report", metavar="RESULTS_JSONL", help="write the report of a results file")
+    ap.add_argument("--report", metavar="RESULTS_JSONL", nargs="+",
+                    help="write the report of one or more results files (a study run in parts)")
+    ap.add_argument("--resume", action="store_true",
+                    help="run only the trials --out's results.jsonl has not finished yet")
     args = ap.parse_args()
     if args.report:
         return report(args)

@@ -30,7 +30,7 @@ def main() -> None:
 
     from fishermask.config import apply_overrides, from_dict
     from fishermask.data import load_experiment_data
-    from fishermask.models import build_model
+    from fishermask.models import model_from_params
     from fishermask.sweeps.grid import absolute_tracking_uri
     from fishermask.training import evaluate, recalibrate_batchnorm, train_model
 
@@ -82,7 +82,7 @@ def main() -> None:
     plain, recal = [], []
     for rep in range(args.repeats):
         torch.manual_seed(rep)
-        model = build_model(cfg.model.name, data.pool.num_classes, data.pool.in_channels)
+        model = model_from_params(cfg.model, data.pool.num_classes, data.pool.in_channels)
         gen = torch.Generator().manual_seed(rep)
         # trained without the recalibration (whatever the run did), tested, then recalibrated
         # as the loop does it (train.bn_recalibrate, batches of train.eval_batch_size)

@@ -3,6 +3,10 @@ model protocol (``features(x)`` → the penultimate embedding, ``classifier``: t
 
 from __future__ import annotations
 
+import shutil
+import tomllib
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -54,3 +58,30 @@ class ToyNet(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fishermask-example"
+
+
+def copy_example(folder: Path) -> Path:
+    """The example plug-in package copied into ``folder`` (a module next to a config file, not
+    installed); returns ``folder``."""
+    shutil.copytree(EXAMPLE / "fishermask_example", folder / "fishermask_example")
+    return folder
+
+
+def install_example(folder: Path) -> Path:
+    """The example plug-in package as an installed distribution in ``folder``: the package and a
+    ``*.dist-info`` with its entry points (what ``pip install`` writes), found by importlib.metadata
+    once ``folder`` is on the path; returns ``folder``."""
+    copy_example(folder)
+    info = folder / "fishermask_example-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fishermask-example\n"
+                                   "Version: 0.1.0\n")
+    (info / "top_level.txt").write_text("fishermask_example\n")
+    groups = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]["entry-points"]
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n"
+        for group, eps in groups.items()))
+    return folder

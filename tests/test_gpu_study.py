@@ -69,3 +69,26 @@ def test_gpu_study_starts_nothing_past_its_budget_and_refuses_an_old_results_fil
     empty = subprocess.run([sys.executable, script, "--report", "o/results.jsonl", "--out", "r"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=200)
     assert empty.returncode == 2 and "no finished trial in o/results.jsonl" in empty.stderr
+
+
+def test_a_study_in_parts_resumes_and_reports_from_several_files(tmp_path):
+    sweep = write_tiny_sweep(tmp_path)
+    script = str(ROOT / "scripts" / "gpu_study.py")
+    run = [sys.executable, script, str(sweep), "--out", "o", "--set", "sweep.seed=[0]",
+           "--workers", "2"]
+    first = subprocess.run(run + ["--set", "sweep.strategy.name=[random]"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and "1 of 1 trials run" in first.stdout, first.stderr[-2000:]
+    # the rest of the grid later, into the same file: the finished trial is not run again
+    rest = subprocess.run(run + ["--resume"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert rest.returncode == 0, rest.stderr[-2000:]
+    assert "resuming: 1 trials finished" in rest.stdout and "1 of 1 trials run" in rest.stdout
+    rows = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["trial"] for r in rows if r["event"] == "finished") == \
+        ["fishermask seed=0", "random seed=0"]
+    rep = subprocess.run([sys.executable, script, "--report", "o/results.jsonl",
+                          "o/results.jsonl", "--out", "r"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=200)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "2 finished runs in 2 variants" in (tmp_path / "r" / "summary.md").read_text()

@@ -45,18 +45,23 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
 
 ALLOWED = {  # layer (module prefix) -> the fishermask modules it may import (docs/design.md §1)
     "fishermask.kernels": ("fishermask.errors", "fishermask.kernels"),
-    "fishermask.data": ("fishermask.errors", "fishermask._compat", "fishermask.data"),
-    "fishermask.models": ("fishermask._compat",),
+    "fishermask.data": ("fishermask.errors", "fishermask._compat", "fishermask.plugins",
+                        "fishermask.data"),
+    "fishermask.models": ("fishermask._compat", "fishermask.errors", "fishermask.plugins",
+                          "fishermask.kernels"),
     "fishermask.training": ("fishermask.errors",),
     "fishermask.execution": ("fishermask.errors", "fishermask.kernels", "fishermask.data",
-                             "fishermask.execution"),
+                             "fishermask.plugins", "fishermask.execution"),
     # the executor interface and the in-process executor; never the Ray one
     "fishermask.strategies": ("fishermask.errors", "fishermask.kernels", "fishermask.strategies",
-                              "fishermask.execution.base", "fishermask.execution.local"),
+                              "fishermask.plugins", "fishermask.execution.base",
+                              "fishermask.execution.local"),
+    "fishermask.plugins": ("fishermask.errors", "fishermask._compat"),
     "fishermask.locks": ("fishermask.errors",),
     "fishermask.tracking.params": (),
     "fishermask.tracking": ("fishermask.errors", "fishermask.config", "fishermask.execution",
-                            "fishermask.locks", "fishermask.tracking"),
+                            "fishermask.locks", "fishermask.plugins", "fishermask.data",
+                            "fishermask.models", "fishermask.strategies", "fishermask.tracking"),
     "fishermask.loop": ("fishermask.errors", "fishermask.config", "fishermask.preflight",
                         "fishermask.data", "fishermask.execution", "fishermask.models",
                         "fishermask.strategies", "fishermask.training", "fishermask.locks",
@@ -79,7 +84,8 @@ def test_each_layer_imports_only_from_below():
 
 def test_nothing_the_config_composes_imports_the_config():
     users = [_name(p) for p in MODULES if any(imp == "fishermask.config" for imp, _ in _imports(p))]
-    assert all(u.split(".")[1] in ("loop", "tracking", "sweeps", "reports", "cli", "preflight")
+    assert all(u.split(".")[1] in ("loop", "tracking", "sweeps", "reports", "labeling", "cli",
+                                   "preflight")
                for u in users), users
 
 

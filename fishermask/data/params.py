@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import inspect
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fishermask.errors import ConfigError
+from fishermask.plugins import Plugin, PluginError, resolve
 
-DATASETS = ("digits", "fashion_mnist", "cifar10", "image_folder")
+DATASETS = ("digits", "fashion_mnist", "cifar10", "image_folder", "features")
 SETTINGS: dict[int, list[int]] = {1: [250, 5000, 250, 250], 2: [250] * 9 + [5000]}
 """Imbalance settings: class counts of the pool (Setting 1: one majority class among four;
 Setting 2: nine minority classes and one majority class)."""
@@ -23,11 +25,28 @@ REGIMES = {
 }
 
 
+def resolve_dataset(name: str) -> Plugin:
+    """The dataset ``data.dataset`` names: a built-in (``obj`` is its name) or a factory (an
+    import path or an installed entry point of ``fishermask.datasets``), checked callable."""
+    plugin = resolve("datasets", name, "data.dataset", {n: n for n in DATASETS})
+    if plugin.source != "builtin" and not callable(plugin.obj):
+        raise PluginError(f"data.dataset: {name!r} is a {type(plugin.obj).__name__}, not a "
+                          f"callable dataset factory (returning (train, test) ImageData)")
+    return plugin
+
+
 class DataParams(BaseModel):
-    """Which dataset, where its files are, and the pool's class imbalance."""
+    """Which dataset, where its files are, and the pool's class imbalance.
+
+    ``dataset`` is a built-in name or a **dataset factory** (an import path
+    ``package.module:attribute`` or an installed plug-in's name): a callable called with the
+    mapping ``args`` as keyword arguments that returns ``(train, test)``, each a
+    :class:`fishermask.data.ImageData` with the same ``classes``.  The pool is drawn from its
+    train split as from a built-in's (``class_counts``, ``setting``, the seeded draw)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-    dataset: Literal["digits", "fashion_mnist", "cifar10", "image_folder"] = "digits"
+    dataset: str = "digits"
+    args: dict[str, Any] = Field(default_factory=dict, description="a factory's arguments")
     data_dir: str = "./data"
     download: bool = False
     setting: Optional[Literal[1, 2]] = None
@@ -35,7 +54,12 @@ class DataParams(BaseModel):
     augment: bool = False
     image_size: int = Field(32, ge=4, le=1024,
                             description="image_folder only: images are resized to this")
-    test_fraction: float = Field(0.3, gt=0, lt=1, description="digits only: stratified hold-out")
+    test_fraction: float = Field(0.3, gt=0, lt=1,
+                                 description="digits, image_folder, features: stratified hold-out")
+    features: Optional[str] = Field(None, description="features: .npy of float32/float16 [N, d]")
+    labels: Optional[str] = Field(None, description="features: .npy of int labels [N]")
+    test_features: Optional[str] = None
+    test_labels: Optional[str] = None
 
     @field_validator("class_counts")
     @classmethod
@@ -49,6 +73,41 @@ class DataParams(BaseModel):
     def _one_imbalance(self):
         if self.setting is not None and self.class_counts is not None:
             raise ValueError("give either data.setting or data.class_counts, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _feature_files(self):
+        files = ("features", "labels", "test_features", "test_labels")
+        if self.dataset != "features":
+            given = [f"data.{k}" for k in files if getattr(self, k)]
+            if given:
+                raise ValueError(f"{', '.join(given)} belong to data.dataset=features")
+            return self
+        if not self.features:
+            raise ValueError("data.dataset=features needs data.features (the .npy file of the "
+                             "pool's [N, d] features) and, to simulate labeling, data.labels")
+        if bool(self.test_features) != bool(self.test_labels):
+            raise ValueError("give both data.test_features and data.test_labels, or neither "
+                             "(then data.test_fraction of the pool is held out)")
+        if self.augment:
+            raise ValueError("data.augment crops and flips images; features take none")
+        return self
+
+    @model_validator(mode="after")
+    def _factory_binds(self):
+        plugin = resolve_dataset(self.dataset)
+        if plugin.source == "builtin":
+            if self.args:
+                raise ConfigError(f"data.args is for dataset factories; the built-in dataset "
+                                  f"{self.dataset!r} takes data.data_dir, data.download, ...")
+            return self
+        try:
+            inspect.signature(plugin.obj).bind(**self.args)
+        except TypeError as exc:
+            raise PluginError(f"data.args: the dataset factory {plugin.path} cannot be called "
+                              f"with {self.args or 'no arguments'}: {exc}") from None
+        except ValueError:  # no signature to check (a builtin callable)
+            pass
         return self
 
 

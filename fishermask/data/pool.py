@@ -1,7 +1,8 @@
 """Datasets and imbalance settings, held in memory as uint8 tensors (no maths, Ray or MLflow).
 
 ``load_experiment_data(cfg.data, seed)``: the pool is drawn per class (seeded, without
-replacement) from the train split and stored in a seeded random order; the test set is the test
+replacement) from the train split and stored in a seeded random order (a pool of features: in
+the file's order, so that each shard's range is one part of the file); the test set is the test
 split restricted to the kept classes; task labels are 0.. in the order of the kept class ids.
 """
 
@@ -15,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from fishermask.data import readers as datasets
-from fishermask.data.params import SETTINGS, DataParams
-from fishermask.errors import ConfigError, DataError
+from fishermask.data.features import FeatureData, load_features
+from fishermask.data.params import SETTINGS, DataParams, resolve_dataset
+from fishermask.errors import ConfigError, DataError, FishermaskError
 
 CROP_PADDING = 4
 
@@ -62,13 +64,17 @@ class ImageData:
         return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
 
     def class_counts(self, idx: Any = None) -> np.ndarray:
-        """Number of items per task class (of ``idx``, default all) as int64 [num_classes]."""
-        t = self.targets if idx is None else self.targets[_as_index(idx)]
-        return np.bincount(t.numpy(), minlength=self.num_classes).astype(np.int64)
+        """Number of items per task class (of ``idx``, default all) as int64 [num_classes]; items
+        without a label (a negative target) are not counted."""
+        t = (self.targets if idx is None else self.targets[_as_index(idx)]).numpy()
+        return np.bincount(t[t >= 0], minlength=self.num_classes).astype(np.int64)
 
-    def subset(self, idx: Any) -> "ImageData":
+    def subset(self, idx: Any, targets: Optional[torch.Tensor] = None,
+               classes: Optional[list[str]] = None) -> "ImageData":
+        """The items ``idx``, relabelled by ``targets`` and ``classes`` when given."""
         i = _as_index(idx)
-        return ImageData(self.images[i], self.targets[i], list(self.classes), self.mean, self.std)
+        return ImageData(self.images[i], self.targets[i] if targets is None else targets,
+                         list(self.classes if classes is None else classes), self.mean, self.std)
 
     def inputs(self, idx: Any = None, *, augment: bool = False,
                generator: Optional[torch.Generator] = None, device: Any = None) -> torch.Tensor:
@@ -93,8 +99,8 @@ class ImageData:
 
 @dataclass(repr=False)
 class ExperimentData:
-    pool: ImageData                  # the (imbalanced) pool, in a seeded random order
-    test: ImageData                  # test split restricted to the kept classes
+    pool: "ImageData | FeatureData"  # the (imbalanced) pool, in a seeded random order
+    test: "ImageData | FeatureData"  # test split restricted to the kept classes
     pool_source_index: np.ndarray    # index of each pool item in the train split (as loaded)
     class_ids: list[int]             # original dataset class ids kept, in task order
 
@@ -135,14 +141,46 @@ def initial_labeled(pool: ImageData, n: int, rng: np.random.Generator) -> np.nda
     return np.sort(rng.choice(len(pool), size=n, replace=False)).astype(np.int64)
 
 
+BUILTIN_LOADERS = {"digits": datasets.load_digits, "fashion_mnist": datasets.load_fashion_mnist,
+                   "cifar10": datasets.load_cifar10, "image_folder": datasets.load_image_folder}
+
+
+def _splits(cfg: DataParams, seed: int):
+    """(train, test) of a built-in (ImageData, or FeatureData for ``features``) or of a dataset
+    factory."""
+    plugin = resolve_dataset(cfg.dataset)
+    if cfg.dataset == "features":
+        return load_features(cfg, seed)
+    if plugin.source == "builtin":
+        (tr_x, tr_y), (te_x, te_y), classes, mean, std = BUILTIN_LOADERS[cfg.dataset](cfg, seed)
+        return (ImageData(tr_x, torch.as_tensor(np.asarray(tr_y, dtype=np.int64)), list(classes),
+                          mean, std),
+                ImageData(te_x, torch.as_tensor(np.asarray(te_y, dtype=np.int64)), list(classes),
+                          mean, std))
+    try:
+        out = plugin.obj(**cfg.args)
+    except FishermaskError:
+        raise
+    except Exception as exc:
+        raise DataError(f"data.dataset: the factory {plugin.path} failed: {type(exc).__name__}: "
+                        f"{str(exc)[:300]}") from None
+    if not (isinstance(out, tuple) and len(out) == 2
+            and all(isinstance(d, ImageData) for d in out)):
+        raise DataError(f"data.dataset: the factory {plugin.path} must return (train, test), each "
+                        f"a fishermask.data.ImageData; it returned {type(out).__name__}")
+    train, test = out
+    if list(train.classes) != list(test.classes):
+        raise DataError(f"data.dataset: {plugin.path}'s train and test splits name different "
+                        f"classes ({train.classes} and {test.classes}); give both the same list")
+    return train, test
+
+
 def load_experiment_data(cfg: DataParams, seed: int) -> ExperimentData:
     """Load ``cfg.dataset``, apply the imbalance setting and return pool + test set (seeded)."""
     if seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed}")
-    loader = {"digits": datasets.load_digits, "fashion_mnist": datasets.load_fashion_mnist,
-              "cifar10": datasets.load_cifar10, "image_folder": datasets.load_image_folder}[cfg.dataset]
-    (tr_x, tr_y), (te_x, te_y), classes, mean, std = loader(cfg, seed)
-    tr_y, te_y = np.asarray(tr_y, dtype=np.int64), np.asarray(te_y, dtype=np.int64)
+    train, test = _splits(cfg, seed)
+    tr_y, te_y, classes = train.targets.numpy(), test.targets.numpy(), list(train.classes)
     available = np.bincount(tr_y, minlength=len(classes))
     counts, key = available.tolist(), "the whole train split"
     if cfg.setting is not None or cfg.class_counts is not None:
@@ -167,6 +205,8 @@ def load_experiment_data(cfg: DataParams, seed: int) -> ExperimentData:
     drawn = [rng.choice(np.flatnonzero(tr_y == c), size=counts[c], replace=False) for c in kept]
     source = np.concatenate(drawn).astype(np.int64)
     source = source[rng.permutation(len(source))]
+    if isinstance(train, FeatureData):  # rows stay in file order: a shard reads one part of it
+        source = np.sort(source)
     remap = np.full(len(classes), -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
     test_idx = np.flatnonzero(np.isin(te_y, kept))
@@ -174,6 +214,6 @@ def load_experiment_data(cfg: DataParams, seed: int) -> ExperimentData:
         raise DataError(f"the '{cfg.dataset}' test split has no images of the kept classes "
                         f"{[classes[c] for c in kept]}; add test images for them")
     names = [classes[c] for c in kept]
-    pool, test = (ImageData(x[torch.from_numpy(i)], torch.from_numpy(remap[y[i]]), list(names), mean, std)
-                  for x, y, i in ((tr_x, tr_y, source), (te_x, te_y, test_idx)))
+    pool = train.subset(source, torch.from_numpy(remap[tr_y[source]]), names)
+    test = test.subset(test_idx, torch.from_numpy(remap[te_y[test_idx]]), names)
     return ExperimentData(pool=pool, test=test, pool_source_index=source, class_ids=kept)

@@ -34,7 +34,7 @@ CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "
 _GRAY_MODES = ("1", "L", "LA", "F", "I", "I;16", "I;16B", "I;16L")
 
 
-def _holdout(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+def holdout(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified hold-out: sorted (train, test) index arrays."""
     from sklearn.model_selection import train_test_split
 
@@ -48,7 +48,7 @@ def _holdout(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.n
     return np.sort(tr), np.sort(te)
 
 
-def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def image_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std of uint8 images on the [0, 1] scale (chunked, float64 sums)."""
     s1 = s2 = torch.zeros(x.shape[1], dtype=torch.float64)
     for chunk in x.split(4096):
@@ -65,8 +65,8 @@ def load_digits(cfg: DataParams, seed: int):
     d = sk_datasets.load_digits()
     x = torch.from_numpy(np.clip(d.images * 16, 0, 255).astype(np.uint8)[:, None])
     y = d.target.astype(np.int64)
-    tr, te = _holdout(y, cfg.test_fraction, seed, "digits")
-    mean, std = _stats(x[tr])
+    tr, te = holdout(y, cfg.test_fraction, seed, "digits")
+    mean, std = image_stats(x[tr])
     return (x[tr], y[tr]), (x[te], y[te]), [str(c) for c in d.target_names], mean, std
 
 
@@ -228,7 +228,9 @@ def _scan(tv, root: Path, folder: Path) -> tuple[list[str], list[tuple[str, int]
     return list(ds.classes), list(ds.samples)
 
 
-def _read_images(root: Path, paths: list[str], size: int) -> torch.Tensor:
+def read_images(root: Path, paths: list[str], size: int) -> torch.Tensor:
+    """The image files ``paths`` as uint8 [N, C, H, W] at ``size``×``size`` (grey when every file
+    is grey, else RGB); a DataError naming an unreadable file."""
     from PIL import Image
 
     def mode(p: str) -> str:
@@ -259,6 +261,15 @@ def _read_images(root: Path, paths: list[str], size: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def list_images(root: Path) -> list[str]:
+    """Every image file under ``root`` (sub-folders included), as sorted paths relative to it."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def load_image_folder(cfg: DataParams, seed: int):
     tv = import_torchvision()
     root = Path(cfg.data_dir).expanduser()
@@ -272,7 +283,7 @@ def load_image_folder(cfg: DataParams, seed: int):
             raise _folder_error(root, f"test/ has classes {unknown} that train/ lacks")
         te_map = [classes.index(c) for c in te_classes]
         te_samples = [(p, te_map[t]) for p, t in te_samples]
-        x = _read_images(root, [p for p, _ in tr_samples + te_samples], cfg.image_size)
+        x = read_images(root, [p for p, _ in tr_samples + te_samples], cfg.image_size)
         y = np.array([t for _, t in tr_samples + te_samples], dtype=np.int64)
         tr = np.arange(len(tr_samples))
         te = np.arange(len(tr_samples), len(y))
@@ -280,8 +291,8 @@ def load_image_folder(cfg: DataParams, seed: int):
         raise _folder_error(root, "found only one of train/ and test/; give both or neither")
     else:
         classes, samples = _scan(tv, root, root)
-        x = _read_images(root, [p for p, _ in samples], cfg.image_size)
+        x = read_images(root, [p for p, _ in samples], cfg.image_size)
         y = np.array([t for _, t in samples], dtype=np.int64)
-        tr, te = _holdout(y, cfg.test_fraction, seed, f"image_folder {root}")
-    mean, std = _stats(x[tr])
+        tr, te = holdout(y, cfg.test_fraction, seed, f"image_folder {root}")
+    mean, std = image_stats(x[tr])
     return (x[tr], y[tr]), (x[te], y[te]), classes, mean, std

@@ -27,7 +27,7 @@ from fishermask.errors import (ConfigError, DiskFull, FishermaskError, MemoryLim
                                ParameterError, TrainingDiverged)
 from fishermask.execution import PoolExecutor, make_executor
 from fishermask.locks import RunLock
-from fishermask.models import build_model, reinit_parameters
+from fishermask.models import model_from_params, reinit_parameters
 from fishermask.strategies import SelectionContext, build_strategy
 from fishermask.training import evaluate, train_model
 
@@ -105,7 +105,9 @@ class ActiveLearningLoop:
         preflight.budget(cfg, len(data.pool))
         device = preflight.device(cfg.execution)
         strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
-        model = build_model(cfg.model.name, data.pool.num_classes, data.pool.in_channels)
+        torch.manual_seed(round_seed(cfg.seed, 0, 4))  # the initial weights, for reinit: none
+        model = model_from_params(cfg.model, data.pool.num_classes, data.pool.in_channels)
+        preflight.network(cfg, model, data.pool)
         preflight.mask_capacity(cfg, model, len(data.pool), data.pool.num_classes)
         if executor is None:
             preflight.local_shards(cfg.execution)
@@ -222,7 +224,7 @@ class ActiveLearningLoop:
             labels_per_class=counts, picked=[int(i) for i in picked], query_seconds=query_seconds,
             train_seconds=tr.seconds, epochs=tr.epochs,
             metrics=dict(sel.metrics) if sel else {}, artifacts=dict(sel.artifacts) if sel else {},
-            diagnostics=_jsonable(sel.diagnostics) if sel else {})
+            diagnostics=jsonable(sel.diagnostics) if sel else {})
 
     def _query(self, rnd: int):
         pool = self.data.pool
@@ -230,7 +232,8 @@ class ActiveLearningLoop:
         self.executor.set_model(self.model)
         ctx = SelectionContext(model=self.model, executor=self.executor, labeled=self.labeled,
                                unlabeled=unlabeled, num_classes=pool.num_classes,
-                               rng=np.random.default_rng(round_seed(self.cfg.seed, rnd, 3)), round=rnd)
+                               rng=np.random.default_rng(round_seed(self.cfg.seed, rnd, 3)), round=rnd,
+                               classifier=self.cfg.model.classifier)
         t0 = time.perf_counter()
         try:
             sel = self.strategy.run_round(ctx, self.query)
@@ -340,11 +343,12 @@ class ActiveLearningLoop:
                 "rounds": [r.picked for r in self.records[1:]]}
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """``obj`` with numpy numbers and tensors turned into plain Python (for JSON)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from fishermask.execution.base import PoolExecutor
 from fishermask.execution.local import LocalExecutor
 from fishermask.kernels._checks import check_count, check_n, is_int
+from fishermask.kernels.head import check_head_output
 from fishermask.strategies.checks import (_as_pool, _TensorPool, check_labeled, check_model,
                                           check_number, check_params)
 
@@ -42,6 +43,7 @@ class SelectionContext:
     num_classes: int
     rng: np.random.Generator      # seeded for this round
     round: int = 0
+    classifier: Optional[str] = None  # attribute path of the final nn.Linear (None: found)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Selection:
     diagnostics: dict[str, Any] = field(default_factory=dict)  # small: time, score summary, counts
     metrics: dict[str, float] = field(default_factory=dict)    # numbers to log per round
     artifacts: dict[str, Any] = field(default_factory=dict)    # JSON-able objects to save per round
+    scores: Optional[np.ndarray] = None  # each pick's score (uncertainty strategies), pick order
 
 
 class Strategy(ABC):
@@ -63,6 +66,11 @@ class Strategy(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not isinstance(getattr(cls, "name", None), str):
+            cls.name = cls.__name__  # a plug-in without a name: messages use its class name
+
     def __init__(self, **params: Any):
         self.params = check_params(self.name, self.Params, params)
 
@@ -72,12 +80,13 @@ class Strategy(ABC):
 
     def select(self, model: torch.nn.Module, pool, labeled, n: int, *, seed: int = 0,
                executor=None, device: str = "auto", batch_size: int = 256,
-               max_memory_gb: float = 16.0) -> Selection:
+               max_memory_gb: float = 16.0, classifier: Optional[str] = None) -> Selection:
         """Pick ``n`` pool indices to label next.
 
-        ``model`` is an ``nn.Module`` with ``features(x) -> [B, d]`` (the penultimate embedding)
-        and ``classifier`` (the final ``nn.Linear``, so ``forward = classifier(features(x))``);
-        ``pool`` an :class:`~fishermask.data.ImageData` or a tensor (or array) of model-ready
+        ``model`` is any ``nn.Module`` whose output is the logits of a final ``nn.Linear``: the
+        one at the attribute path ``classifier`` (e.g. ``"head.fc"``), else the model's
+        ``classifier``, ``fc`` or ``head`` (a container there gives its last ``nn.Linear``); the
+        penultimate features h(x) are that layer's input.  ``pool`` an :class:`~fishermask.data.ImageData` or a tensor (or array) of model-ready
         inputs ``[N, ...]``; ``labeled`` the pool indices already labeled; ``seed`` seeds the
         strategy's randomness.  Without ``executor`` the work runs in this process on ``device``
         in batches of ``batch_size`` (``max_memory_gb`` bounds the Fisher greedy); an executor
@@ -97,7 +106,7 @@ class Strategy(ABC):
             if device not in ("auto", "cpu", "cuda"):
                 raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
             check_number("max_memory_gb", max_memory_gb)
-        check_model(model)
+        head_path, head = check_model(model, classifier)
         pool = _as_pool(pool)
         labeled = check_labeled(labeled, len(pool))
         if n > len(pool) - len(labeled):
@@ -116,7 +125,8 @@ class Strategy(ABC):
                 first = pool.inputs(np.arange(1)) if hasattr(pool, "inputs") else pool[:1]
                 if where is not None:
                     first = first.to(where)
-                num_classes = int(model(first).shape[1])
+            check_head_output(model, first, head, head_path)
+            num_classes = head.out_features
             if not hasattr(pool, "inputs"):
                 pool = _TensorPool(pool, num_classes)
             if getattr(executor, "pool", None) is not pool:
@@ -125,7 +135,7 @@ class Strategy(ABC):
             unlabeled = np.setdiff1d(np.arange(len(pool)), labeled)
             ctx = SelectionContext(model=executor.model, executor=executor, labeled=labeled,
                                    unlabeled=unlabeled, num_classes=num_classes,
-                                   rng=np.random.default_rng(seed))
+                                   rng=np.random.default_rng(seed), classifier=classifier)
             return self._round(ctx, n)
         finally:
             if where is not None:

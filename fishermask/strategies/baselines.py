@@ -23,6 +23,9 @@ class RandomSampling(Strategy):
         return Selection(ctx.rng.choice(np.sort(ctx.unlabeled), size=n, replace=False))
 
 
+SCORE_ROWS = 1 << 20
+
+
 class _ScoreStrategy(Strategy):
     """Pick the ``n`` unlabeled points with the largest ``score(p)`` (ties: lowest pool index)."""
 
@@ -32,9 +35,11 @@ class _ScoreStrategy(Strategy):
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         unl = np.sort(ctx.unlabeled)
         p = ctx.executor.map(inference.probs, unl)
-        s = self.score(p.double()).numpy()
+        # float64 scores, a million rows at a time (a pool of millions: no float64 copy of p)
+        s = torch.cat([self.score(p[i:i + SCORE_ROWS].double())
+                       for i in range(0, len(p), SCORE_ROWS)]).numpy()
         pos = top_n(s, n)
-        return Selection(unl[pos], diagnostics={
+        return Selection(unl[pos], scores=s[pos], diagnostics={
             "scores": score_summary(s), "picked_scores": score_summary(s[pos]),
             "predicted_class_counts": _picked_class_counts(p, pos, ctx.num_classes)})
 
@@ -74,7 +79,7 @@ class KCenterGreedy(Strategy):
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         unl, lab = np.sort(ctx.unlabeled), np.sort(ctx.labeled)
-        feats = ctx.executor.map(inference.features, np.concatenate([unl, lab]))
+        feats = ctx.executor.map(inference.Features(ctx.classifier), np.concatenate([unl, lab]))
         pos = diversity.kcenter_greedy(feats[:len(unl)], feats[len(unl):], n).numpy()
         return Selection(unl[pos])
 
@@ -86,7 +91,7 @@ class Badge(Strategy):
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         unl = np.sort(ctx.unlabeled)
-        out = ctx.executor.map(inference.probs_features, unl)
+        out = ctx.executor.map(inference.ProbsFeatures(ctx.classifier), unl)
         pos = diversity.badge_seeding(out["probs"], out["features"], n, ctx.rng).numpy()
         return Selection(unl[pos], diagnostics={
             "predicted_class_counts": _picked_class_counts(out["probs"], pos, ctx.num_classes)})

@@ -5,11 +5,13 @@ message names the argument, in the library's terms."""
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
+
+from fishermask.kernels.head import find_head
 
 PARAMS: dict[str, type[BaseModel]] = {}
 """Strategy name → its parameter model (filled by :mod:`fishermask.strategies`), so that a
@@ -78,36 +80,20 @@ def _as_pool(pool):
     return pool
 
 
-def check_model(model) -> None:
-    """The model protocol every strategy relies on: an ``nn.Module`` with ``features(x)`` (the
-    penultimate embedding) and ``classifier`` (the last ``nn.Linear``), finite parameters."""
+def check_model(model, classifier: Optional[str] = None) -> tuple[str, torch.nn.Module]:
+    """The model protocol every strategy relies on: an ``nn.Module`` whose output is the logits
+    of a final ``nn.Linear`` (found at ``classifier``, else at ``classifier``/``fc``/``head``;
+    :func:`~fishermask.kernels.head.find_head`) and finite parameters.  Returns the head's
+    attribute path and the head."""
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module with features(x) and a classifier "
+        raise TypeError(f"model must be a torch.nn.Module whose output is the logits of a final "
                         f"nn.Linear, got {type(model).__name__}")
-    missing = [a for a in ("features", "classifier") if not hasattr(model, a)]
-    if missing:
-        raise TypeError(f"model: {type(model).__name__} has no {' or '.join(missing)}; strategies "
-                        f"need model.features(x) -> [B, d] (the penultimate embedding) and "
-                        f"model.classifier (the final nn.Linear, so forward = "
-                        f"classifier(features(x)))")
-    if not callable(model.features):
-        raise TypeError(f"model.features must be a method features(x) -> [B, d], got "
-                        f"{type(model.features).__name__}")
-    if not isinstance(model.classifier, torch.nn.Linear):
-        raise TypeError(f"model.classifier must be the final torch.nn.Linear layer, got "
-                        f"{type(model.classifier).__name__}")
+    path, head = find_head(model, classifier)
     for pname, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise ValueError(f"model: parameter {pname} has NaN or infinite values "
                              f"(did training diverge?)")
-
-
-def classifier_weight_name(model: torch.nn.Module) -> str:
-    """Name in ``named_parameters()`` of ``model.classifier.weight``."""
-    for pname, p in model.named_parameters():
-        if p is model.classifier.weight:
-            return pname
-    raise TypeError("model: model.classifier.weight is not among model.named_parameters()")
+    return path, head
 
 
 def check_finite_inputs(inputs: torch.Tensor, name: str = "pool") -> None:

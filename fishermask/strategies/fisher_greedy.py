@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fishermask.errors import ParameterError
 from fishermask.kernels import fisher
 from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings, row_bytes
+from fishermask.kernels.head import find_head, head_weight_name
 from fishermask.strategies.base import Selection, SelectionContext, Strategy
-from fishermask.strategies.checks import classifier_weight_name
 from fishermask.strategies.fisher_round import fisher_round
+from fishermask.strategies.inference import features_probs
 
 
 def mask_size(sparsity: float, num_params: int) -> int:
@@ -59,22 +59,18 @@ class FisherMaskParams(GreedyParams):
         return v
 
 
-def _features_probs(model, x):
-    h = model.features(x).float()
-    return h, F.softmax(model.classifier(h).float(), dim=1)
-
-
 class LastLayerEmbedding:
     """Batch fn: BAIT's V_x in factored form (h, p): one forward pass, no autograd."""
 
-    def __init__(self, num_classes: int, d: int, storage_dtype: str = "float32"):
+    def __init__(self, num_classes: int, d: int, storage_dtype: str = "float32",
+                 classifier: Optional[str] = None):
         self.num_classes, self.d, self.k = num_classes, d, num_classes * d
-        self.storage_dtype = storage_dtype
+        self.storage_dtype, self.classifier = storage_dtype, classifier
         self.row_bytes = row_bytes(num_classes, d, 0, True, storage_dtype)
 
     @torch.no_grad()
     def __call__(self, model, x):
-        h, p = _features_probs(model, x)
+        h, p = features_probs(model, x, self.classifier)
         return FisherEmbeddings(features=h, probs=p).to(storage_dtype=STORAGE_DTYPES[self.storage_dtype])
 
 
@@ -83,9 +79,9 @@ class MaskedEmbedding:
     that block is kept factored (h, p) and only the rest is dense."""
 
     def __init__(self, mask: dict, num_classes: int, prob_scaling: bool, classifier_weight: str,
-                 d: int, storage_dtype: str = "float32"):
+                 d: int, storage_dtype: str = "float32", classifier: Optional[str] = None):
         self.num_classes, self.prob_scaling = num_classes, prob_scaling
-        self.storage_dtype = storage_dtype
+        self.storage_dtype, self.classifier = storage_dtype, classifier
         w_idx = mask.get(classifier_weight)
         self.factored = w_idx is not None and len(w_idx) == num_classes * d
         self.dense_mask = {n: i for n, i in mask.items()
@@ -100,7 +96,7 @@ class MaskedEmbedding:
         h = p = None
         if self.factored:
             with torch.no_grad():
-                h, p = _features_probs(model, x)
+                h, p = features_probs(model, x, self.classifier)
         emb = FisherEmbeddings(features=h, probs=p, dense=dense, prob_scaling=self.prob_scaling)
         return emb.to(storage_dtype=STORAGE_DTYPES[self.storage_dtype])
 
@@ -135,8 +131,9 @@ class Bait(_FisherGreedyStrategy):
     Params = BaitParams
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
-        embed = LastLayerEmbedding(ctx.num_classes, ctx.model.classifier.in_features,
-                                   self.params.storage_dtype)
+        _, head = find_head(ctx.model, ctx.classifier)
+        embed = LastLayerEmbedding(ctx.num_classes, head.in_features, self.params.storage_dtype,
+                                   ctx.classifier)
         picks, info = self._greedy(ctx, n, embed)
         return Selection(picks, diagnostics=info, metrics=_phase_metrics(info))
 
@@ -160,7 +157,8 @@ class FisherMask(_FisherGreedyStrategy):
         diag = {name: (v / m).to(torch.float32) for name, v in sums.items()}
         n_params = sum(v.numel() for v in diag.values())
         k = mask_size(p.sparsity, n_params)
-        force = [classifier_weight_name(ctx.model)] if p.include_last_layer else []
+        force = ([head_weight_name(ctx.model, find_head(ctx.model, ctx.classifier)[1])]
+                 if p.include_last_layer else [])
         try:
             mask = fisher.top_k_mask(diag, k, force=force)
         except ValueError as exc:
@@ -169,9 +167,10 @@ class FisherMask(_FisherGreedyStrategy):
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         mask, mask_seconds = self.build_mask(ctx)
+        _, head = find_head(ctx.model, ctx.classifier)
         embed = MaskedEmbedding(mask, ctx.num_classes, self.params.prob_scaling,
-                                classifier_weight_name(ctx.model),
-                                ctx.model.classifier.in_features, self.params.storage_dtype)
+                                head_weight_name(ctx.model, head), head.in_features,
+                                self.params.storage_dtype, ctx.classifier)
         picks, info = self._greedy(ctx, n, embed)
         info["mask_seconds"] = mask_seconds
         profile = mask_profile(ctx.model, mask)

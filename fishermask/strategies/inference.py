@@ -2,12 +2,18 @@
 
 Each is a picklable callable ``fn(model, x) -> Tensor | dict[str, Tensor]`` with one row per
 sample, so an executor can run it on any slice of the pool and concatenate or sum the results.
+The penultimate features h(x) are the input of the model's final ``nn.Linear`` (found by
+:func:`~fishermask.kernels.head.find_head`, at the attribute path ``classifier`` when given).
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+
+from fishermask.kernels.head import features_logits, find_head
 
 
 @torch.no_grad()
@@ -16,14 +22,27 @@ def probs(model, x: torch.Tensor) -> torch.Tensor:
     return F.softmax(model(x).float(), dim=1)
 
 
-@torch.no_grad()
-def probs_features(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def features_probs(model, x: torch.Tensor, classifier: Optional[str] = None):
+    """h(x) [B, d] and p(x) [B, C] (float32) from one forward pass."""
+    h, logits = features_logits(model, x, find_head(model, classifier)[1])
+    return h.float(), F.softmax(logits.float(), dim=1)
+
+
+class ProbsFeatures:
     """``{"probs": p(x) [B, C], "features": h(x) [B, d]}`` from one forward pass."""
-    h = model.features(x)
-    return {"probs": F.softmax(model.classifier(h).float(), dim=1), "features": h.float()}
+
+    def __init__(self, classifier: Optional[str] = None):
+        self.classifier = classifier
+
+    @torch.no_grad()
+    def __call__(self, model, x):
+        h, p = features_probs(model, x, self.classifier)
+        return {"probs": p, "features": h}
 
 
-@torch.no_grad()
-def features(model, x: torch.Tensor) -> torch.Tensor:
+class Features(ProbsFeatures):
     """Penultimate features h(x), ``[B, d]``."""
-    return model.features(x).float()
+
+    @torch.no_grad()
+    def __call__(self, model, x):
+        return features_probs(model, x, self.classifier)[0]

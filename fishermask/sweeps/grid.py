@@ -22,6 +22,8 @@ from typing import Any, Optional
 from fishermask.config import (Config, all_strategy_params, apply_overrides, from_dict,
                                read_yaml, set_dotted, strategy_params_for)
 from fishermask.errors import ConfigError
+from fishermask.plugins import search_folders
+from fishermask.strategies import STRATEGIES
 
 DEFAULT_STORAGE = ".fishermask/sweeps"
 
@@ -57,14 +59,23 @@ class Sweep:
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def _drop_foreign_strategy_params(raw: dict[str, Any]) -> list[str]:
-    """Drop the parameters of other strategies from a raw trial (in place); their names."""
+def _drop_foreign_strategy_params(raw: dict[str, Any], also: tuple[str, ...] = ()) -> list[str]:
+    """Drop the parameters of other strategies (built in, or named in ``also``: the sweep's
+    plug-ins) from a raw trial (in place); their names."""
     strat = raw.get("strategy")
     if not isinstance(strat, dict):
         return []
-    kept, dropped = strategy_params_for(strat.get("name", "random"), strat)
+    kept, dropped = strategy_params_for(strat.get("name", "random"), strat, also)
     raw["strategy"] = kept
     return dropped
+
+
+def _strategy_names(raw: dict[str, Any], grid: dict[str, Any]) -> tuple[str, ...]:
+    """Every strategy the sweep names that is not built in (plug-ins), in order."""
+    base = raw.get("strategy") if isinstance(raw.get("strategy"), dict) else {}
+    names = [base.get("name", "random")] + list(grid.get("strategy.name", []))
+    names += [v.get("name") for v in grid.get("strategy", []) if isinstance(v, dict)]
+    return tuple(dict.fromkeys(n for n in names if isinstance(n, str) and n not in STRATEGIES))
 
 
 def _absolute_data_dir(raw: dict[str, Any]) -> None:
@@ -78,10 +89,10 @@ def _absolute_data_dir(raw: dict[str, Any]) -> None:
         data["data_dir"] = str((Path.cwd() / path).resolve())
 
 
-def _check_strategy_axes(grid: dict[str, Any]) -> None:
+def _check_strategy_axes(grid: dict[str, Any], plugins: tuple[str, ...] = ()) -> None:
     """An axis over a strategy parameter that no strategy takes is a typo: stop (as ``run`` does)
     instead of silently dropping it from every trial."""
-    known = all_strategy_params()
+    known = all_strategy_params(plugins)
     named = [k.split(".", 1)[1] for k in grid if k.startswith("strategy.")]
     named += [p for k, vs in grid.items() if k == "strategy"
               for v in vs if isinstance(v, dict) for p in v]
@@ -129,7 +140,8 @@ def expand(raw: dict[str, Any]) -> tuple[list[TrialSpec], int, list[str]]:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: give a non-empty list of values (got {values!r})")
-    _check_strategy_axes(grid)
+    plugins = _strategy_names(raw, grid)
+    _check_strategy_axes(grid, plugins)
     keys = list(grid)
     trials: dict[str, TrialSpec] = {}
     notes: list[str] = []
@@ -140,7 +152,7 @@ def expand(raw: dict[str, Any]) -> tuple[list[TrialSpec], int, list[str]]:
         trial_raw = copy.deepcopy(raw)
         for k, v in point.items():
             set_dotted(trial_raw, k.split("."), v, where=f"sweep.{k}", merge=True)
-        dropped = _drop_foreign_strategy_params(trial_raw)
+        dropped = _drop_foreign_strategy_params(trial_raw, plugins)
         _absolute_data_dir(trial_raw)
         where = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items()) or "the base config"
         try:
@@ -164,7 +176,10 @@ def load_sweep(path: str | Path, overrides: Optional[list[str]] = None) -> Sweep
     """Read, override (``--set``, including ``sweep.<axis>=[...]``), validate and expand."""
     path = Path(path)
     raw = apply_overrides(read_yaml(path), overrides or [])
+    search_folders(path.resolve().parent, Path.cwd())  # plug-in modules next to the sweep file
     base_raw = {k: v for k, v in raw.items() if k != "sweep"}
+    grid = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
+    _drop_foreign_strategy_params(base_raw, _strategy_names(raw, grid))
     try:
         base = from_dict(base_raw)
     except ConfigError as exc:

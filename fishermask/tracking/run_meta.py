@@ -25,6 +25,10 @@ from urllib.parse import urlparse
 import numpy as np
 
 from fishermask.config import flatten
+from fishermask.data.params import resolve_dataset
+from fishermask.models import resolve_model
+from fishermask.plugins import Plugin
+from fishermask.strategies import strategy_spec
 from fishermask.execution.base import resolve_device
 
 NOTE_TAG = "mlflow.note.content"
@@ -108,6 +112,25 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def plugins_of(cfg) -> dict[str, Plugin]:
+    """The config's plug-ins (not built in): ``{config key: Plugin}``."""
+    found = {"data.dataset": resolve_dataset(cfg.data.dataset),
+             "model.name": resolve_model(cfg.model.name),
+             "strategy.name": strategy_spec(cfg.strategy.name).plugin}
+    return {k: p for k, p in found.items() if p is not None and p.source != "builtin"}
+
+
+def plugin_tags(cfg) -> dict[str, str]:
+    """What ran, for every plug-in of the config: ``plugin.<key>`` = its import path, and
+    ``plugin.<key>.distribution`` = its distribution and version where it has one."""
+    tags = {}
+    for key, plugin in plugins_of(cfg).items():
+        tags[f"plugin.{key}"] = plugin.path
+        if plugin.distribution:
+            tags[f"plugin.{key}.distribution"] = f"{plugin.distribution} {plugin.version}"
+    return tags
 
 
 def device_name(setting: str = "auto") -> str:
@@ -276,6 +299,8 @@ def dataset_inputs(cfg, data) -> list:
 
     if cfg.data.dataset == "digits":
         source, stype = {"uri": "sklearn.datasets.load_digits"}, "code"
+    elif cfg.data.dataset == "features":
+        source, stype = {"uri": resolved_path(cfg.data.features)}, "local"
     else:
         source, stype = {"uri": resolved_path(cfg.data.data_dir)}, "local"
     out = []

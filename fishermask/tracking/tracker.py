@@ -222,6 +222,7 @@ class MlflowTracker(Tracker):
         """Provenance, the description, and what params do not say (variant, seed, sweep)."""
         tags = dict(self.context if self.context is not None else run_meta.context_tags())
         tags.update(run_meta.versions())
+        tags.update(run_meta.plugin_tags(cfg))
         tags["device"] = run_meta.device_name(cfg.execution.device)
         tags.update({"variant": self.variant or cfg.strategy.name, "seed": str(cfg.seed)})
         if self.sweep:

@@ -226,3 +226,93 @@ def test_sweep_runs_on_both_nodes_after_a_start_that_ran_no_trial(cluster, faile
     assert "MLflow child runs: 2 FINISHED" in p.stdout
     assert "for 2 trials (2 at a time)" in p.stdout
     assert (folder / "storage" / "tiny" / "fishermask_sweep.json").exists()
+
+
+def test_a_plugin_next_to_the_sweep_file_reaches_the_workers_of_both_nodes(cluster, tmp_path):
+    """The network and strategy exist only on the driver: the sweep file and the plug-in module
+    sit on a tmpfs mounted in the driver's own mount namespace (``unshare -m``), so no node's
+    worker can read them from disk (as on a real cluster, where they would be on the laptop).
+    Ray's py_modules carries the module to every worker."""
+    from tests.helpers import EXAMPLE
+
+    assert shutil.which("unshare"), "the test needs unshare(1) for a driver-only folder"
+    private = tmp_path / "driver-only"
+    private.mkdir()
+    sweep = write_tiny_sweep(tmp_path).read_text().replace(
+        "model: {name: cnn_small}", "model: {name: 'fishermask_example.nets:ShapeNet', "
+                                    "args: {width: 4}}").replace(
+        "  strategy.name: [random, fishermask]",
+        "  strategy.name: [random, 'fishermask_example.strategies:BalancedMargin']")
+    (tmp_path / "plugin-sweep.yaml").write_text(sweep)
+    script = (f"mount -t tmpfs tmpfs {private} && cp -r {EXAMPLE / 'fishermask_example'} "
+              f"{tmp_path / 'plugin-sweep.yaml'} {private}/ && cd {private} && exec "
+              + " ".join(FISHERMASK + ["sweep", "plugin-sweep.yaml", "--address", cluster.address,
+                                       "--storage", str(tmp_path / "storage"), "--tracking-uri",
+                                       f"sqlite:///{tmp_path / 'mlflow.db'}", "--set",
+                                       "'sweep.seed=[0]'"]))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+                       cwd=tmp_path, env=_env(tmp_path, auth), capture_output=True, text=True,
+                       timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "MLflow child runs: 2 FINISHED" in p.stdout
+    assert "for 2 trials (2 at a time)" in p.stdout  # one trial on each 1-CPU node
+    assert not (private / "fishermask_example").exists()  # only the driver has it
+
+
+FEATURES_CHILD = """
+import json, sys, numpy as np, torch, ray
+from fishermask.data import FeatureData
+from fishermask.execution.base import ExecutionParams
+from fishermask.execution.local import LocalExecutor
+from fishermask.execution.ray.executor import RayExecutor
+from fishermask.models import build_model
+from fishermask.strategies import SelectionContext, build_strategy
+
+folder, address = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+np.save(folder + "/x.npy", rng.normal(size=(3000, 16)).astype(np.float32))
+pool = FeatureData(folder + "/x.npy", rng.integers(0, 4, 3000), list("abcd"))
+torch.manual_seed(0)
+model = build_model("linear", 4, 16).eval()
+labeled = np.arange(0, 3000, 30)
+
+def picks(ex, name):
+    ex.bind(pool)
+    ex.set_model(model)
+    ctx = SelectionContext(model=model, executor=ex, labeled=labeled,
+                           unlabeled=np.setdiff1d(np.arange(3000), labeled), num_classes=4,
+                           rng=np.random.default_rng(0))
+    return build_strategy(name).run_round(ctx, 30).indices.tolist()
+
+torch.set_num_threads(1)
+want = {n: picks(LocalExecutor(device="cpu", batch_size=128), n) for n in ("margin", "bait")}
+ray.init(address=address)
+ex = RayExecutor(ExecutionParams(backend="ray", shards=2, address=address, batch_size=128,
+                                 device="cpu", threads=1))
+got = {"margin": picks(ex, "margin")}
+stats = ex.shard_stats()
+got["bait"] = picks(ex, "bait")
+print("RESULT " + json.dumps({"same": got == want, "nodes": [i["node_id"] for i in ex.actor_info],
+                              "reads": [s["read_rows"] for s in stats],
+                              "spans": [s["read_span"] for s in stats]}))
+ex.close()
+"""
+
+
+def test_features_pool_each_node_reads_its_own_rows_and_picks_as_one_process(cluster, tmp_path):
+    import json
+
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
+    p = subprocess.run([sys.executable, "-c", FEATURES_CHILD, str(tmp_path), cluster.address],
+                       cwd=tmp_path, env=_env(tmp_path, auth), capture_output=True, text=True,
+                       timeout=400)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, p.stdout[-3000:] + p.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["same"]  # margin and BAIT pick what the in-process executor picks
+    assert len(set(out["nodes"])) == 2  # one shard actor on each node
+    unlabeled = 3000 - 100
+    assert sum(out["reads"]) == unlabeled and max(out["reads"]) < unlabeled  # each its own rows
+    (a0, a1), (b0, b1) = sorted(out["spans"])
+    assert a1 < b0  # two disjoint ranges of the pool

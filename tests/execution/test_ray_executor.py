@@ -94,24 +94,6 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def ray_session(request):
-    """The session's shared local Ray when tests/conftest.py provides one, else our own."""
-    import ray
-
-    own = False
-    if not ray.is_initialized():
-        try:
-            request.getfixturevalue("ray_local")
-        except pytest.FixtureLookupError:
-            ray.init(address="local", num_cpus=2, include_dashboard=False,
-                     object_store_memory=256 * 1024 ** 2)
-            own = True
-    yield
-    if own:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def problem():
     return make_problem()
 
@@ -153,7 +135,7 @@ def test_map_and_sum_are_identical_to_local(executors, problem, shards):
     ex.set_model(model)  # same architecture: only the weights travel again
     assert ex._arch_ref is arch
     order = np.concatenate([unlabeled[::-1], labeled])  # any order, kept
-    for fn in (inference.probs, inference.probs_features):
+    for fn in (inference.probs, inference.ProbsFeatures()):
         got, want = ex.map(fn, order), local.map(fn, order)
         if isinstance(want, dict):
             assert all(torch.equal(got[k], want[k]) for k in want)

@@ -14,13 +14,22 @@ from tests.helpers import ToyNet
 N = 30
 
 
-class NoFeatures(nn.Module):
+class NoHead(nn.Module):
+    """Its final nn.Linear is called ``out``: found only when named."""
+
     def __init__(self):
         super().__init__()
-        self.classifier = nn.Linear(6, 3)
+        self.out = nn.Linear(6, 3)
 
     def forward(self, x):
-        return self.classifier(x)
+        return self.out(x)
+
+
+class Softmaxed(ToyNet):
+    """Returns probabilities, not the logits of its final nn.Linear."""
+
+    def forward(self, x):
+        return torch.softmax(super().forward(x), 1)
 
 
 def _pool(bad=None):
@@ -52,7 +61,10 @@ CASES = [
     ("pool-empty", {"pool": torch.zeros(0, 6)}, ValueError, "pool is empty"),
     ("pool-not-a-tensor", {"pool": [[0.0] * 6] * N}, TypeError, "pool must be a tensor"),
     ("model-nan-weights", {"model": _nan_weights()}, ValueError, "model: parameter body.0.weight has NaN"),
-    ("model-without-features", {"model": NoFeatures()}, TypeError, "model: NoFeatures has no features"),
+    ("model-without-head", {"model": NoHead()}, TypeError, "model: NoHead has no final nn.Linear at classifier, fc, head"),
+    ("model-head-misnamed", {"classifier": "body.1"}, TypeError, "'body.1' is a Tanh without an nn.Linear"),
+    ("model-head-not-there", {"classifier": "fc"}, TypeError, "model: ToyNet has no attribute 'fc'"),
+    ("model-output-not-logits", {"model": Softmaxed()}, TypeError, "its output is not the output of its final nn.Linear 'classifier'"),
     ("model-not-a-module", {"model": lambda x: x}, TypeError, "model must be a torch.nn.Module"),
     ("n-zero", {"n": 0}, ValueError, "n must be a positive integer, got 0"),
     ("n-negative", {"n": -2}, ValueError, "n must be a positive integer, got -2"),

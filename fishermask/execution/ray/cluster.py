@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fishermask.errors import ConfigError, FishermaskError
+from fishermask.plugins import local_modules
 
 PROBE_TIMEOUT_S = 5.0
 AUTH_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
@@ -174,11 +175,18 @@ def check_reachable(address: str) -> None:
 def ray_init(**kwargs: Any) -> None:
     """``ray.init`` that leaves this process's SIGTERM handler as it was: Ray installs one that
     exits at once (code 134 after a native dump), and a run or sweep stopped by SIGTERM must
-    still end KILLED with its checkpoints and a resume hint."""
+    still end KILLED with its checkpoints and a resume hint.  Plug-in modules that are not
+    installed (a module next to the sweep file) travel to every worker as ``py_modules``."""
     import signal
     import threading
 
     import ray
+
+    modules = local_modules()
+    if modules:
+        env = dict(kwargs.get("runtime_env") or {})
+        env["py_modules"] = list(env.get("py_modules", [])) + modules
+        kwargs["runtime_env"] = env
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None

@@ -182,6 +182,12 @@ class RayExecutor(PoolExecutor):
                                      for k, v in state.items()})
         self.model = model
 
+    def shard_stats(self) -> list[dict]:
+        """Each shard actor's :meth:`~fishermask.execution.ray.actor.PoolShard.stats`."""
+        import ray
+
+        return ray.get([a.stats.remote() for a in self.actors])
+
     def close(self) -> None:
         import ray
 
@@ -299,7 +305,9 @@ class RayExecutor(PoolExecutor):
         sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray.group.RayShardGroup`."""
         idx = np.asarray(indices, dtype=np.int64)
         unit = math.lcm(CHUNK, self.batch_size)
-        if unit > 8 * CHUNK:  # odd batch sizes: give up batch alignment, keep balance
+        if unit > 8 * CHUNK and 2 * unit * self.shards > len(idx):
+            # a large unit for this pool (an odd batch size, or a large one on a small pool):
+            # batch alignment would leave shards empty, so keep balance and CHUNK alignment
             unit = CHUNK
         return RayShardGroup(self, embed_fn, idx, self._split(len(idx), unit))
 
