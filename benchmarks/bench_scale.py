@@ -7,11 +7,14 @@ Two parts, each printed as a markdown table:
 real structure (BAIT: factored h, p with d = 128; FisherMask: the same factored block for the
 classifier weight plus a dense block of 122 masked weights per class, as the narrow ResNet-18's
 k = 1,402 mask has) with random values, a dense random F, and the step itself timed: the shard's
-streaming update of P, Q for every candidate (``GreedyShard.apply`` + ``best``) plus the driver's
-verified pick (``GreedyDriver.evaluate`` + ``accept``).  Reported: seconds per step, bytes per
-candidate (embeddings + the C×C float64 state), the bytes one step reads (all embeddings and the
-P, Q state, read and written) and the floor = those bytes / the memory bandwidth, measured here
-with a large torch copy.  Sizes up to 500k (BAIT) and 200k (FisherMask) fit a 24 GB machine.
+streaming update of P, Q for every candidate (``GreedyShard.apply`` + ``best``, float32 products
+by default: ``--compute-dtype``) plus the driver's verified pick (``GreedyDriver.evaluate`` +
+``accept``).  Reported: seconds per step, bytes per candidate (embeddings + the C×C float64
+state), and two floors (``benchmarks/floors.py``, rates measured in this run with the step's
+threads): the compute floor (the step's float32 and float64 flops over this machine's GEMM rate
+for each dtype) and the bandwidth floor (the bytes one step reads: all embeddings, P and Q read
+and written, the driver's k×k matrices; over a copy's bandwidth).  Sizes up to 500k (BAIT) and
+200k (FisherMask) fit a 24 GB machine.
 
 ``rounds`` — whole selection rounds through the strategies (``select`` path of the
 ``RayExecutor`` with 1 and 2 shards, one thread each): BAIT with an identity body on 128-dim
@@ -43,20 +46,9 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from floors import floors, machine, structured_step_counts  # noqa: E402  (beside this script)
+
 C, D, K_DENSE = 10, 128, 122  # the narrow ResNet-18's mask: 1,280 classifier + 122 others
-
-
-def bandwidth(gb: float = 1.0, reps: int = 3) -> float:
-    """Memory bandwidth in bytes/s: a float32 copy of ``gb`` GB, counted as read + write."""
-    n = int(gb * 1e9 / 4)
-    src, dst = torch.ones(n), torch.empty(n)
-    dst.copy_(src)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t0)
-    return 2 * n * 4 / min(times)
 
 
 def make_embeddings(kind: str, size: int, seed: int):
@@ -69,7 +61,7 @@ def make_embeddings(kind: str, size: int, seed: int):
     return FisherEmbeddings(features=h, probs=p, dense=dense)
 
 
-def time_steps(kind: str, size: int, reps: int, seed: int) -> dict:
+def time_steps(kind: str, size: int, reps: int, seed: int, dtype=torch.float32) -> dict:
     """Seconds of one greedy step at pool ``size`` (median of ``reps``), bytes per candidate."""
     from fishermask.kernels._driver import GreedyDriver
     from fishermask.kernels._shard import GreedyShard
@@ -82,7 +74,7 @@ def time_steps(kind: str, size: int, reps: int, seed: int) -> dict:
     del b
     driver = GreedyDriver(None, fisher, 50, lam=1.0, weighting="bait", k=k)
     shard = GreedyShard(emb, 0)
-    shard.start(driver.fisher, driver.w_s)
+    shard.start(driver.fisher, driver.w_s, dtype)
     # P, Q stay as constructed (zeros): a step's cost does not depend on their values
     shard.scores.zero_()
     shard_s, driver_s, cpu_s = [], [], []
@@ -99,10 +91,11 @@ def time_steps(kind: str, size: int, reps: int, seed: int) -> dict:
         cpu_s.append(c2 - c0)
     state = shard.p.element_size() * C * C * 2 + 8 + 1  # P, Q, score, selected flag
     per_cand = emb.nbytes() / size + state
-    read = emb.nbytes() + size * (2 * 2 * C * C * 8 + 8)  # embeddings; P, Q read and written
+    counts = structured_step_counts(size, C, D, K_DENSE if kind == "fishermask" else 0)
     return dict(kind=kind, size=size, k=k, shard_s=statistics.median(shard_s),
-                driver_s=statistics.median(driver_s), cpu_s=statistics.median(cpu_s), bytes_per_candidate=per_cand,
-                bytes_per_step=read, resident_gb=(emb.nbytes() + size * state) / 1e9)
+                driver_s=statistics.median(driver_s), cpu_s=statistics.median(cpu_s),
+                bytes_per_candidate=per_cand, counts=counts,
+                resident_gb=(emb.nbytes() + size * state) / 1e9)
 
 
 def _timed_rounds():
@@ -168,26 +161,30 @@ def one_round(kind: str, size: int, shards: int, args, seconds) -> dict:
                 rebuilds=d["greedy_rebuilds"], picks=np.asarray(sel.indices))
 
 
-def run_steps(args, bw: float) -> list[dict]:
+def run_steps(args, rates: dict) -> list[dict]:
     rows = []
+    dtype = getattr(torch, args.compute_dtype)
     for kind, sizes in (("bait", args.bait_sizes), ("fishermask", args.mask_sizes)):
         for size in [int(s) for s in sizes.split(",") if s]:
             load = os.getloadavg()[0]
-            r = time_steps(kind, size, args.reps, args.seed)
-            r.update(load=load, floor=r["bytes_per_step"] / bw)
+            r = time_steps(kind, size, args.reps, args.seed, dtype)
+            r.update(load=load, floor=floors({"step": r["counts"]}, rates)["step"])
             print(f"  {kind} {size}: {r['shard_s'] + r['driver_s']:.3f} s/step", file=sys.stderr,
                   flush=True)
             rows.append(r)
     print(f"\n### Seconds per greedy step against pool size (1 shard, {torch.get_num_threads()} "
-          f"torch threads; bandwidth {bw / 1e9:.1f} GB/s by a 1 GB copy)\n")
+          f"torch threads, {args.compute_dtype} products; GEMM {rates['r32'] / 1e9:.1f} GFLOP/s "
+          f"float32, {rates['r64'] / 1e9:.1f} float64, copy {rates['bw'] / 1e9:.1f} GB/s)\n")
     print("| strategy | pool | k | bytes/candidate | resident GB | s/step (shard) | s/step (driver) "
-          "| s/step | CPU s/step | floor s | step / floor | load |")
+          "| s/step | CPU s/step | floor s (compute / bandwidth) | CPU / compute floor | load |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         step = r["shard_s"] + r["driver_s"]
+        comp, band = r["floor"]
         print(f"| {r['kind']} | {r['size']} | {r['k']} | {r['bytes_per_candidate']:.0f} "
               f"| {r['resident_gb']:.2f} | {r['shard_s']:.3f} | {r['driver_s']:.3f} | **{step:.3f}** "
-              f"| {r['cpu_s']:.3f} | {r['floor']:.4f} | {step / r['floor']:.0f}× | {r['load']:.1f} |")
+              f"| {r['cpu_s']:.3f} | {comp:.4f} / {band:.4f} | {r['cpu_s'] / comp:.1f}× "
+              f"| {r['load']:.1f} |")
     return rows
 
 
@@ -238,7 +235,8 @@ def plot(steps, rounds, path: str) -> None:
             ax.plot(sizes, [r["shard_s"] + r["driver_s"] for r in rs], marker + "-", alpha=0.5,
                     label=f"{kind}: wall s/step, 1 shard")
             ax.plot(sizes, [r["cpu_s"] for r in rs], marker + "-", label=f"{kind}: CPU s/step")
-            ax.plot(sizes, [r["floor"] for r in rs], marker + ":", label=f"{kind}: floor")
+            ax.plot(sizes, [r["floor"][0] for r in rs], marker + ":",
+                    label=f"{kind}: compute floor")
         for shards in (1, 2):
             rr = [r for r in rounds if r["kind"] == kind and r["shards"] == shards]
             if rr:
@@ -266,6 +264,8 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=0.002, help="k = 1,402 on resnet18_narrow")
     p.add_argument("--mask-samples", type=int, default=1024)
     p.add_argument("--threads", type=int, default=0, help="torch threads of the step part")
+    p.add_argument("--compute-dtype", choices=["float32", "float64"], default="float32",
+                   help="dtype of the greedy's large products in the step part")
     p.add_argument("--skip-steps", action="store_true")
     p.add_argument("--skip-rounds", action="store_true")
     p.add_argument("--out", default="", help="PNG of seconds per step against pool size")
@@ -274,8 +274,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    bw = bandwidth()
-    steps = [] if args.skip_steps else run_steps(args, bw)
+    steps = [] if args.skip_steps else run_steps(args, machine(C * D + K_DENSE))
     rounds = [] if args.skip_rounds else run_rounds(args)
     if args.out:
         plot(steps, rounds, args.out)

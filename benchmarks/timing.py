@@ -1,5 +1,7 @@
 """A shard group that times each operation (the benchmarks' view into the greedy's phases:
-``reset`` is the initialisation, P and Q from A; ``advance`` a step's streaming update)."""
+``reset`` is the initialisation, P and Q from A; ``advance`` a step's streaming update;
+``contenders`` the reads of the candidates near a winner).  ``times[operation]`` lists the
+seconds of each call."""
 
 from __future__ import annotations
 
@@ -16,27 +18,33 @@ class TimedGroup(ShardGroup):
         self.group = group
         self.bounds = group.bounds
         self.seconds = seconds if seconds is not None else collections.defaultdict(float)
+        self.times = collections.defaultdict(list)
 
     def _timed(self, op, *args):
         t0 = time.perf_counter()
         out = op(*args)
-        self.seconds[op.__name__] += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        self.seconds[op.__name__] += spent
+        self.times[op.__name__].append(spent)
         return out
 
     def gram_nodes(self, n_leaves, diagonal):
         return self._timed(self.group.gram_nodes, n_leaves, diagonal)
 
-    def start(self, fisher, w_s):
-        return self._timed(self.group.start, fisher, w_s)
+    def start(self, fisher, w_s, compute_dtype=None):
+        return self._timed(self.group.start, fisher, w_s, *([compute_dtype] if compute_dtype else []))
 
-    def reset(self, a_mat, forward):
-        return self._timed(self.group.reset, a_mat, forward)
+    def reset(self, a_mat, forward, compute_dtype=None, low_rank=None):
+        return self._timed(self.group.reset, a_mat, forward, compute_dtype, low_rank)
 
     def advance(self, update, forward):
         return self._timed(self.group.advance, update, forward)
 
     def override(self, g, score, forward):
         return self._timed(self.group.override, g, score, forward)
+
+    def contenders(self, threshold, forward):
+        return self._timed(self.group.contenders, threshold, forward)
 
     def close(self):
         self.group.close()

@@ -27,7 +27,8 @@ from fishermask.tracking.params import TrackingParams
 from fishermask.training import TrainParams
 
 CONFIG_KEYS = {"max_memory_gb": "execution.max_memory_gb", "shards": "execution.shards",
-               "sparsity": "strategy.sparsity", "fisher_target": "strategy.fisher_target"}
+               "sparsity": "strategy.sparsity", "fisher_target": "strategy.fisher_target",
+               "fisher_classes": "strategy.fisher_classes", "top_c": "strategy.top_c"}
 """Library parameter names → the config keys that set them (for messages raised under the CLI)."""
 
 # The layers' parameter models, composed below under their config section names.

@@ -228,8 +228,10 @@ def mask_capacity(cfg, model, pool_size: int, num_classes: int) -> None:
     initial = cfg.budget.resolved()[0]
     # candidates' stored rows: the classifier block factored as (h, p), the rest of the mask dense
     d = head.weight.shape[1]
-    per_row = row_bytes(num_classes, d, k - forced, bool(forced), p.get("storage_dtype", "float32"))
-    gb = greedy_memory_gb(max(pool_size - initial, 0), per_row, num_classes, k,
+    top_c = p.get("top_c") if p.get("fisher_classes") == "top" else None
+    per_row = row_bytes(num_classes, d, k - forced, bool(forced), p.get("storage_dtype", "float32"),
+                        top_c)
+    gb = greedy_memory_gb(max(pool_size - initial, 0), per_row, top_c or num_classes, k,
                           p.get("fisher_target", "dense"))
     try:
         check_memory(gb, cfg.execution.max_memory_gb,

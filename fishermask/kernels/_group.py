@@ -12,14 +12,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from fishermask.kernels._reduction import merge_nodes
-from fishermask.kernels._shard import GreedyShard
+from fishermask.kernels._shard import Best, GreedyShard
 from fishermask.kernels.embeddings import FisherEmbeddings
 
-Report = Optional[tuple[float, int, FisherEmbeddings]]
-"""A shard's best candidate: (maintained score, global index, its embedding row), or None."""
+Report = Optional[Best]
+"""A shard's best candidate: (maintained score, global index, its embedding row) with the
+runner-up's score (:class:`~fishermask.kernels._shard.Best`), or None."""
+
+Candidate = tuple[float, int, FisherEmbeddings]
+"""(maintained score, global index, embedding row) of one candidate."""
 
 
 class ShardGroup(ABC):
@@ -36,12 +41,16 @@ class ShardGroup(ABC):
         tree over ``n_leaves`` leaves), from every shard."""
 
     @abstractmethod
-    def start(self, fisher: Tensor, w_s: float) -> None:
-        """Every shard: the round's target F and weight w_S (state zeroed)."""
+    def start(self, fisher: Tensor, w_s: float, compute_dtype=torch.float64) -> None:
+        """Every shard: the round's target F, weight w_S and the dtype of the large products
+        (state zeroed)."""
 
     @abstractmethod
-    def reset(self, a_mat: Tensor, forward: bool) -> list[Report]:
-        """Every shard: P, Q from A; each shard's best candidate of direction ``forward``."""
+    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None,
+              low_rank=None) -> list[Report]:
+        """Every shard: P, Q from A (in ``compute_dtype`` from now on, unless None; ``low_rank``:
+        A's Woodbury form, :meth:`GreedyShard.reset`); each shard's best candidate of direction
+        ``forward``."""
 
     @abstractmethod
     def advance(self, update, forward: bool) -> list[Report]:
@@ -50,6 +59,11 @@ class ShardGroup(ABC):
     @abstractmethod
     def override(self, g: int, score: float, forward: bool) -> list[Report]:
         """The shard holding candidate ``g``: replace its maintained score; each shard's best."""
+
+    @abstractmethod
+    def contenders(self, threshold: float, forward: bool) -> list[Candidate]:
+        """Every eligible candidate of direction ``forward`` whose maintained score is ≥
+        ``threshold``, from every shard, in index order (reads only)."""
 
     def close(self) -> None:
         """Free the shards' memory."""
@@ -65,12 +79,13 @@ class LocalShardGroup(ShardGroup):
     def gram_nodes(self, n_leaves: int, diagonal: bool) -> dict:
         return merge_nodes(s.gram_nodes(n_leaves, diagonal) for s in self.shards)
 
-    def start(self, fisher: Tensor, w_s: float) -> None:
+    def start(self, fisher: Tensor, w_s: float, compute_dtype=torch.float64) -> None:
         for s in self.shards:
-            s.start(fisher, w_s)
+            s.start(fisher, w_s, compute_dtype)
 
-    def reset(self, a_mat: Tensor, forward: bool) -> list[Report]:
-        return [s.reset(a_mat, forward) for s in self.shards]
+    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None,
+              low_rank=None) -> list[Report]:
+        return [s.reset(a_mat, forward, compute_dtype, low_rank) for s in self.shards]
 
     def advance(self, update, forward: bool) -> list[Report]:
         return [s.advance(update, forward) for s in self.shards]
@@ -78,8 +93,11 @@ class LocalShardGroup(ShardGroup):
     def override(self, g: int, score: float, forward: bool) -> list[Report]:
         return [s.override(g, score, forward) for s in self.shards]
 
+    def contenders(self, threshold: float, forward: bool) -> list[Candidate]:
+        return [c for s in self.shards for c in s.contenders(threshold, forward)]
+
     def close(self) -> None:
         self.shards = []
 
 
-__all__ = ["LocalShardGroup", "Report", "ShardGroup"]
+__all__ = ["Candidate", "LocalShardGroup", "Report", "ShardGroup"]

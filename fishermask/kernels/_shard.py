@@ -6,14 +6,24 @@ The objective is tr(M_S⁻¹ F), M_S = λI + w_L Σ_L V_xᵀV_x + w_S Σ_S V_x�
     P_x = Ṽ_x A Ṽ_xᵀ,   Q_x = Ṽ_x A F A Ṽ_xᵀ,   score(x) = tr((±I + P_x)⁻¹ Q_x)
 
 (+I: the decrease of tr(AF) when x is added; −I: when a selected x is removed, ≤ 0).  After the
-driver adds (+) or removes (−) a point s it sends X = √w_S [a | b] with a = A Ṽ_sᵀ, b = A F a,
-S⁻¹ for S = ±I + Ṽ_s a, and K = aᵀFa; then for every candidate, with [g | h] = V_x X,
+driver adds (+) or removes (−) a point s, with a = A Ṽ_sᵀ, b = A F a, S = ±I + Ṽ_s a,
+K = aᵀFa and [g | h] = Ṽ_x [a | b], every candidate's state becomes
 
     P_x ← P_x − g S⁻¹ gᵀ,   Q_x ← Q_x − g S⁻¹ hᵀ − h S⁻¹ gᵀ + g S⁻¹ K S⁻¹ gᵀ,
 
 one streaming product of the stored embeddings with a k×2C matrix per step (O(C²·k) flops per
-candidate), computed in float64 block by block.  After the first removal only selected rows are
-kept current (the backward phase looks at nothing else).
+candidate), block by block; the driver sends the update with S⁻¹'s Cholesky factor folded in
+(:meth:`GreedyShard.apply`), so that the C×C work is one batched product per block.  In the
+backward phase only selected rows are kept current (it looks at nothing else).
+
+**Precision.**  The large products (V_x A, V_x A F A or (V_x A) F, and V_x X) run in the shard's
+``compute_dtype``: float32 (what :func:`~fishermask.kernels.greedy.fisher_greedy` and the
+strategies use) or float64.  The C×C state P, Q, the C×C updates and the scores are always
+float64; the driver keeps M exactly and verifies every pick (``kernels/_driver.py``), so float32
+products change the speed, not the picks.  Q is formed as Z F Zᵀ with Z = V_x A (the Z already
+formed for P) when F is diagonal or the embeddings have no factored block, and as
+V_x (A F A) V_xᵀ otherwise (the factored block's product with a k×k matrix costs d·k per row
+instead of C·k, so forming A F A once is cheaper).
 
 **Sharding rule (bitwise determinism).**  Every per-candidate number is computed inside a block of
 ``chunk`` rows whose boundaries are multiples of ``chunk`` in *global* index, so it does not depend
@@ -48,6 +58,23 @@ def shard_bounds(total: int, shards: int, chunk: int = CHUNK) -> list[tuple[int,
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+class Best(tuple):
+    """A shard's report: the 3-tuple (maintained score, global index, embedding row) of its best
+    eligible candidate, with ``runner_up``, the shard's second-best eligible maintained score
+    (−inf when there is none): the driver uses it to know, without another round trip, whether
+    any other candidate comes within the verification margin of the winner's exact score."""
+
+    runner_up: float
+
+    def __new__(cls, score: float, g: int, row, runner_up: float = float("-inf")):
+        out = tuple.__new__(cls, (score, g, row))
+        out.runner_up = float(runner_up)
+        return out
+
+    def __reduce__(self):
+        return (Best, (self[0], self[1], self[2], self.runner_up))
 
 
 def trace_solve(s: Tensor, q: Tensor) -> Tensor:
@@ -93,19 +120,25 @@ class GreedyShard:
 
     # ------------------------------------------------------------------ greedy state
     def start(self, fisher: Tensor, w_s: float, compute_dtype=torch.float64) -> None:
-        """The round's target F and weight w_S; zero state (a :meth:`reset` fills it)."""
-        self.dtype = compute_dtype
-        self.fisher = fisher.to(device=self.device, dtype=compute_dtype)
+        """The round's target F, weight w_S and the dtype of the large products; zero state (a
+        :meth:`reset` fills it).  The state P, Q and the scores are float64 in any case."""
+        self.fisher = fisher.to(device=self.device, dtype=torch.float64)
         self.root_w = float(w_s) ** 0.5
-        c = self.emb.num_classes
-        self.p = torch.zeros(self.size, c, c, dtype=compute_dtype, device=self.device)
+        c = self.emb.num_rows
+        self.p = torch.zeros(self.size, c, c, dtype=torch.float64, device=self.device)
         self.q = torch.zeros_like(self.p)
         self.selected = torch.zeros(self.size, dtype=torch.bool, device=self.device)
-        self.scores = torch.full((self.size,), float("-inf"), dtype=compute_dtype,
+        self.scores = torch.full((self.size,), float("-inf"), dtype=torch.float64,
                                  device=self.device)
         self.sign = 1
-        self.removing = False  # after the first removal only selected rows are current
-        emb = self.emb
+        self.removing = False  # in the backward phase only selected rows are current
+        self._set_dtype(compute_dtype)
+
+    def _set_dtype(self, compute_dtype) -> None:
+        """The dtype of the large products, F in it, and a work buffer for the dense block."""
+        self.dtype = compute_dtype
+        self._fisher_c = self.fisher.to(compute_dtype)
+        emb, c = self.emb, self.emb.num_rows
         cast = emb.dense is not None and emb.dense.dtype != compute_dtype
         # one chunk's dense block in the compute dtype, reused by every product (no allocation)
         self._work = (torch.empty(min(self.chunk, self.size) * c * emb.k_dense, dtype=compute_dtype,
@@ -145,65 +178,118 @@ class GreedyShard:
             self._score_rows(idx)
 
     # ------------------------------------------------------------------ protocol
-    def reset(self, a_mat: Tensor, forward: bool) -> tuple | None:
+    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None,
+              low_rank=None) -> Best | None:
         """P_x = Ṽ_x A Ṽ_xᵀ and Q_x = Ṽ_x A F A Ṽ_xᵀ from A (all rows, or only the selected ones
-        once removals started), then the best candidate of direction ``forward``."""
+        once removals started), then the best candidate of direction ``forward``.
+        ``compute_dtype``: switch the large products to this dtype first (None: keep it).
+        ``low_rank`` (λ, U): A = λ⁻¹(I − U Uᵀ) with U k×m, m < k (the round's first A when
+        |L|·C < k); where Q is formed from A F A (it then needs no V_x A),
+        P_x = (w_S/λ)(V_xV_xᵀ − (V_xU)(V_xU)ᵀ) costs C·k·m flops per row instead of C·k²."""
+        if compute_dtype is not None and compute_dtype != self.dtype:
+            self._set_dtype(compute_dtype)
         a_mat = a_mat.to(device=self.device, dtype=self.dtype)
-        w = self.root_w ** 2
-        # A F A once (k³), then Q_x like P_x: for the factored block V_x·(AFA) costs C·d·k, not
-        # C·k² as (V_x A)·F would
-        afa = (a_mat * self.fisher) @ a_mat if self.fisher.dim() == 1 else a_mat @ self.fisher @ a_mat
-        afa = ((afa + afa.T) / 2).contiguous()
+        f, w, f64 = self._fisher_c, self.root_w ** 2, torch.float64
+        via_z = f.dim() == 1 or self.emb.features is None
+        afa = None
+        if not via_z:  # A F A once, then Q_x like P_x: d·k flops per row on the factored block
+            afa = a_mat @ f @ a_mat
+            afa = ((afa + afa.T) / 2).contiguous()
+        if via_z or low_rank is None:
+            low_rank = None
+        else:
+            lam, u = float(low_rank[0]), low_rank[1].to(device=self.device, dtype=self.dtype)
         for idx, rows in self._blocks(self.removing):
-            self.p[idx] = w * rows.rowdot(rows.matmul(a_mat, self._work))      # Ṽ_x A Ṽ_xᵀ
-            self.q[idx] = w * rows.rowdot(rows.matmul(afa, self._work))        # Ṽ_x AFA Ṽ_xᵀ
+            if low_rank is not None:                                           # Woodbury
+                y = rows.matmul(u, self._work)                                 # V_x U
+                vv = rows.row_gram(self.dtype) - torch.bmm(y, y.transpose(1, 2))
+                self.p[idx] = (w / lam) * vv.to(f64)
+            else:
+                z = rows.matmul(a_mat, self._work)                             # V_x A
+                self.p[idx] = w * rows.rowdot(z).to(f64)                       # Ṽ_x A Ṽ_xᵀ
+            if via_z:                                                          # (V_x A) F (V_x A)ᵀ
+                zf = z * f if f.dim() == 1 else (z.reshape(-1, z.shape[2]) @ f).view(z.shape)
+                self.q[idx] = w * torch.bmm(zf, z.transpose(1, 2)).to(f64)
+            else:
+                self.q[idx] = w * rows.rowdot(rows.matmul(afa, self._work)).to(f64)
         self.sign = 1 if forward else -1
         self._rescore()
         return self.best(forward)
 
     def advance(self, update, forward: bool):
-        """Apply ``update`` (None, or (g, sign, X, S⁻¹, K) from the driver) and report the best."""
+        """Apply ``update`` (None, or (g, sign, X, K') from the driver) and report the best.
+        From the first backward step on only the selected rows are kept current."""
+        if forward and self.removing:
+            raise RuntimeError("forward scores are unavailable after a removal step")
+        self.removing = self.removing or not forward
         if update is not None:
             self.apply(*update)
         want = 1 if forward else -1
         if want != self.sign:
-            if forward and self.removing:
-                raise RuntimeError("forward scores are unavailable after a removal step")
             self.sign = want
             self._rescore()
         return self.best(forward)
 
-    def apply(self, g: int, sign: int, x: Tensor, s_inv: Tensor, k_mat: Tensor) -> None:
-        """Add (sign +1) or remove (−1) the winner g: mark it, update P, Q and the scores."""
+    def apply(self, g: int, sign: int, x: Tensor, k_mat: Tensor) -> None:
+        """Add (sign σ = +1) or remove (−1) the winner g: mark it, update P, Q and the scores.
+
+        With S⁻¹ = σ L Lᵀ, X = √w_S [a L | b L] and K' = Lᵀ K L from the driver, [G | H] = V_x X
+        gives g S⁻¹ gᵀ = σ G Gᵀ and the update of the module docstring as
+        P ← P − σ G Gᵀ, Q ← Q + W + Wᵀ with W = G Tᵀ, T = G K'/2 − σ H
+        (one batched product G [G; T]ᵀ per block)."""
         self.mark(g, sign)
         self.sign = sign
-        dt, dev = self.dtype, self.device
-        x = x.to(device=dev, dtype=dt)
-        s_inv, k_mat = s_inv.to(device=dev, dtype=dt), k_mat.to(device=dev, dtype=dt)
-        c = s_inv.shape[0]
+        dev, f64 = self.device, torch.float64
+        x = x.to(device=dev, dtype=self.dtype)
+        half_k = k_mat.to(device=dev, dtype=f64) / 2
+        c = k_mat.shape[0]
         self.scores.fill_(float("-inf"))
         for idx, rows in self._blocks(self.removing):
-            gh = rows.matmul(x, self._work)                                    # [n, C, 2C]
-            gg, hh = gh[..., :c], gh[..., c:]
-            gs = gg @ s_inv                                                    # g S⁻¹
-            self.p[idx] -= gs @ gg.transpose(1, 2)
-            cross = gs @ hh.transpose(1, 2)
-            self.q[idx] += (gs @ k_mat) @ gs.transpose(1, 2) - cross - cross.transpose(1, 2)
+            gh = rows.matmul(x, self._work).to(f64)                            # [n, C, 2C]
+            big_g = gh[..., :c].contiguous()
+            t = big_g @ half_k - sign * gh[..., c:]
+            u = torch.bmm(big_g, torch.cat([big_g, t], 1).transpose(1, 2))     # G [G; T]ᵀ
+            self.p[idx] -= sign * u[..., :c]
+            w = u[..., c:]                                                     # G Tᵀ
+            self.q[idx] += w + w.transpose(1, 2)
             self._score_rows(idx)
 
-    def best(self, forward: bool):
-        """(score, global index, embedding row) of the best eligible candidate; ties → lowest
-        index.  None when no candidate is eligible."""
+    def _eligible_scores(self, forward: bool):
+        """(maintained scores with −inf where a candidate is not eligible, the eligible mask), or
+        None when no candidate is eligible."""
         eligible = ~self.selected if forward else self.selected
         if not bool(eligible.any()):
             return None
-        scores = torch.where(eligible, self.scores, torch.full_like(self.scores, float("-inf")))
+        return torch.where(eligible, self.scores, torch.full_like(self.scores, float("-inf"))), \
+            eligible
+
+    def best(self, forward: bool) -> Best | None:
+        """(score, global index, embedding row) of the best eligible candidate, ties → lowest
+        index, with the runner-up's score (:class:`Best`).  None when no candidate is eligible."""
+        found = self._eligible_scores(forward)
+        if found is None:
+            return None
+        scores, eligible = found
         top = scores.max()
         hits = torch.nonzero((scores == top) & eligible).flatten()
         if not hits.numel():  # every eligible score is NaN
             hits = torch.nonzero(eligible).flatten()
         i = int(hits[0])
-        return float(top), self.offset + i, self.emb.rows(slice(i, i + 1)).to("cpu")
+        rest = scores.clone()
+        rest[i] = float("-inf")
+        return Best(float(top), self.offset + i, self.emb.rows(slice(i, i + 1)).to("cpu"),
+                    float(rest.max()))
+
+    def contenders(self, threshold: float, forward: bool) -> list:
+        """(maintained score, global index, embedding row) of every eligible candidate whose
+        maintained score is ≥ ``threshold``, in index order."""
+        found = self._eligible_scores(forward)
+        if found is None:
+            return []
+        scores, eligible = found
+        idx = torch.nonzero((scores >= threshold) & eligible).flatten().tolist()
+        return [(float(scores[i]), self.offset + i, self.emb.rows(slice(i, i + 1)).to("cpu"))
+                for i in idx]
 
     def mark(self, g: int, sign: int) -> None:
         """Mark g as added (sign +1) or removed (−1) without updating P, Q (a reset follows)."""
@@ -223,4 +309,4 @@ class GreedyShard:
         return torch.nonzero(self.selected).flatten() + self.offset
 
 
-__all__ = ["CHUNK", "GreedyShard", "shard_bounds", "trace_solve"]
+__all__ = ["Best", "CHUNK", "GreedyShard", "shard_bounds", "trace_solve"]

@@ -14,6 +14,14 @@ A Fisher embedding V_x ∈ R^{C×k} (row c = √p_c · g_{x,c} restricted to k w
 Either block may be absent.  Every product is taken in a compute dtype (float64 by default) on the
 fly, one row block at a time, so the big arrays exist once.  :func:`fishermask.kernels.fisher.last_layer_embeddings`
 is ``to_dense()`` of an embedding with only the factored block.
+
+**Top-c classes** (:func:`restrict_top`, DAL-Toolbox's "fast fishing"): V_x keeps only the rows of
+its c most probable classes t_1 … t_c, reweighted by the renormalised probabilities
+p̂_j = p_{t_j} / Σ_i p_{t_i}: row j = √p̂_j · g_{x,t_j}, so V_xᵀV_x = Σ_j p̂_j g g ᵀ is the Fisher of
+the model's prediction restricted to those classes.  The factored block keeps (h, p) and the
+classes ``top`` [n, c]: D_top[j, c'] = √p̂_j (δ_{t_j c'} − p_{c'}); the dense block keeps its c
+rows.  V_x then has c rows (``num_rows``) and still k = C·d + k_d columns; with c = C it is the
+full Fisher (its rows permuted).
 """
 
 from __future__ import annotations
@@ -29,11 +37,29 @@ STORAGE_BYTES = {"float32": 4, "bfloat16": 2, "float64": 8}
 
 
 def row_bytes(num_classes: int, d: int, k_dense: int, factored: bool,
-              storage_dtype: str = "float32") -> int:
-    """Bytes of one stored embedding row: the dense block (C·k_d values) and, when ``factored``,
-    the last-layer block as h (d values) in the storage dtype plus p (C float32 values)."""
+              storage_dtype: str = "float32", top_c: Optional[int] = None) -> int:
+    """Bytes of one stored embedding row: the dense block (C·k_d values, or c·k_d with ``top_c``)
+    and, when ``factored``, the last-layer block as h (d values) in the storage dtype plus p
+    (C float32 values) and the c classes (int64)."""
     size = STORAGE_BYTES[storage_dtype]
-    return k_dense * num_classes * size + ((d * size + num_classes * 4) if factored else 0)
+    rows = num_classes if top_c is None else top_c
+    factored_bytes = d * size + num_classes * 4 + (0 if top_c is None else 8 * top_c)
+    return k_dense * rows * size + (factored_bytes if factored else 0)
+
+
+def top_classes(probs: Tensor, c: int) -> Tensor:
+    """The c most probable classes of each row, most probable first (ties: the lower class)."""
+    return torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :c]
+
+
+def top_coefficients(probs: Tensor, top: Tensor, prob_scaling: bool = True) -> Tensor:
+    """D_top(p) [n, c, C]: D[j, c'] = √p̂_j (δ_{t_j c'} − p_{c'}), p̂_j = p_{t_j} / Σ_i p_{t_i}
+    (δ − p without √p̂)."""
+    coef = torch.nn.functional.one_hot(top, probs.shape[1]).to(probs.dtype) - probs[:, None, :]
+    if not prob_scaling:
+        return coef
+    p_top = probs.gather(1, top)
+    return (p_top / p_top.sum(1, keepdim=True)).sqrt()[:, :, None] * coef
 
 
 def factored_coefficients(probs: Tensor, prob_scaling: bool = True) -> Tensor:
@@ -50,12 +76,15 @@ class FisherEmbeddings:
 
     ``features`` h [n, d] and ``probs`` p [n, C] give the factored block (both or neither),
     ``dense`` R [n, C, k_d] the dense block.  Column order: factored block first, then dense.
+    ``top`` [n, c] (with the factored block): its rows are the classes ``top`` only, reweighted
+    (top-c, see the module docstring); the dense block then has c rows too.
     """
 
     features: Optional[Tensor] = None
     probs: Optional[Tensor] = None
     dense: Optional[Tensor] = None
     prob_scaling: bool = True
+    top: Optional[Tensor] = None
 
     def __post_init__(self):
         if (self.features is None) != (self.probs is None):
@@ -70,9 +99,15 @@ class FisherEmbeddings:
         if self.dense is not None:
             if self.dense.dim() != 3:
                 raise ValueError(f"dense must have shape [n, C, k], got {tuple(self.dense.shape)}")
-            if self.probs is not None and (len(self.dense), self.dense.shape[1]) != tuple(self.probs.shape):
-                raise ValueError(f"dense {tuple(self.dense.shape)} does not match probs "
-                                 f"{tuple(self.probs.shape)} in n and C")
+            rows = None if self.probs is None else (self.probs if self.top is None else self.top).shape
+            if rows is not None and (len(self.dense), self.dense.shape[1]) != tuple(rows):
+                raise ValueError(f"dense {tuple(self.dense.shape)} does not match "
+                                 f"{'probs' if self.top is None else 'top'} {tuple(rows)} in n "
+                                 f"and rows")
+        if self.top is not None and (self.probs is None or self.top.dim() != 2
+                                     or len(self.top) != len(self.probs)
+                                     or self.top.shape[1] > self.probs.shape[1]):
+            raise ValueError("top [n, c] (c ≤ C) comes with the factored block's probs [n, C]")
 
     # ------------------------------------------------------------------ shape
     def __len__(self) -> int:
@@ -80,6 +115,14 @@ class FisherEmbeddings:
 
     @property
     def num_classes(self) -> int:
+        """C (the classifier's classes)."""
+        return self.probs.shape[1] if self.probs is not None else self.dense.shape[1]
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of each V_x: C, or c with top-c classes."""
+        if self.top is not None:
+            return self.top.shape[1]
         return self.dense.shape[1] if self.dense is not None else self.probs.shape[1]
 
     @property
@@ -103,8 +146,8 @@ class FisherEmbeddings:
         return (self.dense if self.dense is not None else self.features).device
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.features, self.probs, self.dense)
-                   if t is not None)
+        return sum(t.numel() * t.element_size()
+                   for t in (self.features, self.probs, self.dense, self.top) if t is not None)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -113,7 +156,8 @@ class FisherEmbeddings:
 
     def _map(self, fn) -> "FisherEmbeddings":
         f = lambda t: None if t is None else fn(t)  # noqa: E731
-        return replace(self, features=f(self.features), probs=f(self.probs), dense=f(self.dense))
+        return replace(self, features=f(self.features), probs=f(self.probs), dense=f(self.dense),
+                       top=f(self.top))
 
     def rows(self, index) -> "FisherEmbeddings":
         """The rows ``index`` (a slice, or an index tensor)."""
@@ -130,7 +174,8 @@ class FisherEmbeddings:
 
         return replace(self, features=None if self.features is None else move(self.features),
                        probs=None if self.probs is None else move(self.probs, True),
-                       dense=None if self.dense is None else move(self.dense))
+                       dense=None if self.dense is None else move(self.dense),
+                       top=None if self.top is None else self.top.to(device=device or self.top.device))
 
     @staticmethod
     def cat(parts: Sequence["FisherEmbeddings"]) -> "FisherEmbeddings":
@@ -138,7 +183,8 @@ class FisherEmbeddings:
         first = parts[0]
         cat = lambda name: None if getattr(first, name) is None else torch.cat(  # noqa: E731
             [getattr(p, name) for p in parts])
-        return FisherEmbeddings(cat("features"), cat("probs"), cat("dense"), first.prob_scaling)
+        return FisherEmbeddings(cat("features"), cat("probs"), cat("dense"), first.prob_scaling,
+                                cat("top"))
 
     def empty_like(self) -> "FisherEmbeddings":
         return self.rows(slice(0, 0))
@@ -156,7 +202,9 @@ class FisherEmbeddings:
 
     # ------------------------------------------------------------------ products
     def coefficients(self, dtype=torch.float64) -> Tensor:
-        """D(p) of every row, [n, C, C]."""
+        """D(p) of every row, [n, C, C] (D_top(p), [n, c, C], with top-c classes)."""
+        if self.top is not None:
+            return top_coefficients(self.probs.to(dtype), self.top, self.prob_scaling)
         return factored_coefficients(self.probs.to(dtype), self.prob_scaling)
 
     def to_dense(self, dtype=torch.float32) -> Tensor:
@@ -165,7 +213,7 @@ class FisherEmbeddings:
         if self.features is not None:
             coef = self.coefficients(dtype)
             h = self.features.to(dtype)
-            parts.append((coef[..., None] * h[:, None, None, :]).reshape(len(self), self.num_classes, -1))
+            parts.append((coef[..., None] * h[:, None, None, :]).reshape(len(self), self.num_rows, -1))
         if self.dense is not None:
             parts.append(self.dense.to(dtype))
         return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
@@ -174,6 +222,7 @@ class FisherEmbeddings:
         """V_x X for every row: X [k, m] → [n, C, m], in X's dtype.
 
         Factored block: (D ⊗ hᵀ) X_f = D · T with T[c', μ] = Σ_j h_j X_f[c'·d + j, μ].
+        Returns [n, rows, m] (rows = C, or c with top-c classes).
         ``work``: an optional flat buffer of X's dtype for the dense block's cast (no allocation
         per call).  For a narrow X (a greedy step's k×2C update) the dense product is taken as
         (Xᵀ Rᵀ)ᵀ, which BLAS runs about twice as fast as R X for few columns.
@@ -186,7 +235,7 @@ class FisherEmbeddings:
             t = (self.features.to(dt) @ xf).reshape(n, c, m)
             out = torch.bmm(self.coefficients(dt), t)
         if self.dense is not None:
-            r = self.dense.reshape(n * c, -1)
+            r = self.dense.reshape(n * self.num_rows, -1)
             if r.dtype != dt:
                 if work is not None and work.numel() >= r.numel() and work.dtype == dt:
                     r = work[: r.numel()].view(r.shape).copy_(r)
@@ -194,14 +243,15 @@ class FisherEmbeddings:
                     r = r.to(dt)
             xd = x[self.k_factored:]
             if xd.shape[1] <= 64:
-                dense = (xd.T.contiguous() @ r.T).T.reshape(n, c, -1)
+                dense = (xd.T.contiguous() @ r.T).T.reshape(n, self.num_rows, -1)
             else:
-                dense = (r @ xd).reshape(n, c, -1)
+                dense = (r @ xd).reshape(n, self.num_rows, -1)
             out = dense if out is None else out + dense
         return out
 
     def rowdot(self, z: Tensor) -> Tensor:
-        """Z_x V_xᵀ for every row: Z [n, C', k] (one matrix per row) → [n, C', C], in Z's dtype."""
+        """Z_x V_xᵀ for every row: Z [n, C', k] (one matrix per row) → [n, C', rows], in Z's
+        dtype."""
         dt, c = z.dtype, self.num_classes
         out = None
         if self.features is not None:
@@ -211,6 +261,20 @@ class FisherEmbeddings:
             out = torch.bmm(t, self.coefficients(dt).transpose(1, 2))        # · D(p)ᵀ
         if self.dense is not None:
             dense = torch.bmm(z[..., self.k_factored:], self.dense.to(dt).transpose(1, 2))
+            out = dense if out is None else out + dense
+        return out
+
+    def row_gram(self, dtype=torch.float64) -> Tensor:
+        """V_x V_xᵀ for every row, [n, rows, rows]: (D Dᵀ)·|h|² on the factored block plus
+        R_x R_xᵀ on the dense one (the blocks are different columns: no cross term)."""
+        out = None
+        if self.features is not None:
+            coef = self.coefficients(dtype)
+            h = self.features.to(dtype)
+            out = torch.bmm(coef, coef.transpose(1, 2)) * (h * h).sum(1)[:, None, None]
+        if self.dense is not None:
+            r = self.dense.to(dtype)
+            dense = torch.bmm(r, r.transpose(1, 2))
             out = dense if out is None else out + dense
         return out
 
@@ -247,6 +311,25 @@ class FisherEmbeddings:
         return torch.cat([torch.cat([ff, cross], 1), torch.cat([cross.T, dd], 1)], 0)
 
 
+def restrict_top(emb: FisherEmbeddings, c: int, probs: Optional[Tensor] = None) -> FisherEmbeddings:
+    """The embeddings with each V_x restricted to its c most probable classes (module docstring):
+    the factored block gets ``top``, the dense block keeps rows t_1 … t_c, scaled by
+    1/√(Σ_j p_{t_j}) (√p̂_j / √p_{t_j}) when ``prob_scaling``.  ``probs`` [n, C]: the
+    probabilities when ``emb`` has no factored block (which stores them)."""
+    p = emb.probs if emb.probs is not None else probs
+    top = top_classes(p, c)
+    dense = None
+    if emb.dense is not None:
+        idx = top.to(emb.dense.device)[:, :, None].expand(-1, -1, emb.k_dense)
+        dense = emb.dense.gather(1, idx)
+        if emb.prob_scaling:
+            mass = p.to(torch.float64).gather(1, top).sum(1)
+            dense = (dense.to(torch.float64) / mass.sqrt()[:, None, None]).to(emb.dense.dtype)
+    if emb.features is None:
+        return replace(emb, dense=dense)
+    return replace(emb, dense=dense, top=top.to(emb.features.device))
+
+
 def as_embeddings(v, name: str) -> FisherEmbeddings:
     """A FisherEmbeddings, or a dense [n, C, k] tensor-like wrapped as one (no copy for float32)."""
     if isinstance(v, FisherEmbeddings):
@@ -271,4 +354,5 @@ def cat_embeddings(parts: list, empty: "FisherEmbeddings | None" = None):
 
 
 __all__ = ["FisherEmbeddings", "STORAGE_BYTES", "STORAGE_DTYPES", "as_embeddings",
-           "cat_embeddings", "factored_coefficients", "row_bytes"]
+           "cat_embeddings", "factored_coefficients", "restrict_top", "row_bytes", "top_classes",
+           "top_coefficients"]

@@ -10,6 +10,8 @@ argmax_s tr(Ṽ_s A F A Ṽ_sᵀ (−I + Ṽ_s A Ṽ_sᵀ)⁻¹).  Ties go to th
 
 :func:`fisher_greedy` checks its arguments and runs the engine (``kernels/_driver.py``, the
 verified-pick driver; ``kernels/_shard.py``, the candidates' C×C state) on one in-process shard.
+Its large products run in float32 by default (the C×C state, M and the verification in float64,
+so the picks are the exact greedy's; ``compute_dtype="float64"`` runs them in float64).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from fishermask.kernels._driver import GreedyDriver, run_greedy
 from fishermask.kernels._group import LocalShardGroup
 from fishermask.kernels._shard import GreedyShard
 from fishermask.kernels.embeddings import STORAGE_DTYPES, as_embeddings
+
+COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def check_fisher(fisher, k: int) -> Tensor:
@@ -37,7 +41,8 @@ def check_fisher(fisher, k: int) -> Tensor:
 
 
 def fisher_greedy(candidates, labeled, fisher, n: int, *, lam: float = 1.0, oversample: int = 1,
-                  weighting: str = "bait", storage_dtype=None, return_info: bool = False):
+                  weighting: str = "bait", storage_dtype=None, compute_dtype="float32",
+                  return_info: bool = False):
     """Greedily choose n of the candidates to minimise tr(M_S⁻¹ F) (the module docstring).
 
     Args:
@@ -48,8 +53,12 @@ def fisher_greedy(candidates, labeled, fisher, n: int, *, lam: float = 1.0, over
         n: batch size, 0 ≤ n ≤ U.
         lam: λ > 0.  oversample: r ≥ 1.  weighting: "bait" or "uniform".
         storage_dtype: dtype of the stored embeddings (default: as given; torch.bfloat16 or
-            "bfloat16" halves memory); products run in float64.
-        return_info: also return the diagnostics (steps, rebuilds, overrides, objective …).
+            "bfloat16" halves memory).
+        compute_dtype: dtype of the large products of the initialisation and the steps,
+            "float32" (default) or "float64" (a name or the torch dtype); the C×C state, M, A and
+            the verified picks are float64 either way.
+        return_info: also return the diagnostics (steps, rebuilds, overrides, contenders scored
+            exactly, float64 resets, objective …).
 
     Returns:
         LongTensor[n] of indices into ``candidates`` in the order they were added.
@@ -64,13 +73,17 @@ def fisher_greedy(candidates, labeled, fisher, n: int, *, lam: float = 1.0, over
         if storage_dtype not in STORAGE_DTYPES.values():
             raise ValueError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)} (a name "
                              f"or the torch dtype), got {storage_dtype!r}")
+    compute = COMPUTE_DTYPES.get(compute_dtype, compute_dtype)
+    if compute not in COMPUTE_DTYPES.values():
+        raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} (a name or "
+                         f"the torch dtype), got {compute_dtype!r}")
     cand.check_finite("candidates")
     fisher = check_fisher(fisher, k)
     lab = None if labeled is None else as_embeddings(labeled, "labeled")
     if lab is not None:
-        if (lab.num_classes, lab.k) != (cand.num_classes, k):
-            raise ValueError(f"labeled has (C, k) = {(lab.num_classes, lab.k)} but the candidates "
-                             f"have {(cand.num_classes, k)}")
+        if (lab.num_rows, lab.k) != (cand.num_rows, k):
+            raise ValueError(f"labeled has (C, k) = {(lab.num_rows, lab.k)} but the candidates "
+                             f"have {(cand.num_rows, k)}")
         lab.check_finite("labeled")
         if len(lab) == 0:
             lab = None
@@ -81,12 +94,12 @@ def fisher_greedy(candidates, labeled, fisher, n: int, *, lam: float = 1.0, over
         cand = cand.to(storage_dtype=storage_dtype)
         lab = None if lab is None else lab.to(storage_dtype=storage_dtype)
     driver = GreedyDriver(lab, fisher.to(cand.device), n, lam=lam, weighting=weighting, k=k,
-                          device=cand.device)
+                          device=cand.device, compute_dtype=compute)
     group = LocalShardGroup([GreedyShard(cand, 0)])
-    group.start(driver.fisher, driver.w_s)
+    group.start(driver.fisher, driver.w_s, driver.compute_dtype)
     order, info = run_greedy(group, driver, num_u, n, oversample)
     out = torch.tensor(order, dtype=torch.long)
     return (out, info) if return_info else out
 
 
-__all__ = ["check_fisher", "fisher_greedy"]
+__all__ = ["COMPUTE_DTYPES", "check_fisher", "fisher_greedy"]

@@ -3,6 +3,19 @@
 Both minimise tr(M_S⁻¹ F) greedily (:func:`~fishermask.strategies.fisher_round.fisher_round`); they
 differ only in the embedding V_x: BAIT uses the classifier's weights, FisherMask the top-k
 weights of the whole network by Fisher diagonal (the classifier forced in by default).
+
+Greedy parameters shared by both (:class:`GreedyParams`):
+
+* ``compute_dtype`` (float32): the dtype of the greedy's large products; its C×C state, M and the
+  verified picks stay float64, so float32 and float64 pick the same batch (docs/design.md §2.4).
+* ``fisher_classes`` (all) and ``top_c``: ``all`` uses V_x's C rows, the model's Fisher
+  Σ_c p_c g_c g_cᵀ (the exact BAIT/FisherMask objective).  ``top`` with ``top_c: c`` restricts
+  every V_x (candidates, labeled, and so M and F) to the sample's c most probable classes t_j,
+  reweighted by p̂_j = p_{t_j} / Σ_i p_{t_i} (DAL-Toolbox's "fast fishing"): the Fisher of the
+  prediction restricted to those classes, Σ_j p̂_j g_{t_j} g_{t_j}ᵀ.  The greedy then keeps c×c
+  instead of C×C state per candidate (2·c²·8 bytes) and a step costs about c²/C² of the exact
+  one's; the picks are the exact greedy's *for that objective*, which drops the least probable
+  classes' terms.  With c = C it is the exact objective (the rows permuted).
 """
 
 from __future__ import annotations
@@ -17,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fishermask.errors import ParameterError
 from fishermask.kernels import fisher
-from fishermask.kernels.embeddings import STORAGE_DTYPES, FisherEmbeddings, row_bytes
+from fishermask.kernels.embeddings import (STORAGE_DTYPES, FisherEmbeddings, restrict_top,
+                                           row_bytes)
 from fishermask.kernels.head import find_head, head_weight_name
 from fishermask.strategies.base import Selection, SelectionContext, Strategy
 from fishermask.strategies.fisher_round import fisher_round
@@ -37,6 +51,28 @@ class GreedyParams(BaseModel):
     fisher_target: Literal["dense", "diag"] = "dense"
     storage_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype of the stored embeddings (bfloat16 halves memory)")
+    compute_dtype: Literal["float32", "float64"] = Field(
+        "float32", description="dtype of the greedy's large products (state and checks: float64)")
+    fisher_classes: Literal["all", "top"] = Field(
+        "all", description="all: the Fisher over every class; top: each sample's top_c classes")
+    top_c: Optional[int] = Field(None, ge=1, validate_default=True,
+                                 description="c, with fisher_classes: top")
+
+    @field_validator("top_c")
+    @classmethod
+    def _top_c_with_top(cls, v, info):
+        top = info.data.get("fisher_classes") == "top"
+        if top and v is None:
+            raise ValueError("fisher_classes: top needs top_c (the number of classes kept)")
+        if v is not None and not top:
+            raise ValueError("top_c applies only with fisher_classes: top")
+        return v
+
+    def classes_kept(self, num_classes: int) -> Optional[int]:
+        """c for top-c classes (None: all); a ParameterError when top_c exceeds C."""
+        if self.top_c is not None and self.top_c > num_classes:
+            raise ParameterError(f"top_c={self.top_c}: the model has only {num_classes} classes")
+        return self.top_c
 
 
 class BaitParams(GreedyParams):
@@ -60,18 +96,22 @@ class FisherMaskParams(GreedyParams):
 
 
 class LastLayerEmbedding:
-    """Batch fn: BAIT's V_x in factored form (h, p): one forward pass, no autograd."""
+    """Batch fn: BAIT's V_x in factored form (h, p): one forward pass, no autograd; with
+    ``top_c``, restricted to each sample's top_c classes."""
 
     def __init__(self, num_classes: int, d: int, storage_dtype: str = "float32",
-                 classifier: Optional[str] = None):
+                 top_c: Optional[int] = None, classifier: Optional[str] = None):
         self.num_classes, self.d, self.k = num_classes, d, num_classes * d
-        self.storage_dtype, self.classifier = storage_dtype, classifier
-        self.row_bytes = row_bytes(num_classes, d, 0, True, storage_dtype)
+        self.storage_dtype, self.top_c, self.classifier = storage_dtype, top_c, classifier
+        self.num_rows = num_classes if top_c is None else top_c
+        self.row_bytes = row_bytes(num_classes, d, 0, True, storage_dtype, top_c)
 
     @torch.no_grad()
     def __call__(self, model, x):
         h, p = features_probs(model, x, self.classifier)
-        return FisherEmbeddings(features=h, probs=p).to(storage_dtype=STORAGE_DTYPES[self.storage_dtype])
+        emb = FisherEmbeddings(features=h, probs=p)
+        emb = emb if self.top_c is None else restrict_top(emb, self.top_c)
+        return emb.to(storage_dtype=STORAGE_DTYPES[self.storage_dtype])
 
 
 class MaskedEmbedding:
@@ -79,25 +119,32 @@ class MaskedEmbedding:
     that block is kept factored (h, p) and only the rest is dense."""
 
     def __init__(self, mask: dict, num_classes: int, prob_scaling: bool, classifier_weight: str,
-                 d: int, storage_dtype: str = "float32", classifier: Optional[str] = None):
+                 d: int, storage_dtype: str = "float32", top_c: Optional[int] = None,
+                 classifier: Optional[str] = None):
         self.num_classes, self.prob_scaling = num_classes, prob_scaling
-        self.storage_dtype, self.classifier = storage_dtype, classifier
+        self.storage_dtype, self.top_c, self.classifier = storage_dtype, top_c, classifier
+        self.num_rows = num_classes if top_c is None else top_c
         w_idx = mask.get(classifier_weight)
         self.factored = w_idx is not None and len(w_idx) == num_classes * d
         self.dense_mask = {n: i for n, i in mask.items()
                            if not (self.factored and n == classifier_weight) and len(i)}
         self.k_dense = int(sum(len(v) for v in self.dense_mask.values()))
         self.k = self.k_dense + (num_classes * d if self.factored else 0)
-        self.row_bytes = row_bytes(num_classes, d, self.k_dense, self.factored, storage_dtype)
+        self.row_bytes = row_bytes(num_classes, d, self.k_dense, self.factored, storage_dtype,
+                                   top_c)
 
     def __call__(self, model, x):
         dense = (fisher.masked_embeddings(model, x, self.dense_mask, prob_scaling=self.prob_scaling)
                  if self.k_dense else None)
         h = p = None
-        if self.factored:
+        if self.factored or self.top_c is not None:
             with torch.no_grad():
                 h, p = features_probs(model, x, self.classifier)
-        emb = FisherEmbeddings(features=h, probs=p, dense=dense, prob_scaling=self.prob_scaling)
+        emb = FisherEmbeddings(features=h if self.factored else None,
+                               probs=p if self.factored else None, dense=dense,
+                               prob_scaling=self.prob_scaling)
+        if self.top_c is not None:
+            emb = restrict_top(emb, self.top_c, probs=p)
         return emb.to(storage_dtype=STORAGE_DTYPES[self.storage_dtype])
 
 
@@ -121,11 +168,16 @@ class _FisherGreedyStrategy(Strategy):
         p = self.params
         return fisher_round(ctx.executor, embed, candidates=ctx.unlabeled, labeled=ctx.labeled,
                             n=n, fisher_target=p.fisher_target, lam=p.lam,
-                            oversample=p.oversample, weighting=p.weighting)
+                            oversample=p.oversample, weighting=p.weighting,
+                            compute_dtype=p.compute_dtype)
 
 
 class Bait(_FisherGreedyStrategy):
-    """BAIT (Ash et al. 2021): greedy on the last-layer Fisher embeddings."""
+    """BAIT (Ash et al. 2021): greedy on the last-layer Fisher embeddings.
+
+    ``fisher_classes: all`` (default) is exact BAIT; ``fisher_classes: top`` with ``top_c: c``
+    runs the same greedy on each sample's c most probable classes, renormalised (the module
+    docstring states the contract)."""
 
     name = "bait"
     Params = BaitParams
@@ -133,13 +185,17 @@ class Bait(_FisherGreedyStrategy):
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         _, head = find_head(ctx.model, ctx.classifier)
         embed = LastLayerEmbedding(ctx.num_classes, head.in_features, self.params.storage_dtype,
-                                   ctx.classifier)
+                                   self.params.classes_kept(ctx.num_classes), ctx.classifier)
         picks, info = self._greedy(ctx, n, embed)
         return Selection(picks, diagnostics=info, metrics=_phase_metrics(info))
 
 
 class FisherMask(_FisherGreedyStrategy):
-    """FisherMask: the Fisher-diagonal top-k weights of the whole network, then the greedy."""
+    """FisherMask: the Fisher-diagonal top-k weights of the whole network, then the greedy.
+
+    ``fisher_classes``/``top_c`` as for :class:`Bait` (the module docstring): with ``top`` both
+    the factored classifier block and the dense masked gradients keep the c most probable
+    classes' rows (the mask itself is still chosen from the full Fisher diagonal)."""
 
     name = "fishermask"
     Params = FisherMaskParams
@@ -170,7 +226,8 @@ class FisherMask(_FisherGreedyStrategy):
         _, head = find_head(ctx.model, ctx.classifier)
         embed = MaskedEmbedding(mask, ctx.num_classes, self.params.prob_scaling,
                                 head_weight_name(ctx.model, head), head.in_features,
-                                self.params.storage_dtype, ctx.classifier)
+                                self.params.storage_dtype,
+                                self.params.classes_kept(ctx.num_classes), ctx.classifier)
         picks, info = self._greedy(ctx, n, embed)
         info["mask_seconds"] = mask_seconds
         profile = mask_profile(ctx.model, mask)

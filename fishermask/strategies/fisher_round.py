@@ -23,6 +23,7 @@ from fishermask.execution.base import PoolExecutor
 from fishermask.kernels._driver import GreedyDriver, check_memory, greedy_memory_gb, run_greedy
 from fishermask.kernels._reduction import FISHER_BLOCK, TreeSum, leaf_count, tree_combine
 from fishermask.kernels.embeddings import cat_embeddings
+from fishermask.kernels.greedy import COMPUTE_DTYPES
 
 
 class _GramSum:
@@ -37,15 +38,16 @@ class _GramSum:
 
 def fisher_round(ex: PoolExecutor, embed_fn, *, candidates, labeled, n: int,
                  fisher_target: str = "dense", lam: float = 1.0, oversample: int = 1,
-                 weighting: str = "bait"):
-    """Embed, build F, run the greedy; returns (picked pool indices in order of addition, info
-    with phase seconds and the greedy's diagnostics)."""
+                 weighting: str = "bait", compute_dtype: str = "float32"):
+    """Embed, build F, run the greedy (its large products in ``compute_dtype``); returns (picked
+    pool indices in order of addition, info with phase seconds and the greedy's diagnostics)."""
     cand = np.unique(np.asarray(candidates, dtype=np.int64))
     lab = np.unique(np.asarray(labeled, dtype=np.int64))
     num_pool = len(ex.pool)
     num_c, k = ex.pool.num_classes, int(embed_fn.k)
+    rows = getattr(embed_fn, "num_rows", num_c)  # C, or c with top-c classes
     shards = ex.shards
-    need = greedy_memory_gb(-(-len(cand) // shards), int(embed_fn.row_bytes), num_c, k,
+    need = greedy_memory_gb(-(-len(cand) // shards), int(embed_fn.row_bytes), rows, k,
                             fisher_target)
     check_memory(need, ex.max_memory_gb, shards=shards,
                  what=f"the Fisher greedy (pool {num_pool}, {len(cand)} candidates over {shards} "
@@ -74,8 +76,8 @@ def fisher_round(ex: PoolExecutor, embed_fn, *, candidates, labeled, n: int,
         t2 = time.perf_counter()
         # the driver's k×k work on the executor's device (a GPU when the pool is embedded there)
         driver = GreedyDriver(v_lab, fisher, n, lam=lam, weighting=weighting, k=k,
-                              device=ex.device)
-        group.start(driver.fisher, driver.w_s)
+                              device=ex.device, compute_dtype=COMPUTE_DTYPES[compute_dtype])
+        group.start(driver.fisher, driver.w_s, driver.compute_dtype)
         order, ginfo = run_greedy(group, driver, len(cand), n, oversample)
         t3 = time.perf_counter()
     finally:
@@ -83,6 +85,8 @@ def fisher_round(ex: PoolExecutor, embed_fn, *, candidates, labeled, n: int,
     info.update(gradients_seconds=t1 - t0, fisher_seconds=t2 - t1, greedy_seconds=t3 - t2,
                 greedy_steps=ginfo["steps"], greedy_rebuilds=ginfo["rebuilds"],
                 greedy_overrides=ginfo["overrides"], greedy_direct_solves=ginfo["direct_solves"],
+                greedy_contenders=ginfo["contenders"],
+                greedy_float64_resets=ginfo["float64_resets"],
                 objective=ginfo["objective"], recoveries=group.recoveries)
     return cand[np.asarray(order, dtype=np.int64)], info
 

@@ -86,7 +86,8 @@ class PoolShard:
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "placement_group": pg.id.hex() if pg is not None else None,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
     def load_pool(self, refs) -> None:
         """Fetch the pool when its reference is new (once per run, and after a restart)."""

@@ -149,9 +149,13 @@ class RayExecutor(PoolExecutor):
         self._check_resources()
         self.pool = pool
         self._pool_ref = ray.put(pool_payload(pool))
+        # OpenMP threads that sleep at barriers (the greedy's steps are many short parallel
+        # regions), unless the user chose a wait policy here
+        wait = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         opts: dict[str, Any] = dict(num_cpus=self.cfg.cpus_per_shard,
                                     num_gpus=self.cfg.gpus_per_shard,
-                                    max_restarts=-1, max_task_retries=0)
+                                    max_restarts=-1, max_task_retries=0,
+                                    runtime_env={"env_vars": wait})
         if get_current_placement_group() is None and self.shards > 1:
             opts["scheduling_strategy"] = "SPREAD"  # in a Tune trial: stay in its placement group
         remote = ray.remote(PoolShard)

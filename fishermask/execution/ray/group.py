@@ -18,7 +18,9 @@ import uuid
 
 import numpy as np
 
-from fishermask.kernels._group import Report, ShardGroup
+import torch
+
+from fishermask.kernels._group import Candidate, Report, ShardGroup
 from fishermask.kernels._reduction import merge_nodes
 from fishermask.kernels._shard import GreedyShard
 
@@ -89,12 +91,12 @@ class RayShardGroup(ShardGroup):
         return merge_nodes(self._run(GreedyShard.gram_nodes, n_leaves, diagonal))
 
     @replayed
-    def start(self, fisher, w_s: float) -> None:
-        self._run(GreedyShard.start, fisher, w_s)
+    def start(self, fisher, w_s: float, compute_dtype=torch.float64) -> None:
+        self._run(GreedyShard.start, fisher, w_s, compute_dtype)
 
     @replayed
-    def reset(self, a_mat, forward: bool) -> list[Report]:
-        return self._run(GreedyShard.reset, a_mat, forward)
+    def reset(self, a_mat, forward: bool, compute_dtype=None, low_rank=None) -> list[Report]:
+        return self._run(GreedyShard.reset, a_mat, forward, compute_dtype, low_rank)
 
     @replayed
     def advance(self, update, forward: bool) -> list[Report]:
@@ -105,6 +107,9 @@ class RayShardGroup(ShardGroup):
     @replayed
     def override(self, g: int, score: float, forward: bool) -> list[Report]:
         return self._run(GreedyShard.override, g, score, forward)
+
+    def contenders(self, threshold: float, forward: bool) -> list[Candidate]:
+        return [c for part in self._run(GreedyShard.contenders, threshold, forward) for c in part]
 
     def close(self) -> None:
         import ray

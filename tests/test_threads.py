@@ -1,0 +1,72 @@
+"""Threads that do not spin: the ``fishermask`` command sets OMP_WAIT_POLICY=PASSIVE before torch
+loads (unless the user chose), and the greedy's steps run on one thread when OpenMP may spin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import fishermask
+from fishermask.kernels._threads import step_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_command_is_recognised_by_its_script_or_module_name():
+    assert fishermask._is_command(["/venv/bin/fishermask", "run", "x.yaml"], [])
+    assert fishermask._is_command(["-m"], ["python", "-m", "fishermask", "sweep", "s.yaml"])
+    assert not fishermask._is_command(["-c"], ["python", "-c", "import fishermask"])
+    assert not fishermask._is_command(["/venv/bin/pytest"], ["python", "-m", "pytest"])
+    assert not fishermask._is_command(["x"], ["python", "-m", "fishermask.sweeps"])
+    assert not fishermask._is_command([], [])
+
+
+def _env_after_import(argv0: str, **env) -> str:
+    """OMP_WAIT_POLICY in a fresh Python whose argv[0] is ``argv0``, after ``import fishermask``,
+    and whether torch was still unloaded when the package set it."""
+    code = (f"import sys; sys.argv[0] = {argv0!r}; import os, fishermask; "
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    base.update(env, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=base,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_the_command_sets_passive_waits_unless_the_user_chose():
+    assert _env_after_import("/venv/bin/fishermask") == "PASSIVE"
+    assert _env_after_import("/venv/bin/fishermask", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert _env_after_import("/venv/bin/python") == "None"  # a library user's process: untouched
+
+
+def test_the_package_sets_it_before_torch_loads():
+    init = (ROOT / "fishermask" / "__init__.py").read_text()
+    assert init.index('setdefault("OMP_WAIT_POLICY"') < init.index("from fishermask import _compat")
+    assert "import torch" not in init[: init.index("from fishermask import _compat")]
+
+
+def test_steps_run_on_one_thread_unless_waits_are_passive(monkeypatch):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        with step_threads():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+        with step_threads():
+            assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        try:
+            with step_threads():
+                raise RuntimeError("inside")
+        except RuntimeError:
+            pass
+        assert torch.get_num_threads() == 2  # restored on an error too
+    finally:
+        torch.set_num_threads(before)
