@@ -62,8 +62,9 @@ def add_parsers(subparsers, add_common) -> None:
                         "cluster a shared path or s3://bucket/prefix)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     p.add_argument("--verbose", action="store_true",
-                   help="print every trial's round lines, Tune's trial table and the tracebacks "
-                        "of failed trials (default: a progress line every 30 s)")
+                   help="print every trial's round lines, Tune's trial table, what Ray's workers "
+                        "print and the tracebacks of failed trials (default: a progress line "
+                        "every 30 s)")
 
     report.add_parser(subparsers)
 
@@ -231,7 +232,9 @@ def _open(args, session: _Session) -> None:
     preflight.tracking_uri(state["tracking_uri"] if state is not None and not args.restart
                            else args.tracking_uri or sweep.base.tracking.tracking_uri)
     address = args.address or sweep.base.execution.address
-    session.started_ray = init_ray(address)
+    # the trials' and raylets' own output only with --verbose (a failed trial is a note; its
+    # error.txt has the rest), e.g. not the raylets' complaints when the head node is lost
+    session.started_ray = init_ray(address, log_to_driver=args.verbose)
     session.joined = (address or os.environ.get("RAY_ADDRESS") or "local") != "local"
     try:  # nothing below may leave this process's Ray running
         check_trials_fit(sweep)
