@@ -8,6 +8,9 @@
    32×32×3 images, 500 picks.
 3. ``bait``: ``select("bait")`` on a 1M-sample pool of 512-dim features through an identity body
    and a bias-free ``Linear(512, 10)``, 1,000 labeled, 100 picks (oversample 2).
+4. ``features``: the whole BAIT round of ``benchmarks/bench_pool.py`` on a features pool on disk
+   (``data.dataset: features``, 1M × 128 rows written to a temporary folder first): a linear head
+   trained on 1,000 labels, 100 picks with oversample 2.
 
 Every size is a flag so that a test runs each path on the CPU at tiny sizes.  Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on the CPU.
@@ -115,10 +118,32 @@ def bench_bait(args, device) -> dict:
                        f"{d['greedy_seconds']:.1f} s, rebuilds={d['greedy_rebuilds']}")
 
 
+def bench_features(args, device) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_pool
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_pool.make(args.features_pool, args.features_d, args.classes, Path(tmp),
+                        test=min(10_000, args.features_pool))
+        ns = argparse.Namespace(pool=tmp, strategy="bait", labeled=args.features_labeled,
+                                query=args.features_n, oversample=2, shards=1, threads=0,
+                                sparsity=0.08, hidden=256, device=device.type)
+        _peak_reset(device)
+        r = bench_pool.one_round(ns)
+    return dict(seconds=r["select_s"], peak_gb=_peak_gb(device), picks=len(r["picks"]),
+                detail=f"pool {r['pool']}, d={r['dim']}, L={args.features_labeled}, train "
+                       f"{r['train_s']:.1f} s, " + ", ".join(f"{k[:-8]} {v} s"
+                                                            for k, v in r["phases"].items()))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--only", default="greedy,round,bait", help="which parts (comma-separated)")
+    p.add_argument("--only", default="greedy,round,bait,features",
+                   help="which parts (comma-separated)")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--greedy-pool", type=int, default=6750)
     p.add_argument("--greedy-labeled", type=int, default=500)
@@ -139,12 +164,17 @@ def main(argv=None) -> int:
     p.add_argument("--bait-n", type=int, default=100)
     p.add_argument("--bait-lam", type=float, default=1.0)
     p.add_argument("--bait-batch", type=int, default=8192)
+    p.add_argument("--features-pool", type=int, default=1_000_000)
+    p.add_argument("--features-d", type=int, default=128)
+    p.add_argument("--features-labeled", type=int, default=1000)
+    p.add_argument("--features-n", type=int, default=100)
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"error: --device {args.device} but no GPU is visible; use DEVICE=cpu with small "
               "sizes", file=sys.stderr)
         return 2
-    parts = {"greedy": bench_greedy, "round": bench_round, "bait": bench_bait}
+    parts = {"greedy": bench_greedy, "round": bench_round, "bait": bench_bait,
+             "features": bench_features}
     chosen = args.only.split(",")
     unknown = [x for x in chosen if x not in parts]
     if unknown:

@@ -14,7 +14,9 @@ head learns something), ``labels.npy`` and a 10,000-row test set, chunk by chunk
 never whole in memory).  ``round`` runs one selection round per shard count, each in a fresh
 process (its own peak memory): the model (a linear head, or an MLP for FisherMask) is trained on
 ``--labeled`` rows, then the strategy picks ``--query`` rows.  ``curve`` repeats that over pool
-sizes and strategies and draws seconds per round against pool size.
+sizes and strategies and draws seconds per round against pool size.  With ``--jsonl FILE`` each
+round's result is appended to FILE as it finishes; ``table --jsonl A,B --plot P`` prints and
+plots the rounds of several such files (a long study in parts).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def one_round(args) -> dict:
     from fishermask.strategies import SelectionContext, build_strategy
     from fishermask.training import train_model
 
-    torch.set_num_threads(args.threads)
+    if args.threads:  # 0: torch's default
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     pool = Path(args.pool)
     strategy = {"name": args.strategy}
@@ -89,15 +92,16 @@ def one_round(args) -> dict:
         "budget": {"initial": args.labeled, "query": args.query, "rounds": 1},
         "strategy": strategy,
         "execution": {"shards": args.shards, "backend": "ray" if args.shards > 1 else "auto",
-                      "batch_size": 4096, "max_memory_gb": 64, "threads": args.threads,
-                      "cpus_per_shard": 1}})
+                      "batch_size": 4096, "max_memory_gb": 64, "threads": args.threads or None,
+                      "cpus_per_shard": 1, "device": args.device,
+                      "gpus_per_shard": 1 if args.device == "cuda" and args.shards > 1 else 0}})
     data = load_experiment_data(cfg.data, 0)
     t_load = time.perf_counter()
     rng = np.random.default_rng(0)
     labeled = np.sort(rng.choice(len(data.pool), args.labeled, replace=False))
     model = model_from_params(cfg.model, data.pool.num_classes, data.pool.in_channels)
-    train_model(model, data.pool, labeled, cfg.train, augment=False, device=torch.device("cpu"),
-                generator=torch.Generator().manual_seed(0))
+    train_model(model, data.pool, labeled, cfg.train, augment=False,
+                device=torch.device(args.device), generator=torch.Generator().manual_seed(0))
     t_train = time.perf_counter()
     with make_executor(cfg.execution) as ex:
         ex.bind(data.pool)
@@ -123,13 +127,21 @@ def _child(args, shards: int, pool: Path, strategy: str) -> dict:
            "--strategy", strategy, "--labeled", str(args.labeled), "--query", str(args.query),
            "--oversample", str(args.oversample), "--shards", str(shards),
            "--threads", str(args.threads), "--sparsity", str(args.sparsity),
-           "--hidden", str(args.hidden)]
+           "--hidden", str(args.hidden), "--device", args.device]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode or not lines:
         raise SystemExit(f"round failed ({strategy}, {shards} shards):\n{p.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def _save(args, result: dict) -> dict:
+    """``result`` appended to ``--jsonl`` (when given): ``table`` merges such files."""
+    if args.jsonl:
+        with open(args.jsonl, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    return result
 
 
 def _table(results: list[dict]) -> None:
@@ -175,7 +187,7 @@ def _plot(results: list[dict], path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["make", "round", "curve", "_one"])
+    ap.add_argument("what", choices=["make", "round", "curve", "table", "_one"])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--classes", type=int, default=10)
@@ -193,14 +205,24 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--shards", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the training and the shards)")
+    ap.add_argument("--jsonl", default="", help="round/curve: append each round's result here; "
+                    "table: the files (comma-separated) to print and plot")
     args = ap.parse_args()
     if args.what == "make":
         make(args.rows, args.dim, args.classes, Path(args.out))
     elif args.what == "_one":
         args.shards = args.shards[0]
         print(json.dumps(one_round(args)))
+    elif args.what == "table":
+        results = [json.loads(line) for f in args.jsonl.split(",")
+                   for line in Path(f).read_text().splitlines() if line.strip()]
+        _table(results)
+        if args.plot:
+            _plot(results, args.plot)
     elif args.what == "round":
-        results = [_child(args, s, Path(args.pool), args.strategy) for s in args.shards]
+        results = [_save(args, _child(args, s, Path(args.pool), args.strategy))
+                   for s in args.shards]
         _table(results)
     else:
         results = []
@@ -210,7 +232,7 @@ def main() -> None:
                 make(size, args.dim, args.classes, pool)
             for strategy in args.strategies.split(","):
                 for shards in args.shards:
-                    results.append(_child(args, shards, pool, strategy))
+                    results.append(_save(args, _child(args, shards, pool, strategy)))
                     r = results[-1]
                     print(f"  {strategy} pool {size:,} x {shards}: {r['select_s']:.1f} s, "
                           f"driver {r['driver_peak_mb']:.0f} MB", flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The greedy, one FisherMask round and BAIT at the paper's scale on one GPU (about 8 minutes on
+# The greedy, one FisherMask round, BAIT and a features-pool round at the paper's scale on one GPU (about 8 minutes on
 # an H200): prints seconds and peak GPU memory per part.
 #
 #   bash benchmarks/gpu.sh                       # DEVICE=cuda, full sizes
@@ -8,7 +8,8 @@
 # Size flags (defaults = the paper's scale): --greedy-pool 6750 --greedy-labeled 500
 # --greedy-k 22353 --greedy-d 512 --greedy-n 500 --model resnet18 --round-pool 6750
 # --round-labeled 500 --round-n 500 --sparsity 0.002 --bait-pool 1000000 --bait-d 512
-# --bait-labeled 1000 --bait-n 100; --only greedy,round,bait selects parts.
+# --bait-labeled 1000 --bait-n 100 --features-pool 1000000 --features-d 128 --features-labeled
+# 1000 --features-n 100; --only greedy,round,bait,features selects parts.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}"

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from fishermask.data.on_disk import OnDiskPool
 from fishermask.data.readers import holdout
 from fishermask.errors import DataError
 
@@ -36,9 +37,11 @@ def _open(path: str) -> np.ndarray:
     return x
 
 
-class FeatureData:
+class FeatureData(OnDiskPool):
     """Rows ``rows`` (default: every row, in file order) of the features file ``path``, with their
     task labels ``targets`` (int64, -1: not labeled) and the class names."""
+
+    _CACHED = ("_x",)
 
     def __init__(self, path: str | Path, targets, classes: list[str],
                  rows: Optional[np.ndarray] = None):
@@ -47,8 +50,6 @@ class FeatureData:
         self.targets = None if targets is None else torch.as_tensor(targets, dtype=torch.int64)
         self.classes = list(classes)
         self._x: Optional[np.ndarray] = None
-        self.read_rows = 0                  # rows read by this process (shard tests)
-        self.read_span: Optional[tuple[int, int]] = None  # the smallest and largest index read
         n_file, self.dim = self.file_shape
         n = n_file if self.rows is None else len(self.rows)
         if self.rows is not None and len(self.rows) and (self.rows.min() < 0
@@ -68,31 +69,12 @@ class FeatureData:
     def file_shape(self) -> tuple[int, int]:
         return tuple(self.x.shape)  # type: ignore[return-value]
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_x"] = None  # a description: the receiving process maps the file itself
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def for_shards(self) -> "FeatureData":
-        """The same rows without the labels: what a shard actor needs to read inputs."""
-        out = FeatureData.__new__(FeatureData)
-        out.__setstate__({**self.__getstate__(), "targets": None, "read_rows": 0,
-                          "read_span": None})
-        return out
-
     # ------------------------------------------------------------------ the pool protocol
     def __len__(self) -> int:
         return self.file_shape[0] if self.rows is None else len(self.rows)
 
     def __repr__(self) -> str:
         return f"FeatureData(n={len(self)}, d={self.dim}, file={self.path})"
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     @property
     def in_channels(self) -> int:
@@ -102,10 +84,6 @@ class FeatureData:
     @property
     def image_shape(self) -> tuple[int]:
         return (int(self.dim),)
-
-    def class_counts(self, idx: Any = None) -> np.ndarray:
-        t = (self.targets if idx is None else self.targets[torch.as_tensor(idx)]).numpy()
-        return np.bincount(t[t >= 0], minlength=self.num_classes).astype(np.int64)
 
     def subset(self, idx, targets=None, classes: Optional[list[str]] = None) -> "FeatureData":
         """The rows ``idx`` (positions in this data), relabelled by ``targets``/``classes``."""
@@ -123,11 +101,7 @@ class FeatureData:
         order = np.argsort(rows, kind="stable")
         block = np.empty((len(rows), self.dim), dtype=np.float32)
         block[order] = self.x[rows[order]]
-        if len(idx):
-            self.read_rows += len(idx)
-            lo, hi = int(idx.min()), int(idx.max())
-            span = self.read_span
-            self.read_span = (lo, hi) if span is None else (min(lo, span[0]), max(hi, span[1]))
+        self._note_read(idx)
         out = torch.from_numpy(block)
         return out if device is None else out.to(device)
 

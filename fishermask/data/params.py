@@ -41,7 +41,8 @@ class DataParams(BaseModel):
     ``dataset`` is a built-in name or a **dataset factory** (an import path
     ``package.module:attribute`` or an installed plug-in's name): a callable called with the
     mapping ``args`` as keyword arguments that returns ``(train, test)``, each a
-    :class:`fishermask.data.ImageData` with the same ``classes``.  The pool is drawn from its
+    :class:`fishermask.data.ImageData` (or a :class:`~fishermask.data.FeatureData` or
+    :class:`~fishermask.data.ImageFiles`, read when used) with the same ``classes``.  The pool is drawn from its
     train split as from a built-in's (``class_counts``, ``setting``, the seeded draw)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -54,6 +55,8 @@ class DataParams(BaseModel):
     augment: bool = False
     image_size: int = Field(32, ge=4, le=1024,
                             description="image_folder only: images are resized to this")
+    in_memory: bool = Field(True, description="image_folder: false decodes each image file when "
+                                              "it is used (each shard its own files)")
     test_fraction: float = Field(0.3, gt=0, lt=1,
                                  description="digits, image_folder, features: stratified hold-out")
     features: Optional[str] = Field(None, description="features: .npy of float32/float16 [N, d]")
@@ -73,6 +76,15 @@ class DataParams(BaseModel):
     def _one_imbalance(self):
         if self.setting is not None and self.class_counts is not None:
             raise ValueError("give either data.setting or data.class_counts, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _files_of_a_folder(self):
+        if not self.in_memory and self.dataset != "image_folder":
+            raise ValueError(f"data.in_memory=false reads the files of an image folder "
+                             f"(data.dataset=image_folder); {self.dataset!r} is read into memory"
+                             + (" (a features pool always stays in its file)"
+                                if self.dataset == "features" else ""))
         return self
 
     @model_validator(mode="after")

@@ -13,15 +13,13 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fishermask.data import readers as datasets
 from fishermask.data.features import FeatureData, load_features
+from fishermask.data.files import ImageFiles, load_image_files
 from fishermask.data.params import SETTINGS, DataParams, resolve_dataset
+from fishermask.data.transforms import CROP_PADDING, normalized
 from fishermask.errors import ConfigError, DataError, FishermaskError
-
-CROP_PADDING = 4
-
 
 @dataclass(repr=False)
 class ImageData:
@@ -87,20 +85,13 @@ class ImageData:
         (all).  ``device`` moves the uint8 batch before the float conversion.
         """
         x = self.images if idx is None else self.images[_as_index(idx)]
-        if augment:
-            x = _random_crop_flip(x, generator)
-        if device is not None:
-            x = x.to(device, non_blocking=True)
-        x = x.float().div_(255.0)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return x.sub_(mean).div_(std)
+        return normalized(x, self.mean, self.std, augment, generator, device)
 
 
 @dataclass(repr=False)
 class ExperimentData:
-    pool: "ImageData | FeatureData"  # the (imbalanced) pool, in a seeded random order
-    test: "ImageData | FeatureData"  # test split restricted to the kept classes
+    pool: "ImageData | ImageFiles | FeatureData"  # the (imbalanced) pool, in a seeded random order
+    test: "ImageData | ImageFiles | FeatureData"  # test split restricted to the kept classes
     pool_source_index: np.ndarray    # index of each pool item in the train split (as loaded)
     class_ids: list[int]             # original dataset class ids kept, in task order
 
@@ -117,20 +108,6 @@ def _as_index(idx: Any):
     if arr.dtype == bool:
         arr = np.flatnonzero(arr)
     return torch.from_numpy(arr.astype(np.int64, copy=False))
-
-
-def _random_crop_flip(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Vectorised per-sample RandomCrop(padding=4) + RandomHorizontalFlip on uint8 [B, C, H, W]."""
-    b, c, h, w = x.shape
-    p = CROP_PADDING
-    padded = F.pad(x, (p, p, p, p))
-    top = torch.randint(0, 2 * p + 1, (b,), generator=generator)
-    left = torch.randint(0, 2 * p + 1, (b,), generator=generator)
-    flip = torch.rand(b, generator=generator) < 0.5
-    rows = (top[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(w))[:, None, None, :]
-    out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
 
 
 def initial_labeled(pool: ImageData, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,6 +128,8 @@ def _splits(cfg: DataParams, seed: int):
     plugin = resolve_dataset(cfg.dataset)
     if cfg.dataset == "features":
         return load_features(cfg, seed)
+    if cfg.dataset == "image_folder" and not cfg.in_memory:
+        return load_image_files(cfg, seed)
     if plugin.source == "builtin":
         (tr_x, tr_y), (te_x, te_y), classes, mean, std = BUILTIN_LOADERS[cfg.dataset](cfg, seed)
         return (ImageData(tr_x, torch.as_tensor(np.asarray(tr_y, dtype=np.int64)), list(classes),
@@ -165,14 +144,24 @@ def _splits(cfg: DataParams, seed: int):
         raise DataError(f"data.dataset: the factory {plugin.path} failed: {type(exc).__name__}: "
                         f"{str(exc)[:300]}") from None
     if not (isinstance(out, tuple) and len(out) == 2
-            and all(isinstance(d, ImageData) for d in out)):
+            and all(isinstance(d, POOL_TYPES) for d in out)):
         raise DataError(f"data.dataset: the factory {plugin.path} must return (train, test), each "
-                        f"a fishermask.data.ImageData; it returned {type(out).__name__}")
+                        f"a fishermask.data.ImageData, ImageFiles or FeatureData; it returned "
+                        f"{_kinds(out)}")
     train, test = out
     if list(train.classes) != list(test.classes):
         raise DataError(f"data.dataset: {plugin.path}'s train and test splits name different "
                         f"classes ({train.classes} and {test.classes}); give both the same list")
     return train, test
+
+
+POOL_TYPES = (ImageData, ImageFiles, FeatureData)
+
+
+def _kinds(out: Any) -> str:
+    if isinstance(out, tuple):
+        return f"a tuple of {', '.join(type(d).__name__ for d in out)}"
+    return f"a {type(out).__name__}"
 
 
 def load_experiment_data(cfg: DataParams, seed: int) -> ExperimentData:

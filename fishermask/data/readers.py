@@ -228,27 +228,33 @@ def _scan(tv, root: Path, folder: Path) -> tuple[list[str], list[tuple[str, int]
     return list(ds.classes), list(ds.samples)
 
 
-def read_images(root: Path, paths: list[str], size: int) -> torch.Tensor:
-    """The image files ``paths`` as uint8 [N, C, H, W] at ``size``×``size`` (grey when every file
-    is grey, else RGB); a DataError naming an unreadable file."""
+def is_gray(paths: list[str]) -> bool:
+    """Whether every one of the image files ``paths`` is grey (their headers only)."""
     from PIL import Image
 
-    def mode(p: str) -> str:
+    gray = True
+    for p in paths:
         with Image.open(p) as img:
-            return img.mode
+            gray = gray and img.mode in _GRAY_MODES
+    return gray
 
+
+def decode_images(root: Path, paths: list[str], size: int, gray: bool) -> np.ndarray:
+    """The image files ``paths`` decoded to uint8 [N, H, W, C] at ``size``×``size``, grey (C = 1)
+    or RGB (C = 3); a DataError naming an unreadable file (``root``: data.data_dir, for the
+    message)."""
+    from PIL import Image
+
+    channels = 1 if gray else 3
+    try:
+        out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+    except MemoryError:
+        need_gb = len(paths) * size * size * channels * 2 / 1e9  # the array plus its CHW copy
+        raise DataError(f"image_folder: {len(paths)} images at data.image_size={size} need "
+                        f"about {need_gb:.1f} GB of memory; lower data.image_size or set "
+                        f"data.in_memory=false (each image read when used)") from None
     current = ""
     try:
-        gray = True
-        for current in paths:
-            gray = gray and mode(current) in _GRAY_MODES
-        channels = 1 if gray else 3
-        need_gb = len(paths) * size * size * channels * 2 / 1e9  # the array plus its CHW copy
-        try:
-            out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
-        except MemoryError:
-            raise DataError(f"image_folder: {len(paths)} images at data.image_size={size} need "
-                            f"about {need_gb:.1f} GB of memory; lower data.image_size") from None
         for i, current in enumerate(paths):
             with Image.open(current) as img:
                 if img.mode.startswith("I;16"):
@@ -258,7 +264,17 @@ def read_images(root: Path, paths: list[str], size: int) -> torch.Tensor:
     except (OSError, SyntaxError, ValueError) as exc:  # PIL: unreadable, truncated or bad file
         raise DataError(f"image_folder: cannot read the image {current}: {exc}. Replace or "
                         f"remove that file (data.data_dir={str(root)!r})") from None
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return out
+
+
+def read_images(root: Path, paths: list[str], size: int) -> torch.Tensor:
+    """The image files ``paths`` as uint8 [N, C, H, W] at ``size``×``size`` (grey when every file
+    is grey, else RGB); a DataError naming an unreadable file."""
+    try:
+        gray = is_gray(paths)
+    except (OSError, SyntaxError, ValueError):
+        gray = False  # decode_images names the unreadable file
+    return torch.from_numpy(decode_images(root, paths, size, gray)).permute(0, 3, 1, 2).contiguous()
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -270,7 +286,9 @@ def list_images(root: Path) -> list[str]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_image_folder(cfg: DataParams, seed: int):
+def scan_folder(cfg: DataParams, seed: int):
+    """An image folder's classes, image paths, labels and (train, test) positions: train/ and
+    test/ when both exist, else one folder per class with a stratified hold-out."""
     tv = import_torchvision()
     root = Path(cfg.data_dir).expanduser()
     if not root.is_dir():
@@ -282,17 +300,20 @@ def load_image_folder(cfg: DataParams, seed: int):
         if unknown:
             raise _folder_error(root, f"test/ has classes {unknown} that train/ lacks")
         te_map = [classes.index(c) for c in te_classes]
-        te_samples = [(p, te_map[t]) for p, t in te_samples]
-        x = read_images(root, [p for p, _ in tr_samples + te_samples], cfg.image_size)
-        y = np.array([t for _, t in tr_samples + te_samples], dtype=np.int64)
-        tr = np.arange(len(tr_samples))
-        te = np.arange(len(tr_samples), len(y))
+        samples = tr_samples + [(p, te_map[t]) for p, t in te_samples]
+        y = np.array([t for _, t in samples], dtype=np.int64)
+        tr, te = np.arange(len(tr_samples)), np.arange(len(tr_samples), len(y))
     elif (root / "train").is_dir() or (root / "test").is_dir():
         raise _folder_error(root, "found only one of train/ and test/; give both or neither")
     else:
         classes, samples = _scan(tv, root, root)
-        x = read_images(root, [p for p, _ in samples], cfg.image_size)
         y = np.array([t for _, t in samples], dtype=np.int64)
         tr, te = holdout(y, cfg.test_fraction, seed, f"image_folder {root}")
+    return root, classes, [p for p, _ in samples], y, tr, te
+
+
+def load_image_folder(cfg: DataParams, seed: int):
+    root, classes, paths, y, tr, te = scan_folder(cfg, seed)
+    x = read_images(root, paths, cfg.image_size)
     mean, std = image_stats(x[tr])
     return (x[tr], y[tr]), (x[te], y[te]), classes, mean, std

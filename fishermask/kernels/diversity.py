@@ -1,7 +1,8 @@
 """Diversity kernels: k-center greedy and BADGE's k-means++ seeding (torch/numpy only).
 
-Neither kernel ever materialises a pool × pool distance matrix or BADGE's C·d gradient
-embeddings; both touch O(|pool| · chunk) memory at a time.
+Neither kernel ever materialises a pool × pool or pool × batch distance matrix, nor BADGE's C·d
+gradient embeddings: k-center computes its distances in blocks of at most ``BLOCK`` entries, and
+BADGE keeps O(|pool|) numbers besides its inputs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 
 from fishermask.kernels._checks import check_n
+
+BLOCK = 1 << 22  # distances computed at a time by k-center (32 MB of float64)
 
 
 def _sq_dists(x: torch.Tensor, y: torch.Tensor, x_sq: torch.Tensor, y_sq: torch.Tensor) -> torch.Tensor:
@@ -24,33 +27,50 @@ def kcenter_greedy(candidates: torch.Tensor, centers: torch.Tensor, n: int, *,
     With initial centers c ∈ ``centers`` (the labeled points' features), repeat ``n`` times:
     add argmax_{x ∈ candidates∖S} min_{c ∈ centers ∪ S} ‖z_x − z_c‖² (ties: lowest index).
     Without initial centers the first pick is the candidate farthest from the candidates' mean.
-    Distances are computed in float64 against ``chunk`` centers at a time.
+    Distances are computed in float64 against ``chunk`` centers at a time, for as many
+    candidates at a time as keep a block within ``BLOCK`` entries (the candidates stay in their
+    dtype; each block is converted).
 
     Returns positions into ``candidates`` in pick order.
     """
     n = check_n(n, len(candidates))
-    X = candidates.to(torch.float64)
-    x_sq = (X * X).sum(1)
-    U = len(X)
-    min_d = torch.full((U,), float("inf"), dtype=torch.float64)
+    U = len(candidates)
     C = centers.to(torch.float64)
+    chunk = max(1, min(chunk, len(C)))
+    rows = max(1, BLOCK // chunk)
+    blocks = [(a, min(a + rows, U)) for a in range(0, U, rows)]
+    x64 = [candidates[a:b].to(torch.float64) for a, b in blocks] if len(blocks) == 1 else None
+
+    def block(j: int) -> torch.Tensor:  # candidates of block j in float64
+        a, b = blocks[j]
+        return x64[0] if x64 is not None else candidates[a:b].to(torch.float64)
+
+    x_sq = torch.cat([(x * x).sum(1) for x in map(block, range(len(blocks)))]) if U else \
+        torch.zeros(0, dtype=torch.float64)
+    min_d = torch.full((U,), float("inf"), dtype=torch.float64)
     for start in range(0, len(C), chunk):
         c = C[start:start + chunk]
-        d = _sq_dists(X, c, x_sq, (c * c).sum(1))
-        min_d = torch.minimum(min_d, d.min(dim=1).values)
+        c_sq = (c * c).sum(1)
+        for j, (a, b) in enumerate(blocks):
+            d = _sq_dists(block(j), c, x_sq[a:b], c_sq)
+            min_d[a:b] = torch.minimum(min_d[a:b], d.min(dim=1).values)
     picks: list[int] = []
     chosen = torch.zeros(U, dtype=torch.bool)
     for step in range(n):
         if step == 0 and len(C) == 0:
-            centre = X.mean(0, keepdim=True)
-            score = ((X - centre) ** 2).sum(1)
+            centre = (block(0).mean(0) if len(blocks) == 1
+                      else sum(block(j).sum(0) for j in range(len(blocks))) / U)
+            score = torch.cat([((block(j) - centre) ** 2).sum(1) for j in range(len(blocks))])
         else:
             score = min_d
         score = score.masked_fill(chosen, -1.0)
         i = int(torch.argmax(score))  # argmax returns the first maximum: lowest index on ties
         picks.append(i)
         chosen[i] = True
-        min_d = torch.minimum(min_d, _sq_dists(X, X[i:i + 1], x_sq, x_sq[i:i + 1])[:, 0])
+        z = candidates[i:i + 1].to(torch.float64)
+        for j, (a, b) in enumerate(blocks):
+            d = _sq_dists(block(j), z, x_sq[a:b], x_sq[i:i + 1])[:, 0]
+            min_d[a:b] = torch.minimum(min_d[a:b], d)
     return torch.tensor(picks, dtype=torch.long)
 
 

@@ -95,7 +95,7 @@ def cmd_select(args) -> int:
         pool = feature_labeling_pool(Path(cfg.data.features), Path(args.labeled), classes)
     else:
         pool = labeling_pool(Path(cfg.data.data_dir), Path(args.labeled), cfg.data.image_size,
-                             classes)
+                             classes, cfg.data.in_memory, cfg.seed)
     free = len(pool.unlabeled)
     if n > free:
         where = cfg.data.features if cfg.data.dataset == "features" else cfg.data.data_dir

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fishermask.data.features import FeatureData
+from fishermask.data.files import ImageFiles, sample_stats
 from fishermask.data.pool import ImageData
 from fishermask.data.readers import image_stats, list_images, read_images
 from fishermask.errors import DataError
@@ -36,7 +37,7 @@ class LabelingPool:
     paths: Optional[list[str]]
     classes: list[str]
     labeled: np.ndarray       # pool indices, sorted
-    data: "ImageData | FeatureData"  # targets: a labeled item's class, UNLABELED otherwise
+    data: "ImageData | ImageFiles | FeatureData"  # targets: a labeled item's class, UNLABELED otherwise
 
     @property
     def unlabeled(self) -> np.ndarray:
@@ -98,8 +99,11 @@ def _check_rows(rows, file: Path, position, what: str,
 
 
 def labeling_pool(root: Path, labels_csv: Path, image_size: int,
-                  classes: Optional[list[str]] = None) -> LabelingPool:
-    """The images under ``root`` with the labels of ``labels_csv`` (checked first)."""
+                  classes: Optional[list[str]] = None, in_memory: bool = True,
+                  seed: int = 0) -> LabelingPool:
+    """The images under ``root`` with the labels of ``labels_csv`` (checked first): decoded into
+    memory, or with ``in_memory=False`` decoded when used (normalised with the statistics of a
+    ``seed``-ed sample, :func:`~fishermask.data.files.sample_stats`)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.data_dir {root} is not a folder; give the folder of the images "
@@ -112,9 +116,14 @@ def labeling_pool(root: Path, labels_csv: Path, image_size: int,
     names = _check_rows(rows, labels_csv, position.get,
                         "an image of the folder (paths are relative to data.data_dir)", classes)
     targets = _targets(len(paths), rows, position.get, names)
-    images = read_images(root, [str(root / p) for p in paths], image_size)
-    mean, std = image_stats(images)
-    data = ImageData(images, torch.from_numpy(targets), names, mean, std)
+    files = [str(root / p) for p in paths]
+    if in_memory:
+        images = read_images(root, files, image_size)
+        data = ImageData(images, torch.from_numpy(targets), names, *image_stats(images))
+    else:
+        gray, mean, std = sample_stats(root, files, image_size, seed)
+        data = ImageFiles(root, files, torch.from_numpy(targets), names, image_size, gray, mean,
+                          std)
     return LabelingPool(paths, names, np.flatnonzero(targets != UNLABELED), data)
 
 

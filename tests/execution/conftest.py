@@ -21,3 +21,12 @@ def ray_session(request):
     yield
     if own:
         ray.shutdown()
+
+
+def ray_executor(shards: int, batch_size: int):
+    """A RayExecutor of ``shards`` quarter-CPU single-thread shard actors on the CPU."""
+    from fishermask.execution.base import ExecutionParams
+    from fishermask.execution.ray.executor import RayExecutor
+
+    return RayExecutor(ExecutionParams(backend="ray", shards=shards, cpus_per_shard=0.25,
+                                       batch_size=batch_size, device="cpu", threads=1))

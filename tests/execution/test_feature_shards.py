@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from fishermask.data import FeatureData
-from fishermask.execution.base import ExecutionParams
 from fishermask.execution.local import LocalExecutor
 from fishermask.models import build_model
 from fishermask.strategies import SelectionContext, build_strategy
+from tests.execution.conftest import ray_executor
 
 pytestmark = pytest.mark.integration  # Ray actors
 N_POOL, D, BATCH = 1300, 16, 64
@@ -55,10 +55,7 @@ def local(pool):
 
 
 def _ray(shards):
-    from fishermask.execution.ray.executor import RayExecutor
-
-    return RayExecutor(ExecutionParams(backend="ray", shards=shards, cpus_per_shard=0.25,
-                                       batch_size=BATCH, device="cpu", threads=1))
+    return ray_executor(shards, BATCH)
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3])

@@ -32,6 +32,23 @@ def test_kcenter_equals_brute_force(n_centers, chunk):
     assert got == brute_kcenter(cand, centers, 12)
 
 
+@pytest.mark.parametrize("n_centers", [0, 9])
+def test_kcenter_in_small_blocks_equals_brute_force_and_holds_no_pool_by_batch_matrix(
+        n_centers, monkeypatch):
+    """Blocks of 20 distances: 50 candidates are read 20 // chunk rows at a time; every
+    distance matrix the kernel forms has at most 20 entries."""
+    g = torch.Generator().manual_seed(10 + n_centers)
+    cand, centers = torch.randn(50, 4, generator=g), torch.randn(n_centers, 4, generator=g)
+    monkeypatch.setattr(diversity, "BLOCK", 20)
+    sizes = []
+    sq = diversity._sq_dists
+    monkeypatch.setattr(diversity, "_sq_dists",
+                        lambda x, y, *a: sizes.append(len(x) * len(y)) or sq(x, y, *a))
+    got = diversity.kcenter_greedy(cand.float(), centers, 12, chunk=3).tolist()
+    assert got == brute_kcenter(cand.float(), centers, 12)
+    assert sizes and max(sizes) <= 20
+
+
 def test_badge_factorised_distances_equal_materialised():
     g = torch.Generator().manual_seed(3)
     p = torch.softmax(torch.randn(40, 4, generator=g), 1)

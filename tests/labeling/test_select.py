@@ -92,7 +92,7 @@ def test_every_strategy(tmp_path, folder, name):
     assert len(set(picked)) == 5 and not set(picked) & set(folder[2])
 
 
-def test_two_shards_pick_what_one_picks_and_label_studio_tasks(tmp_path, folder):
+def test_two_shards_and_files_read_when_used_pick_what_one_picks_and_label_studio_tasks(tmp_path, folder):
     args = _setup(tmp_path, folder, folder[2], "bait")
     assert main(args + ["--n", "6", "--out", str(tmp_path / "one.csv")]) == 0
     assert main(args + ["--n", "6", "--out", str(tmp_path / "two.json"), "--format",
@@ -102,6 +102,11 @@ def test_two_shards_pick_what_one_picks_and_label_studio_tasks(tmp_path, folder)
     assert [t["data"]["path"] for t in tasks] == [r["path"] for r in _read(tmp_path / "one.csv")]
     assert tasks[0]["data"]["image"] == "/data/local-files/?d=" + tasks[0]["data"]["path"]
     assert [t["data"]["rank"] for t in tasks] == list(range(1, 7))
+    # the files decoded when used, by each shard its own: the same picks
+    assert main(args + ["--n", "6", "--out", str(tmp_path / "files.csv"), "--set",
+                        "data.in_memory=false", "--set", "execution.shards=2", "--set",
+                        "execution.cpus_per_shard=0.5"]) == 0
+    assert _read(tmp_path / "files.csv") == _read(tmp_path / "one.csv")
 
 
 def test_a_checkpoint_instead_of_training(tmp_path, folder, capsys):

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from fishermask.data.features import FeatureData
+from fishermask.data.on_disk import OnDiskPool
 from fishermask.data.pool import ImageData
 from fishermask.errors import FishermaskError
 from fishermask.execution.batches import BatchRunner
@@ -34,12 +34,12 @@ class ShardStateLost(RuntimeError):
 
 def pool_payload(pool) -> dict:
     """What goes into the object store for the pool: numpy arrays for an ImageData (zero-copy on
-    every node), the description of a FeatureData (its file and rows: each shard maps the file
-    and reads its own rows), the object itself otherwise."""
+    every node), the description of a pool on disk (a FeatureData's file and rows, an
+    ImageFiles' paths: each shard reads its own rows), the object itself otherwise."""
     if isinstance(pool, ImageData):
         return {"images": pool.images.numpy(), "targets": pool.targets.numpy(),
                 "classes": list(pool.classes), "mean": pool.mean, "std": pool.std}
-    if isinstance(pool, FeatureData):
+    if isinstance(pool, OnDiskPool):
         return {"object": pool.for_shards()}
     return {"object": pool}
 
@@ -160,12 +160,12 @@ class PoolShard:
         return os.getpid()
 
     def stats(self) -> dict:
-        """This process's peak resident memory (MB) and, for a features pool, the rows it read
+        """This process's peak resident memory (MB) and, for a pool on disk, the rows it read
         and the smallest and largest pool index among them."""
         import resource
 
         out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        if isinstance(self.pool, FeatureData):
+        if isinstance(self.pool, OnDiskPool):
             out.update(read_rows=self.pool.read_rows, read_span=self.pool.read_span)
         return out
 
