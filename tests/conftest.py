@@ -113,7 +113,7 @@ def ray_local(tmp_path_factory):
 class MlflowServer:
     """``mlflow server`` (sqlite backend, proxied artifacts) on a free local port of ``root``, in
     a session of its own (so that :meth:`kill` ends its uvicorn workers too); :meth:`start`
-    again serves the same store on the same port."""
+    again serves the same store on the same port.  As a context manager: killed at the end."""
 
     def __init__(self, root: Path):
         self.root, self.port, self.proc = root, _free_port(), None
@@ -144,6 +144,12 @@ class MlflowServer:
                 log = (self.root / "server.log").read_text()
                 raise RuntimeError(f"mlflow server did not come up:\n{log}")
             time.sleep(0.5)
+
+    def __enter__(self) -> "MlflowServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         try:

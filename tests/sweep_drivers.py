@@ -64,7 +64,9 @@ def wait_until(cond, driver: Driver, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert driver.proc.poll() is None, (driver.folder / "err.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, f"timed out in {driver.folder}"
+        if time.monotonic() > deadline:
+            driver.proc.kill()  # not left running after the test
+            raise AssertionError(f"timed out in {driver.folder}")
         time.sleep(0.2)
 
 

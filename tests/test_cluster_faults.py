@@ -53,18 +53,17 @@ execution: {device: cpu, threads: 1, cpus_per_shard: 1, batch_size: 64}
 def tracking_server_gone(cluster, folder: Path) -> SimpleNamespace:
     """Kill the sweep's tracking server after the first round (patience 10 s); later start it
     again and resume."""
-    server = MlflowServer(folder).start().wait_up()
-    args = sweep_args(folder, cluster.address, server.uri, "gone", "--set",
-                      "tracking.patience_s=10", "--set", "sweep.strategy.name=[random]")
-    driver = Driver(folder, cluster, args)
-    wait_until(rounds_reported(folder, "gone"), driver)
-    server.kill()
-    driver.mark()
-    first = driver.wait(timeout=180)
-    server.start().wait_up()
-    again = resume(folder, cluster, args)
-    runs = runs_of(server.uri, "gone")
-    server.kill()
+    with MlflowServer(folder).start().wait_up() as server:
+        args = sweep_args(folder, cluster.address, server.uri, "gone", "--set",
+                          "tracking.patience_s=10", "--set", "sweep.strategy.name=[random]")
+        driver = Driver(folder, cluster, args)
+        wait_until(rounds_reported(folder, "gone"), driver)
+        server.kill()
+        driver.mark()
+        first = driver.wait(timeout=180)
+        server.start().wait_up()
+        again = resume(folder, cluster, args)
+        runs = runs_of(server.uri, "gone")
     return SimpleNamespace(first=first, again=again, runs=runs, uri=server.uri,
                            leftovers=leftovers(folder))
 
@@ -72,18 +71,17 @@ def tracking_server_gone(cluster, folder: Path) -> SimpleNamespace:
 def tracking_server_restarted(cluster, folder: Path) -> SimpleNamespace:
     """Kill the tracking server after the first round and start it again at once (it is away
     for the 10-20 s it takes to come up, within the default patience of 60 s)."""
-    server = MlflowServer(folder).start().wait_up()
-    args = sweep_args(folder, cluster.address, server.uri, "blip", "--set",
-                      "sweep.strategy.name=[random]")
-    driver = Driver(folder, cluster, args)
-    wait_until(rounds_reported(folder, "blip"), driver)
-    server.kill()
-    t0 = time.monotonic()
-    server.start().wait_up()
-    away = time.monotonic() - t0
-    done = driver.wait(timeout=300)
-    runs = runs_of(server.uri, "blip")
-    server.kill()
+    with MlflowServer(folder).start().wait_up() as server:
+        args = sweep_args(folder, cluster.address, server.uri, "blip", "--set",
+                          "sweep.strategy.name=[random]")
+        driver = Driver(folder, cluster, args)
+        wait_until(rounds_reported(folder, "blip"), driver)
+        server.kill()
+        t0 = time.monotonic()
+        server.start().wait_up()
+        away = time.monotonic() - t0
+        done = driver.wait(timeout=300)
+        runs = runs_of(server.uri, "blip")
     return SimpleNamespace(done=done, away=away, runs=runs, leftovers=leftovers(folder))
 
 
