@@ -22,6 +22,7 @@ from fishermask.labeling import command as select_cmd
 from fishermask.loop import ActiveLearningLoop
 from fishermask.sweeps import command as sweep_mod
 from fishermask.tracking import run_meta
+from fishermask.tracking.client import StoreFull, TrackingUnavailable
 from fishermask.tracking.tracker import MlflowTracker
 
 
@@ -78,7 +79,13 @@ def cmd_run(args) -> int:
                                         progress=not args.no_progress) as loop:
         if args.restart:
             loop.discard_checkpoint()
-        records = loop.run()
+        try:
+            records = loop.run()
+        except (TrackingUnavailable, StoreFull) as exc:
+            fix = "once it answers" if isinstance(exc, TrackingUnavailable) else "after freeing space"
+            raise FishermaskError(
+                f"{exc}. Every finished round is checkpointed in {loop.checkpoint_dir}; {fix}, "
+                f"run the same command again: it resumes and logs the missing rounds") from None
     last = records[-1]
     print(f"\ndone: {cfg.strategy.name}, seed {cfg.seed}: {len(records) - 1} rounds, "
           f"{last.n_labels} labels, accuracy {last.accuracy:.4f}, "
@@ -137,11 +144,17 @@ def _dispatch(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a SIGTERM raised inside a library call that wrapped it
-        if not _terminated(exc):
+        if _terminated(exc):
+            print("terminated (SIGTERM); the last finished round is checkpointed — run the same "
+                  "command again to resume", file=sys.stderr)
+            return 143
+        if not type(exc).__module__.startswith("mlflow"):
             raise
-        print("terminated (SIGTERM); the last finished round is checkpointed — run the same "
-              "command again to resume", file=sys.stderr)
-        return 143
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+        hint = ("\nThe last finished round is checkpointed; run the same command again to "
+                "resume" if args.command == "run" else "")
+        print(f"error: MLflow: {first}{hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"{what}; the last finished round is checkpointed — run the same command "

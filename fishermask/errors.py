@@ -17,6 +17,10 @@ class TrainingDiverged(FishermaskError):
     """The training loss became NaN or infinite; the message says which setting to change."""
 
 
+class DiskFull(FishermaskError):
+    """A write failed for lack of space; the message names the folder and what was kept."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception so that runs end KILLED with their checkpoint intact.
     ``received`` stays True once one came (a library may re-raise it as a KeyboardInterrupt)."""

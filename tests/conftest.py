@@ -3,11 +3,16 @@ tiny sweep run once and shared by the sweep and report tests."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -105,44 +110,181 @@ def ray_local(tmp_path_factory):
     ray.shutdown()
 
 
+class MlflowServer:
+    """``mlflow server`` (sqlite backend, proxied artifacts) on a free local port of ``root``, in
+    a session of its own (so that :meth:`kill` ends its uvicorn workers too); :meth:`start`
+    again serves the same store on the same port.  As a context manager: killed at the end."""
+
+    def __init__(self, root: Path):
+        self.root, self.port, self.proc = root, _free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        with open(self.root / "server.log", "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                 f"sqlite:///{self.root / 'db'}", "--artifacts-destination",
+                 str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1"],
+                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))  # no job pool
+        return self
+
+    def wait_up(self, timeout: float = 120) -> "MlflowServer":
+        """Once /health answers (7-15 s on an idle 2-core box)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.root / "server.log").read_text()
+                raise RuntimeError(f"mlflow server did not come up:\n{log}")
+            time.sleep(0.5)
+
+    def __enter__(self) -> "MlflowServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 @pytest.fixture(scope="session")
 def mlflow_process(tmp_path_factory):
-    """``mlflow server`` (sqlite backend, proxied artifacts) on a free local port, started but not
-    yet waited on (so that Ray can start meanwhile); use ``mlflow_server``."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         f"sqlite:///{root / 'db'}", "--artifacts-destination", str(root / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))  # no job-runner pool
-    yield SimpleNamespace(uri=f"http://127.0.0.1:{port}", root=root, proc=proc)
-    os.killpg(proc.pid, signal.SIGTERM)  # the server's own session: uvicorn workers included
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+    """The session's MLflow server, started but not yet waited on (so that Ray can start
+    meanwhile); use ``mlflow_server``."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.kill(signal.SIGTERM)
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(mlflow_process):
-    """A real MLflow tracking server, once /health answers (7-15 s on an idle 2-core box)."""
-    deadline = time.monotonic() + 120
-    while True:
+    """A real MLflow tracking server, once it answers."""
+    return mlflow_process.wait_up()
+
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+class RayCluster:
+    """A Ray cluster of ``ray start --block`` nodes on this machine, 1 CPU each, token
+    authentication with a fresh token, each node in a session of its own (stopped or killed by
+    process group) with its own temp dir and free ports.  ``env(home)``: what a process that
+    joins it needs."""
+
+    def __init__(self, root: Path, node_env: dict[str, str] | None = None):
+        self.root, self.token, self.port = root, secrets.token_hex(16), _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[subprocess.Popen] = []
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self._env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
+                         RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
+                         HOME=str(root / "home"), **(node_env or {}))
+        (root / "home").mkdir(exist_ok=True)
+
+    def env(self, home: Path) -> dict[str, str]:
+        env = dict(self._env, HOME=str(home))
+        home.mkdir(parents=True, exist_ok=True)
+        return env
+
+    def add_node(self, head: bool = False) -> subprocess.Popen:
+        """Start a node (the head first) and wait until it runs."""
+        name = f"node{len(self.nodes)}"
+        if head:
+            where = ["--head", "--port", str(self.port), "--include-dashboard", "false"]
+            if importlib.util.find_spec("grpc"):  # ray[client] installed: on a free port
+                where += ["--ray-client-server-port", str(_free_port())]
+        else:
+            where = ["--address", self.address]
+        args = ["--num-cpus", "1", "--object-store-memory", str(80 * 1024 ** 2),
+                "--disable-usage-stats", "--block", "--temp-dir", str(self.root / name)]
+        for flag in ("--node-manager-port", "--object-manager-port", "--runtime-env-agent-port",
+                     "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                     "--metrics-export-port"):
+            args += [flag, str(_free_port())]
+        log = self.root / f"{name}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([RAY, "start", *where, *args], env=self._env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.nodes.append(proc)
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start did not come up:\n{log.read_text()}")
+            time.sleep(0.3)
+        return proc
+
+    def kill(self, node: subprocess.Popen) -> None:
+        """SIGKILL a node and every process it started (raylet, on the head the GCS, and the
+        workers, which would otherwise finish their task after their raylet died)."""
+        for pid in [node.pid, *_descendants(node.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        node.wait()
+
+    def stop(self) -> None:
+        """SIGTERM to each node's process group (``ray start --block`` stops its node), then
+        SIGKILL to what is left after a few seconds."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in self.nodes:
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 4
+            while any(p.poll() is None for p in self.nodes) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if all(p.poll() is not None for p in self.nodes):
+                return
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc: parent links, whatever their session)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            with urllib.request.urlopen(f"{mlflow_process.uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    return mlflow_process
-        except OSError:
-            pass
-        if mlflow_process.proc.poll() is not None or time.monotonic() > deadline:
-            log = (mlflow_process.root / "server.log").read_text()
-            raise RuntimeError(f"mlflow server did not come up:\n{log}")
-        time.sleep(0.5)
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+@contextlib.contextmanager
+def ray_cluster(nodes: int = 2, node_env: dict[str, str] | None = None):
+    """A :class:`RayCluster` of a head and ``nodes - 1`` more nodes, stopped at the end."""
+    root = Path(tempfile.mkdtemp(prefix="fmray-"))  # short: Ray's unix sockets live below it
+    cluster = RayCluster(root, node_env)
+    try:
+        cluster.add_node(head=True)
+        for _ in range(nodes - 1):
+            cluster.add_node()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

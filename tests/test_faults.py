@@ -1,11 +1,13 @@
 """Faults around a run, with real processes, signals, files and MLflow stores: a second launch
 while the first runs (and a stale lock after a crash), SIGTERM, a damaged checkpoint, first runs
 racing on a fresh store, a silent tracking server, a run deleted in MLflow before a resume,
-diverging training and a read-only working folder."""
+diverging training, a read-only working folder, and a working folder on a disk that fills up."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -233,3 +235,111 @@ def test_read_only_working_folder_fails_at_once_naming_it(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"the folder {ro} is read-only" in proc.stderr and "Traceback" not in proc.stderr
     assert time.monotonic() - t0 < 30 and not list(ro.iterdir())
+
+
+class SmallDisk:
+    """A tmpfs of ``size`` mounted on ``folder`` in a mount namespace of its own (held by a
+    sleeping process): commands run there with :meth:`run`/:meth:`spawn`, and the test reads and
+    writes the disk through ``/proc/<pid>/root``."""
+
+    def __init__(self, folder: Path, size: str):
+        assert os.geteuid() == 0 and shutil.which("unshare") and shutil.which("nsenter"), \
+            "a small disk needs root, unshare(1) and nsenter(1)"
+        folder.mkdir()
+        self.folder = folder
+        self.holder = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f'mount -t tmpfs -o size={size} tmpfs "$0" && echo mounted && exec sleep 900',
+             str(folder)], stdout=subprocess.PIPE, text=True)
+        assert self.holder.stdout.readline().strip() == "mounted"
+        self.view = Path(f"/proc/{self.holder.pid}/root{folder}")
+
+    def spawn(self, args: list[str]) -> subprocess.Popen:
+        """``fishermask ARGS`` with the small disk as its working folder."""
+        line = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "fishermask", *args])
+        env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0")
+        return subprocess.Popen(["nsenter", "-t", str(self.holder.pid), "-m", "sh", "-c",
+                                 f"cd {shlex.quote(str(self.folder))} && exec {line}"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def fill(self, leave: int) -> Path:
+        """Fill the disk, then give back ``leave`` bytes; the ballast file."""
+        ballast = self.view / "ballast"
+        with open(ballast, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+            f.truncate(max(0, f.tell() - leave))
+        return ballast
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.wait()
+
+
+def _accuracy_curve(db: Path, copy_to: Path) -> tuple[list[str], list[tuple[int, float]]]:
+    """Run statuses and the accuracy curve in an MLflow sqlite store, read with sqlite3 alone
+    from a copy (with its journal, if one was left) in ``copy_to``."""
+    import sqlite3
+
+    copy_to.mkdir(exist_ok=True)
+    for suffix in ("", "-journal", "-wal"):
+        if Path(f"{db}{suffix}").exists():
+            shutil.copyfile(f"{db}{suffix}", copy_to / f"{db.name}{suffix}")
+    con = sqlite3.connect(copy_to / db.name)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        statuses = [s for (s,) in con.execute("SELECT status FROM runs")]
+        curve = con.execute("SELECT step, value FROM metrics WHERE key = 'accuracy' "
+                            "ORDER BY step").fetchall()
+    finally:
+        con.close()
+    return statuses, [(int(s), float(v)) for s, v in curve]
+
+
+def test_a_full_disk_stops_the_run_with_one_message_and_a_rerun_resumes(tmp_path):
+    """The working folder (checkpoints, the sqlite store, the artifacts) on a 16 MB tmpfs that
+    fills up after round 0: one message naming the folder, nothing half-written, the run marked
+    FAILED; once space is freed, the same command resumes to the uninterrupted curve."""
+    path = write(tmp_path, rounds=2, train="epochs: 8")
+    # the uninterrupted run, meanwhile, in the test's own folder on the ordinary disk
+    reference = spawn(["run", path, "--no-progress"], tmp_path)
+    disk = SmallDisk(tmp_path / "disk", "16m")
+    try:
+        ckpt = disk.view / ".fishermask" / "checkpoints" / load_config(path).result_key()
+        proc = disk.spawn(["run", path, "--no-progress"])
+        wait_for((ckpt / "state.pt").is_file, proc)  # round 0 is checkpointed: fill the disk
+        t0 = time.monotonic()
+        ballast = disk.fill(leave=48 * 1024)
+        out, err = proc.communicate(timeout=120)
+        assert time.monotonic() - t0 < 120
+        assert proc.returncode == 2, err
+        lines = [line for line in err.splitlines() if "error" in line.lower()]
+        assert len(lines) == 1 and lines[0].startswith("error: no space left"), err
+        assert str(disk.folder) in lines[0] and "run the same command again" in lines[0]
+        assert "Traceback" not in out + err
+        assert not [p for p in disk.view.rglob("*") if p.name.endswith(".tmp") or
+                    ".tmp-" in p.name]  # nothing half-written
+        saved = torch.load(ckpt / "state.pt", weights_only=False)
+        assert [r["round"] for r in saved["records"]] == [0]
+        statuses, curve = _accuracy_curve(disk.view / "mlflow.db", tmp_path / "after-fault")
+        assert statuses == ["FAILED"] and [s for s, _ in curve] == [8]
+
+        ballast.unlink()  # space freed: the same command resumes in the same run
+        proc = disk.spawn(["run", path, "--no-progress"])
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "resuming from" in out + err and "Traceback" not in out + err
+        statuses, curve = _accuracy_curve(disk.view / "mlflow.db", tmp_path / "after-rerun")
+    finally:
+        disk.close()
+    out, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err
+    ref_statuses, ref_curve = _accuracy_curve(tmp_path / "mlflow.db", tmp_path / "reference")
+    assert statuses == ref_statuses == ["FINISHED"]
+    assert [s for s, _ in curve] == [s for s, _ in ref_curve] == [8, 14, 20]
+    assert [v for _, v in curve] == pytest.approx([v for _, v in ref_curve], abs=1e-6)

@@ -8,6 +8,8 @@ interrupted run resumes at the next round and ends with exactly the uninterrupte
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import shutil
 import time
@@ -21,8 +23,8 @@ import torch
 from fishermask import preflight
 from fishermask.config import CONFIG_KEYS, Config
 from fishermask.data import initial_labeled, load_experiment_data
-from fishermask.errors import (ConfigError, FishermaskError, MemoryLimitError, ParameterError,
-                               TrainingDiverged)
+from fishermask.errors import (ConfigError, DiskFull, FishermaskError, MemoryLimitError,
+                               ParameterError, TrainingDiverged)
 from fishermask.execution import PoolExecutor, make_executor
 from fishermask.locks import RunLock
 from fishermask.models import model_from_params, reinit_parameters
@@ -59,9 +61,9 @@ class ActiveLearningLoop:
     :class:`~fishermask.config.Config` (data, model, strategy, checks) and takes the run's lock.
     ``tracker`` receives plain values (:class:`~fishermask.tracking.tracker.Tracker`: the config
     and data at the start, each round's record with the records and picks so far, the status at
-    the end).  ``on_round(loop, record)`` is called after every round has been checkpointed
-    (sweeps report to Tune from it).  Used as a context manager, the loop releases its lock on
-    exit.
+    the end).  ``on_round(loop, record)`` is called after every round has been checkpointed and
+    before the tracker logs it (sweeps report to Tune from it); ``echo``: print a line per round.
+    Used as a context manager, the loop releases its lock on exit.
     """
 
     CKPT = "state.pt"
@@ -70,12 +72,12 @@ class ActiveLearningLoop:
                  checkpoint_dir: str | Path, device: torch.device,
                  executor: Optional[PoolExecutor] = None, tracker=None, progress: bool = True,
                  on_round: Optional[Callable[["ActiveLearningLoop", RoundRecord], None]] = None,
-                 lock: Optional[RunLock] = None):
+                 lock: Optional[RunLock] = None, echo: bool = True):
         self.cfg, self.data, self.model, self.strategy = cfg, data, model, strategy
         self.initial, self.query, self.rounds = cfg.budget.resolved()
         self.checkpoint_dir = Path(checkpoint_dir)
         self.device, self.executor, self.tracker = device, executor, tracker
-        self.progress, self.on_round, self.lock = progress, on_round, lock
+        self.progress, self.on_round, self.lock, self.echo = progress, on_round, lock, echo
         self.already_finished = False
         self.labeled = np.zeros(0, dtype=np.int64)
         self.records: list[RoundRecord] = []
@@ -85,7 +87,8 @@ class ActiveLearningLoop:
     @classmethod
     def from_config(cls, cfg: Config, *, executor: Optional[PoolExecutor] = None, tracker=None,
                     checkpoint_dir: Optional[str | Path] = None, progress: bool = True,
-                    on_round=None, data=None, lock: Optional[bool] = None) -> "ActiveLearningLoop":
+                    on_round=None, data=None, lock: Optional[bool] = None,
+                    echo: bool = True) -> "ActiveLearningLoop":
         """The loop of ``cfg``: checks the checkpoint folder, loads the data (or uses ``data``),
         builds the model and strategy, runs the checks that would otherwise fail after minutes of
         training, and takes the run's lock.  ``checkpoint_dir`` defaults to
@@ -114,7 +117,7 @@ class ActiveLearningLoop:
                                                  f"{cfg.seed}, checkpoint {folder})").acquire()
         return cls(cfg, data, model, strategy, checkpoint_dir=folder, device=device,
                    executor=executor, tracker=tracker, progress=progress, on_round=on_round,
-                   lock=run_lock)
+                   lock=run_lock, echo=echo)
 
     def __enter__(self) -> "ActiveLearningLoop":
         return self
@@ -137,16 +140,40 @@ class ActiveLearningLoop:
         return self.checkpoint_dir / self.CKPT
 
     def save_checkpoint(self) -> None:
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        """Write the checkpoint whole or not at all: serialised in memory, written to a temporary
+        file, synced and renamed over the old one.  A failed write removes the temporary file
+        (also giving back the space it took); a full disk raises :class:`DiskFull`, naming the
+        folder, with the previous checkpoint intact."""
         state = {
             "result_key": self.cfg.result_key(), "labeled": self.labeled,
             "initial": self.initial_indices, "records": [asdict(r) for r in self.records],
             "model": self.model.state_dict(), "run_id": self.run_id,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
         }
-        tmp = self._ckpt_path().with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self._ckpt_path())  # atomic: a crash never leaves half a checkpoint
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        path = self._ckpt_path()
+        tmp = path.with_suffix(".tmp")
+        try:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic: a crash never leaves half a checkpoint
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            rnd = self.records[-1].round if self.records else 0
+            kept = (f"the checkpoint of round {rnd - 1} in {path.absolute()} is intact"
+                    if path.is_file() else "no round was checkpointed yet")
+            raise DiskFull(
+                f"no space left on the disk of {self.checkpoint_dir.absolute()}: the checkpoint "
+                f"of round "
+                f"{rnd} ({buf.tell() / 1e6:.1f} MB) could not be written; {kept}. Free space "
+                f"there (or set tracking.checkpoint_dir to another disk) and run the same "
+                f"command again to resume") from None
 
     def load_checkpoint(self) -> bool:
         path = self._ckpt_path()
@@ -231,23 +258,23 @@ class ActiveLearningLoop:
 
         resumed = self.load_checkpoint()
         self.already_finished = resumed and len(self.records) > self.rounds
-        own_executor = self.executor is None and not self.already_finished
-        if own_executor:
-            self.executor = make_executor(self.cfg.execution)
         if self.tracker is not None:
             self.run_id = self.tracker.start(self.cfg, self.data, run_id=self.run_id)
             for i, rec in enumerate(self.records):  # a resumed run's store gets every round
                 self.tracker.log_round(rec, self.records, self.selected_indices(),
                                        replay=i + 1 < len(self.records))
+        own_executor = self.executor is None and not self.already_finished
+        if own_executor:
+            self.executor = make_executor(self.cfg.execution)
         bar = tqdm(total=self.rounds + 1, initial=len(self.records), disable=not self.progress,
                    desc=f"{self.cfg.strategy.name} seed {self.cfg.seed}", unit="round")
-        if self.already_finished:
+        if self.already_finished and self.echo:
             bar.write(f"this run already finished all {self.rounds} rounds (checkpoint "
                       f"{self._ckpt_path()}); nothing to resume. Use --restart to run it again "
                       f"from round 0")
-        elif resumed:
+        elif resumed and self.echo:
             bar.write(f"resuming from {self._ckpt_path()} after round {self.records[-1].round}")
-        status = "FAILED"
+        status, error = "FAILED", None
         try:
             if self.already_finished:
                 status = "FINISHED"
@@ -266,28 +293,50 @@ class ActiveLearningLoop:
                 ev, tr = self._train_and_eval(rnd)
                 self._finish_round(self._record(rnd, sel.indices, ev, tr, q_seconds, sel), bar)
             status = "FINISHED"
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last finished round is checkpointed
-            status = "KILLED"
+        except BaseException as exc:  # Ctrl-C or SIGTERM: the last finished round is checkpointed
+            status, error = ("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"), exc
             raise
         finally:
             bar.close()
-            if self.tracker is not None:
-                self.tracker.finish(self.records, status)
-            if own_executor:
-                self.executor.close()
+            try:
+                self._end(status, error)
+            finally:
+                if own_executor:
+                    self.executor.close()
         return self.records
 
+    def _end(self, status: str, error: Optional[BaseException]) -> None:
+        """The tracker's end of the run.  When the run is already failing, an error of the tracker
+        (e.g. the same full disk) never replaces the first one: its message says what it left."""
+        if self.tracker is None:
+            return
+        try:
+            self.tracker.finish(self.records, status)
+        except Exception as exc:
+            if error is None:
+                raise
+            what = (f"; the run could not be recorded as {status} in MLflow either "
+                    f"({str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}), "
+                    f"the next run of this command sets it")
+            if isinstance(error, FishermaskError):
+                error.args = (f"{error}{what}",)
+            elif hasattr(error, "add_note"):
+                error.add_note(what[2:])
+
     def _finish_round(self, rec: RoundRecord, bar) -> None:
+        """Checkpoint the round, hand it to ``on_round`` (a sweep's report to Tune), then to the
+        tracker: a tracking server that does not answer holds up the logging, never the round."""
         self.records.append(rec)
         self.save_checkpoint()
+        if self.on_round is not None:
+            self.on_round(self, rec)
         if self.tracker is not None:
             self.tracker.log_round(rec, self.records, self.selected_indices())
         bar.update(1)
-        bar.write(f"round {rec.round:>3}  labels {rec.n_labels:>6}  acc {rec.accuracy:.4f}  "
-                  f"bal-acc {rec.balanced_accuracy:.4f}  query {rec.query_seconds:7.2f}s  "
-                  f"train {rec.train_seconds:7.2f}s ({rec.epochs} ep)")
-        if self.on_round is not None:
-            self.on_round(self, rec)
+        if self.echo:
+            bar.write(f"round {rec.round:>3}  labels {rec.n_labels:>6}  acc {rec.accuracy:.4f}  "
+                      f"bal-acc {rec.balanced_accuracy:.4f}  query {rec.query_seconds:7.2f}s  "
+                      f"train {rec.train_seconds:7.2f}s ({rec.epochs} ep)")
 
     def selected_indices(self) -> dict[str, Any]:
         return {"initial": list(self.initial_indices),

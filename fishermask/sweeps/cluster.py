@@ -15,21 +15,29 @@ from fishermask.sweeps.trial import trial_resources
 from fishermask.tracking.tracker import PARENT_TAG
 
 
-def init_ray(address: Optional[str]) -> bool:
+def init_ray(address: Optional[str], log_to_driver: bool = True) -> bool:
     """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start a local Ray
     of our own (never silently join some other local cluster).  True when we started it.  An
     unreachable cluster, or one whose token authentication this process does not meet, ends in a
-    message saying what to do."""
+    message saying what to do.  ``log_to_driver``: print what the workers and raylets print."""
     import ray
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
-        ray_init(address="local")
+        ray_init(address="local", log_to_driver=log_to_driver)
     else:
-        connect(address)
+        connect(address, log_to_driver=log_to_driver)
     return True
+
+
+def head_address() -> Optional[str]:
+    """host:port of the Ray head (its GCS) this process is connected to."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return getattr(ctx, "gcs_address", None)
 
 
 def check_trials_fit(sweep) -> None:

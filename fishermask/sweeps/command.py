@@ -28,17 +28,17 @@ from fishermask.config import from_dict
 from fishermask.errors import ConfigError, FishermaskError, Terminated
 from fishermask.locks import RunLock
 from fishermask.reports import command as report
-from fishermask.sweeps.cluster import check_trials_fit, forget_start, init_ray
+from fishermask.sweeps import progress, watch
+from fishermask.sweeps.cluster import check_trials_fit, forget_start, head_address, init_ray
+from fishermask.sweeps.ending import close_parent, end_message, finish, head_lost
 from fishermask.sweeps.grid import absolute_tracking_uri, load_sweep, storage_root
 from fishermask.sweeps.hints import int_at_least, resume_command, ResumeHint
-from fishermask.sweeps.state import (UnreadableState, _finish_children, create_parent,
-                                     order_saved_trials, read_state, remove_experiment,
-                                     write_state)
-from fishermask.sweeps.summary import summarize
+from fishermask.sweeps.state import (UnreadableState, create_parent, order_saved_trials,
+                                     read_state, remove_experiment, write_state)
 from fishermask.sweeps.trial import run_trial, trial_resources
 from fishermask.tracking import run_meta
-from fishermask.tracking.tracker import make_client
-
+from fishermask.tracking.client import TrackingUnavailable
+from fishermask.tracking.tracker import get_or_create_experiment, make_client
 
 
 def add_parsers(subparsers, add_common) -> None:
@@ -61,6 +61,10 @@ def add_parsers(subparsers, add_common) -> None:
                    help="Tune storage root (default .fishermask/sweeps here; on a multi-node "
                         "cluster a shared path or s3://bucket/prefix)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+    p.add_argument("--verbose", action="store_true",
+                   help="print every trial's round lines, Tune's trial table, what Ray's workers "
+                        "print and the tracebacks of failed trials (default: a progress line "
+                        "every 30 s)")
 
     report.add_parser(subparsers)
 
@@ -75,25 +79,24 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.config['trial']['key']}"
 
 
-def _reporter(sweep):
-    from ray import tune
-
-    cols = {"trial/label": "trial"}
-    return tune.CLIReporter(parameter_columns=cols, max_report_frequency=30,
-                            metric_columns={"round": "round", "n_labels": "labels",
-                                            "accuracy": "acc", "balanced_accuracy": "bal-acc",
-                                            "trial_seconds": "seconds"})
-
-
 def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     trainable = tune.with_resources(run_trial, trial_resources)
     exp_path = f"{storage}/{sweep.name}"
+    # Tune's own analysis reads each trial's result.json (its other loggers stay off: MLflow has
+    # every round, and the TensorBoard writer's thread deadlocked the driver's exit on SIGTERM)
+    callbacks = [JsonLoggerCallback(), watch.trial_events()]
     if restore:
         order_saved_trials(exp_path)
-        return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        run_config = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", None)
+        if run_config is not None:  # this command's reporting, not the one the state saved
+            run_config().callbacks, run_config().progress_reporter = callbacks, \
+                progress.reporter()
+        return tuner
     return tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.to_dict() for t in sweep.trials]), "sweep": ctx},
@@ -104,11 +107,11 @@ def build_tuner(sweep, ctx: dict[str, Any], storage: str, args, restore: bool):
                                     trial_name_creator=trial_name,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=sweep.name, storage_path=storage,
+            name=sweep.name, storage_path=storage, callbacks=callbacks,
             failure_config=tune.FailureConfig(
                 max_failures=2 if args.max_failures is None else args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            progress_reporter=_reporter(sweep), verbose=1))
+            progress_reporter=progress.reporter(), verbose=1))
 
 
 # ----------------------------------------------------------------------------- command
@@ -125,7 +128,10 @@ class _Session:
     parent_id: str = ""
     tracking_uri: str = ""
     fresh: bool = True              # a new parent run (not a resume)
-    started_ray: bool = False       # this process started the Ray it uses
+    started_ray: bool = False       # this process started the Ray it uses (or joined a cluster)
+    joined: bool = False            # a cluster joined by address (not a local Ray of our own)
+    head: Optional[str] = None      # its head's GCS address (host:port), watched while it runs
+    experiment_id: str = ""
 
 
 def cmd_sweep(args) -> int:
@@ -150,6 +156,10 @@ def _plan(args, held: list) -> Optional[_Session]:
     # MLflow is the record of every round; Tune's own loggers add nothing, and the TensorBoard
     # one's writer thread deadlocked the driver's exit when SIGTERM stopped a sweep mid-write
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # a failed trial is one line (watch.trial_events), Tune's traceback only with --verbose
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "1" if args.verbose else "0"
+    progress.SETTINGS["verbose"] = watch.LIVE["verbose"] = args.verbose
+    progress.quiet_logs(args.verbose)
     if args.resume and args.restart:
         raise ConfigError("give either --resume or --restart, not both")
     sweep = load_sweep(args.file, args.overrides)
@@ -221,7 +231,11 @@ def _open(args, session: _Session) -> None:
     sweep, exp_path, state = session.sweep, session.exp_path, session.state
     preflight.tracking_uri(state["tracking_uri"] if state is not None and not args.restart
                            else args.tracking_uri or sweep.base.tracking.tracking_uri)
-    session.started_ray = init_ray(args.address or sweep.base.execution.address)
+    address = args.address or sweep.base.execution.address
+    # the trials' and raylets' own output only with --verbose (a failed trial is a note; its
+    # error.txt has the rest), e.g. not the raylets' complaints when the head node is lost
+    session.started_ray = init_ray(address, log_to_driver=args.verbose)
+    session.joined = (address or os.environ.get("RAY_ADDRESS") or "local") != "local"
     try:  # nothing below may leave this process's Ray running
         check_trials_fit(sweep)
         if args.restart and state is not None:
@@ -233,13 +247,15 @@ def _open(args, session: _Session) -> None:
         else:
             uri = absolute_tracking_uri(
                 preflight.tracking_uri(args.tracking_uri or sweep.base.tracking.tracking_uri))
-            session.tracking_uri, session.client = uri, make_client(uri)
+            session.tracking_uri = uri
+            session.client = make_client(uri, sweep.base.tracking.patience_s)
             session.parent_id = create_parent(session.client, sweep, exp_path,
                                               run_meta.context_tags())
             session.state = {"parent_run_id": session.parent_id, "tracking_uri": uri,
                              "digest": sweep.digest, "experiment": sweep.experiment,
                              "file": str(sweep.path)}
             write_state(exp_path, session.state)
+        session.experiment_id = get_or_create_experiment(session.client, sweep.experiment)
         print(f"MLflow: experiment '{sweep.experiment}', parent run {session.parent_id} at "
               f"{session.tracking_uri}")
         print(f"Tune:   {exp_path}")
@@ -256,10 +272,13 @@ def _resume_parent(args, session: _Session) -> None:
         raise ConfigError(f"--resume: this sweep logs to {uri}, not {args.tracking_uri}; drop "
                           f"--tracking-uri or pass the original one")
     preflight.tracking_uri(uri)
-    session.tracking_uri, session.client = uri, make_client(uri)
+    session.tracking_uri = uri
+    session.client = make_client(uri, session.sweep.base.tracking.patience_s)
     session.parent_id = session.state["parent_run_id"]
     try:
         session.client.get_run(session.parent_id)
+    except TrackingUnavailable:
+        raise
     except Exception as exc:
         raise FishermaskError(f"--resume: parent run {session.parent_id} not found at {uri} "
                               f"({type(exc).__name__}); is the tracking server up?") from None
@@ -267,38 +286,59 @@ def _resume_parent(args, session: _Session) -> None:
 
 
 def _run(args, session: _Session) -> int:
-    """Tune's run of the trials, the summary, and the end state of the parent run."""
+    """Tune's run of the trials under the driver's watch (``sweeps.watch``), the summary, and the
+    end state of the parent run.  Every way a sweep can stop prints one message; the MLflow
+    calls after a failure are bounded and never replace the first error."""
     import logging
 
     import ray
+    from mlflow.exceptions import MlflowException
     from ray import tune
     from ray.exceptions import RayError
 
     sweep, client, parent_id = session.sweep, session.client, session.parent_id
-    logging.getLogger("ray.tune.tune").addFilter(ResumeHint(resume_command(args)))
+    again = resume_command(args)
+    session.head = head_address() if session.joined else None
+    guard = watch.Watch(session.tracking_uri, sweep.base.tracking.patience_s, client, session.head,
+                        on_head_lost=lambda s: head_lost(session, s, again),
+                        on_stuck=lambda exc: _stuck(session, exc, again))
+    tune_log = logging.getLogger("ray.tune.tune")
+    for old in [f for f in tune_log.filters if isinstance(f, (ResumeHint, progress.DropWhen))]:
+        tune_log.removeFilter(old)
+    tune_log.addFilter(progress.DropWhen(progress.STOP_NOISE,
+                                         lambda: guard.tracking_lost is not None))
+    tune_log.addFilter(ResumeHint(again))
     status, code, forgotten = "FAILED", 1, False
     t0 = time.perf_counter()
     try:
         restore = args.resume and tune.Tuner.can_restore(session.exp_path)
         ctx = {"parent_run_id": parent_id, "tracking_uri": session.tracking_uri,
-               "experiment": sweep.experiment, "name": sweep.name,
-               "context_tags": run_meta.context_tags(),
-               "given": {"data.data_dir": sweep.base.data.data_dir}}
-        results = build_tuner(sweep, ctx, session.storage, args, restore).fit()
-        status, code = _finish(args, session, results, time.perf_counter() - t0)
+               "experiment": sweep.experiment, "experiment_id": session.experiment_id,
+               "name": sweep.name, "context_tags": run_meta.context_tags(),
+               "given": {"data.data_dir": sweep.base.data.data_dir},
+               "legacy_keys": not session.fresh, "round_logs": args.verbose}
+        with guard:
+            results = build_tuner(sweep, ctx, session.storage, args, restore).fit()
+        if guard.tracking_lost is not None:
+            raise guard.tracking_lost
+        status, code = finish(args, session, results, time.perf_counter() - t0)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: parent and unfinished trials end KILLED
         status = "KILLED"
         what = "terminated (SIGTERM)" if Terminated.received else "interrupted"
         print(f"{what}; finished trials and the rounds of unfinished ones are kept; continue "
-              f"with: {resume_command(args)}", file=sys.stderr)
+              f"with: {again}", file=sys.stderr)
         code = 143 if Terminated.received else 130
-    except (RuntimeError, RayError) as exc:  # Tune itself stopped (e.g. a worker killed for memory)
+    except TrackingUnavailable as exc:
+        status, code = "KILLED", 2
+        print(end_message(session, exc, again), file=sys.stderr)
+    except (RuntimeError, RayError, MlflowException) as exc:  # Tune itself stopped, or MLflow
         if session.fresh and forget_start(client, session.exp_path, parent_id, sweep.experiment):
             forgotten = True
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         print(f"error: the sweep stopped: {first}\nFinished trials and the rounds of unfinished "
-              f"ones are kept; continue with: {resume_command(args)}", file=sys.stderr)
+              f"ones are kept; continue with: {again}", file=sys.stderr)
+        code = 2 if isinstance(exc, MlflowException) else 1
     except BaseException:
         forgotten = session.fresh and forget_start(client, session.exp_path, parent_id,
                                                    sweep.experiment)
@@ -310,43 +350,16 @@ def _run(args, session: _Session) -> int:
     finally:
         if session.started_ray:
             ray.shutdown()  # the trials' workers stop here: nothing logs to MLflow after it
-        if status == "KILLED":  # unfinished trials end KILLED too (a resume continues them)
-            _finish_children(client, sweep.experiment, parent_id, leftover="KILLED")
         if not forgotten:
-            client.set_terminated(parent_id, status=status)
+            close_parent(session, status)
     return code
 
 
-def _finish(args, session: _Session, results, wall: float) -> tuple[str, int]:
-    """The summary of a sweep that Tune ended: printed and logged; (status, exit code)."""
-    import ray
-
-    sweep, client, parent_id = session.sweep, session.client, session.parent_id
-    children = _finish_children(client, sweep.experiment, parent_id)
-    text, ok = summarize(results, wall, children, ray.cluster_resources(),
-                         {t.key: t.label for t in sweep.trials}, resumed=bool(args.resume),
-                         max_concurrent=None if args.resume else args.max_concurrent)
-    print("\n" + text)
-    client.log_text(parent_id, text, "sweep/trials.md")
-    client.log_metric(parent_id, "time/sweep_wall_seconds", wall)
-    if not ok:
-        print(f"some trials did not finish; continue with: {resume_command(args)}",
-              file=sys.stderr)
-    print(f"report: fishermask report --run {parent_id} --out report/"
-          + (f" --tracking-uri {session.tracking_uri}"
-             if not os.environ.get("MLFLOW_TRACKING_URI") else ""))
-    _print_where_to_look(client, sweep.experiment, session.tracking_uri)
-    return ("FINISHED", 0) if ok else ("FAILED", 1)
-
-
-def _print_where_to_look(client, experiment: str, tracking_uri: str) -> None:
-    exp = client.get_experiment_by_name(experiment)
-    serve = run_meta.ui_command(tracking_uri)
-    if serve:
-        print(f"MLflow UI: {serve}")
-    print(f"runs view: {run_meta.runs_url(tracking_uri, exp.experiment_id)}")
-    print("  compare strategies: Chart view, Group by -> tag 'variant' (mean ± band over seeds); "
-          "sort the table by aubc/accuracy")
+def _stuck(session: _Session, exc: TrackingUnavailable, again: str) -> None:
+    """Tune did not stop the trials in time after the tracking server went away: end the driver
+    (its trials end with it) with the same message."""
+    print(end_message(session, exc, again), file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 def cmd_report(args) -> int:

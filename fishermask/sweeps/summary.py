@@ -32,6 +32,16 @@ def _slots(results, cluster: dict[str, float]) -> int:
     return max(1, min(len(need), int(cluster.get("CPU", 1) // max(need))))
 
 
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals (a trial's start and end, wall-clock) that overlap at one moment."""
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    now = most = 0
+    for _, step in events:  # at a tie an end comes first: back-to-back trials do not overlap
+        now += step
+        most = max(most, now)
+    return most
+
+
 def _num(x: Any, fmt: str = "{:.4f}") -> str:
     return fmt.format(x) if isinstance(x, (int, float)) and not math.isnan(x) else "–"
 
@@ -46,9 +56,10 @@ def _label(result, labels: dict[str, str]) -> str:
 def summarize(results, wall: float, children: dict[str, int], cluster: dict[str, float],
               labels: dict[str, str], resumed: bool = False,
               max_concurrent: Optional[int] = None) -> tuple[str, bool]:
-    """Markdown summary and whether every trial finished (``labels``: trial key -> label;
-    ``max_concurrent``: the sweep's --max-concurrent, which caps the trials at a time)."""
-    rows, trial_s, loop_s, inside, parts = [], [], [], [], []
+    """Markdown summary and whether every trial finished (``labels``: trial key -> label).  The
+    trials at a time are those that ran at once (their start and end times); without them, what
+    the cluster's CPUs and ``max_concurrent`` (the sweep's --max-concurrent) allow."""
+    rows, trial_s, loop_s, inside, parts, spans = [], [], [], [], [], []
     ok = True
     for r in sorted(results, key=lambda r: _label(r, labels)):
         m = r.metrics or {}
@@ -61,6 +72,8 @@ def summarize(results, wall: float, children: dict[str, int], cluster: dict[str,
             loop_s.append(lp)
             inside.append(t - lp)
             parts.append((m.get("mlflow_seconds", math.nan), m.get("tune_seconds", math.nan)))
+            if m.get("trial_start") is not None and m.get("trial_end") is not None:
+                spans.append((m["trial_start"], m["trial_end"]))
         rows.append(f"| {_label(r, labels)} | {status} | {m.get('n_labels', '–')} | "
                     f"{_num(m.get('accuracy'))} | {_num(m.get('balanced_accuracy'))} | "
                     f"{_num(t, '{:.1f}')} | {_num(lp, '{:.1f}')} | `{m.get('run_id', '–')}` |")
@@ -70,9 +83,12 @@ def summarize(results, wall: float, children: dict[str, int], cluster: dict[str,
              "|---|---|---|---|---|---|---|---|", *rows, "",
              "MLflow child runs: " + (", ".join(f"{v} {k}" for k, v in sorted(children.items()))
                                        or "none"), ""]
-    slots = _slots(results, cluster)
-    if max_concurrent is not None:
-        slots = min(slots, max_concurrent)
+    if spans and len(spans) == n:  # what ran (another sweep may have shared the cluster)
+        slots = most_at_once(spans)
+    else:  # trials of an older version, or unfinished ones: what the resources allow
+        slots = _slots(results, cluster)
+        if max_concurrent is not None:
+            slots = min(slots, max_concurrent)
     lines.append(f"Wall time {wall:.1f} s for {n} trials ({slots} at a time).")
     if loop_s:
         mean_t = sum(trial_s) / len(trial_s)

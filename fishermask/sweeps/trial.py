@@ -9,6 +9,7 @@ reports, checkpoint restore) separately from the active-learning work.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -18,7 +19,17 @@ from typing import Any
 from fishermask.config import from_dict
 from fishermask.execution.ray.executor import execution_resources
 from fishermask.loop import ActiveLearningLoop
-from fishermask.tracking.tracker import MlflowTracker
+from fishermask.tracking.tracker import MlflowTracker, import_client
+
+# Tune logs "Restored on <ip> from checkpoint: …" in the trial's worker before the trial runs
+# (this module is imported there first); the sweep's own note says when a trial is retried
+logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
+
+TRIAL_EXTRA_PATIENCE_S = 30.0
+"""A trial waits this much longer for a silent tracking server than the driver, which stops the
+sweep first and names the server once (a trial gives up alone only when the driver still reaches
+the server and it does not)."""
+
 
 def trial_resources(config: dict[str, Any]):
     """Placement group of a trial (Tune calls this with the trial's config)."""
@@ -57,9 +68,7 @@ def _threads() -> int:
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable.  ``config = {"trial": TrialSpec dict, "sweep": context}``."""
-    t_enter = time.perf_counter()
-    import logging
-
+    t_enter, started = time.perf_counter(), time.time()
     import torch
     from ray import tune
 
@@ -69,6 +78,7 @@ def run_trial(config: dict[str, Any]) -> None:
     if not cfg.execution.threads:
         torch.set_num_threads(_threads())
     mlflow_t, tune_t = _Timer(), _Timer()  # MLflow calls; Tune checkpoint restore + reports
+    import_client(ctx["tracking_uri"])  # "imports and set-up", not "MLflow logging"
     workdir = Path(tempfile.mkdtemp(prefix="fishermask-trial-"))
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -80,7 +90,9 @@ def run_trial(config: dict[str, Any]) -> None:
                             run_name=spec["label"], parent_run_id=ctx["parent_run_id"],
                             run_key=f"{ctx['parent_run_id']}:{spec['key']}",
                             variant=spec["variant"], sweep=ctx["name"], given=ctx.get("given"),
-                            context=ctx.get("context_tags"))
+                            context=ctx.get("context_tags"), experiment_id=ctx.get("experiment_id"),
+                            patience=cfg.tracking.patience_s + TRIAL_EXTRA_PATIENCE_S,
+                            legacy_keys=ctx.get("legacy_keys", True), figures=False)
     for name in ("start", "log_round", "finish"):
         setattr(tracker, name, mlflow_t.wrap(getattr(tracker, name)))
     t_loop, o_loop = time.perf_counter(), tune_t.seconds
@@ -90,7 +102,7 @@ def run_trial(config: dict[str, Any]) -> None:
         inside = mlflow_t.seconds + tune_t.seconds - o_loop
         return {"trial_seconds": now - t_enter, "mlflow_seconds": mlflow_t.seconds,
                 "tune_seconds": tune_t.seconds, "loop_seconds": now - t_loop - inside,
-                "done": final}
+                "trial_start": started, "trial_end": time.time(), "done": final}
 
     def on_round(loop: ActiveLearningLoop, rec) -> None:
         metrics = {"round": rec.round, "n_labels": rec.n_labels, "accuracy": rec.accuracy,
@@ -103,7 +115,8 @@ def run_trial(config: dict[str, Any]) -> None:
 
     try:
         loop = ActiveLearningLoop.from_config(cfg, tracker=tracker, checkpoint_dir=workdir,
-                                              progress=False, on_round=on_round)
+                                              progress=False, on_round=on_round,
+                                              echo=bool(ctx.get("round_logs")))
         last = loop.run()[-1]
         tune.report({"round": last.round, "n_labels": last.n_labels, "accuracy": last.accuracy,
                      "balanced_accuracy": last.balanced_accuracy, "run_id": tracker.run_id,

@@ -5,93 +5,27 @@ that ran no trial, and a sweep that runs on both nodes."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import _free_port, write_tiny_sweep
+from tests.conftest import _free_port, ray_cluster, write_tiny_sweep
 
 pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 
-RAY = str(Path(sys.executable).with_name("ray"))
 FISHERMASK = [sys.executable, "-m", "fishermask"]
-
-
-def _node_args(home: Path) -> list[str]:
-    ports = {"--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"}
-    args = ["--num-cpus", "1", "--object-store-memory", str(80 * 1024 ** 2),
-            "--disable-usage-stats", "--block"]
-    for p in sorted(ports):
-        args += [p, str(_free_port())]
-    return args
-
-
-def _wait_for(log: Path, proc: subprocess.Popen, text: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in (log.read_text() if log.exists() else ""):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"ray start did not come up:\n{log.read_text()}")
-        time.sleep(0.3)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to each node's process group (``ray start --block`` stops its node), then SIGKILL
-    to what is left after a few seconds (the nodes' worker processes exit with their raylet)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 4
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if all(p.poll() is not None for p in procs):
-            return
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and a second node (`ray start --block`, each in its own session so that both can be
-    stopped by process group), 1 CPU each, token authentication with a fresh token."""
-    root = Path(tempfile.mkdtemp(prefix="fmray-"))  # short: Ray's unix sockets live below it
-    token = secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-               MLFLOW_DISABLE_TELEMETRY="true", HOME=str(root / "home"))
-    (root / "home").mkdir()
-    port = _free_port()
-    procs = []
-    try:
-        head = ["--head", "--port", str(port), "--include-dashboard", "false"]
-        if importlib.util.find_spec("grpc"):  # ray[client] installed: its server, on a free port
-            head += ["--ray-client-server-port", str(_free_port())]
-        for name, extra in (("head", head),
-                            ("node", ["--address", f"127.0.0.1:{port}"])):
-            log = root / f"{name}.log"
-            with open(log, "w") as out:
-                proc = subprocess.Popen([RAY, "start", *extra, "--temp-dir", str(root / name),
-                                         *_node_args(root)], env=env, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-            procs.append(proc)
-            _wait_for(log, proc, "Ray runtime started")
-        yield SimpleNamespace(address=f"127.0.0.1:{port}", token=token, root=root)
-    finally:
-        _stop(procs)
-        shutil.rmtree(root, ignore_errors=True)
+    """A head and a second node, 1 CPU each, token authentication with a fresh token."""
+    with ray_cluster() as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

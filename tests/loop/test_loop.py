@@ -142,26 +142,29 @@ def test_resumed_run_continues_same_mlflow_run(tmp_path):
 
 def test_files_of_a_round_cut_short_after_its_metrics_are_logged_on_resume(tmp_path,
                                                                            monkeypatch):
+    from pathlib import Path
+
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = tiny_config(tmp_path, experiment="files", strategy={"name": "fishermask",
                                                                "sparsity": 0.05})
-    real = MlflowClient.log_dict
+    real = MlflowClient.log_artifacts
     lost = "rounds/round_001_mask_profile.json"
 
-    def flaky(self, run_id, obj, artifact_file):  # the store goes away once, after the metrics
-        if artifact_file == lost and not flaky.failed:
-            flaky.failed = True
-            raise ConnectionError("the store went away")
-        return real(self, run_id, obj, artifact_file)
+    def stopped(self, run_id, local_dir, artifact_path=None):  # Ctrl-C after round 1's metrics
+        if (Path(local_dir) / lost).exists() and not stopped.done:
+            stopped.done = True
+            raise KeyboardInterrupt
+        return real(self, run_id, local_dir, artifact_path)
 
-    flaky.failed = False
-    monkeypatch.setattr(MlflowClient, "log_dict", flaky)
-    with pytest.raises(ConnectionError):
+    stopped.done = False
+    monkeypatch.setattr(MlflowClient, "log_artifacts", stopped)
+    with pytest.raises(KeyboardInterrupt):
         ActiveLearningLoop.from_config(cfg, tracker=MlflowTracker(uri), progress=False).run()
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("files").experiment_id])[0]
+    assert run.info.status == "KILLED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [8, 14]
     ActiveLearningLoop.from_config(cfg, tracker=MlflowTracker(uri), progress=False).run()
     files = {f.path for f in client.list_artifacts(run.info.run_id, "rounds")}

@@ -101,12 +101,12 @@ def test_parent_has_html_report_and_variant_metrics(reported, tmp_path):
 
 def test_sweep_prints_the_runs_view_url(tiny_sweep, capsys):
     # the fixture's sweep ran before this test captured; the message is built by this helper
-    from fishermask.sweeps.command import _print_where_to_look
+    from fishermask.sweeps.ending import _print_where_to_look
 
     client = MlflowClient(tiny_sweep.uri)
-    _print_where_to_look(client, "tiny", tiny_sweep.uri)
-    text = capsys.readouterr().out
     exp = client.get_experiment_by_name("tiny")
+    _print_where_to_look(client, exp.experiment_id, tiny_sweep.uri)
+    text = capsys.readouterr().out
     assert (f"{tiny_sweep.uri}/#/experiments/{exp.experiment_id}/runs?"
             "workflowType=machine_learning") in text
     assert "Group by" in text and "variant" in text
