@@ -7,8 +7,8 @@ test split (:mod:`~fishermask.data.pool`), and the ``data:``/``budget:`` paramet
 from fishermask.data.features import FeatureData
 from fishermask.data.files import ImageFiles
 from fishermask.data.params import DATASETS, REGIMES, SETTINGS, BudgetParams, DataParams
-from fishermask.data.pool import (CROP_PADDING, ExperimentData, ImageData, initial_labeled,
-                                  load_experiment_data)
+from fishermask.data.pool import ExperimentData, ImageData, initial_labeled, load_experiment_data
+from fishermask.data.transforms import CROP_PADDING
 
 __all__ = ["BudgetParams", "CROP_PADDING", "DATASETS", "DataParams", "ExperimentData",
            "FeatureData", "ImageData", "ImageFiles", "REGIMES", "SETTINGS", "initial_labeled", "load_experiment_data"]

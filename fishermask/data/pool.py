@@ -18,7 +18,7 @@ from fishermask.data import readers as datasets
 from fishermask.data.features import FeatureData, load_features
 from fishermask.data.files import ImageFiles, load_image_files
 from fishermask.data.params import SETTINGS, DataParams, resolve_dataset
-from fishermask.data.transforms import CROP_PADDING, normalized
+from fishermask.data.transforms import normalized
 from fishermask.errors import ConfigError, DataError, FishermaskError
 
 @dataclass(repr=False)
