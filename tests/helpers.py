@@ -13,6 +13,17 @@ from torch import nn
 from fishermask.config import from_dict
 
 
+def with_batchnorm_statistics(model: nn.Module) -> nn.Module:
+    """``model`` with non-trivial BatchNorm2d running statistics (uniform means in ±0.2,
+    variances in [0.5, 1.5], from torch's global RNG), so that eval mode is not the identity."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
 def tiny_config(tmp_path, **sections):
     raw = {
         "experiment": "tiny",

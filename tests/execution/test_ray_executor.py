@@ -23,6 +23,7 @@ from fishermask.execution.local import LocalExecutor
 from fishermask.models import build_model
 from fishermask.strategies import SelectionContext, build_strategy
 from fishermask.strategies.fisher_greedy import FisherDiagonalSum
+from tests.helpers import with_batchnorm_statistics
 
 pytestmark = pytest.mark.integration  # Ray, an MLflow server, the CLI or the loop
 
@@ -45,12 +46,7 @@ def make_problem(n_pool: int = N_POOL, seed: int = 0):
     pool = ImageData(torch.randint(0, 256, (n_pool, 1, 12, 12), dtype=torch.uint8, generator=g),
                      torch.randint(0, 4, (n_pool,), generator=g), list("abcd"), (0.5,), (0.25,))
     torch.manual_seed(seed)
-    model = build_model("cnn_small", 4, 1).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
+    model = with_batchnorm_statistics(build_model("cnn_small", 4, 1).eval())
     labeled = np.arange(0, n_pool, 9)
     return pool, model, labeled, np.setdiff1d(np.arange(n_pool), labeled)
 

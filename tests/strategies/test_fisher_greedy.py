@@ -7,17 +7,13 @@ import torch
 from fishermask.errors import FishermaskError, MemoryLimitError, ParameterError
 from fishermask.models import build_model
 from fishermask.strategies import select
+from tests.helpers import with_batchnorm_statistics
 
 
 @pytest.fixture(scope="module")
 def net_and_pool():
     torch.manual_seed(0)
-    model = build_model("cnn_small", num_classes=4, in_channels=1).eval()
-    with torch.no_grad():  # non-trivial BatchNorm running statistics
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
+    model = with_batchnorm_statistics(build_model("cnn_small", num_classes=4, in_channels=1).eval())
     x = torch.randn(80, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     return model, x
 

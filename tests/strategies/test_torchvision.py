@@ -13,6 +13,7 @@ from fishermask.models import build_model
 from fishermask.strategies import STRATEGIES, select
 from fishermask.strategies.fisher_greedy import MaskedEmbedding
 from tests.strategies.test_fisher_greedy_exact import reference_embeddings
+from tests.helpers import with_batchnorm_statistics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,12 +23,7 @@ def resnet():
     """torchvision's resnet18 by import path, for 3 classes and 1 input channel (its first
     convolution adapted), with non-trivial BatchNorm statistics."""
     torch.manual_seed(0)
-    model = build_model("torchvision.models:resnet18", 3, 1).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
+    model = with_batchnorm_statistics(build_model("torchvision.models:resnet18", 3, 1).eval())
     x = torch.randn(24, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     return model, x
 
