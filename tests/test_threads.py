@@ -1,5 +1,6 @@
 """Threads that do not spin: the ``fishermask`` command sets OMP_WAIT_POLICY=PASSIVE before torch
-loads (unless the user chose), and the greedy's steps run on one thread when OpenMP may spin."""
+loads (unless the user chose), and the greedy's steps run on one thread when OpenMP may spin and
+the rest of the machine leaves no core free for the other threads."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import fishermask
-from fishermask.kernels._threads import step_threads
+from fishermask.kernels._threads import spare_cores, step_threads, threaded_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,9 +52,24 @@ def test_the_package_sets_it_before_torch_loads():
     assert "import torch" not in init[: init.index("from fishermask import _compat")]
 
 
+def test_threads_need_a_free_core_each_unless_waits_are_passive(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert spare_cores(load=1.0, cores=2) == 2.0      # this process alone
+    assert spare_cores(load=3.2, cores=2) == pytest.approx(-0.2)  # another job or two
+    assert spare_cores(load=0.2, cores=4) == 4.0      # no negative share of its own
+    assert threaded_steps(2, load=1.1, cores=2)       # a quiet 2-core machine
+    assert not threaded_steps(2, load=2.0, cores=2)   # one other busy process
+    assert not threaded_steps(8, load=4.0, cores=8)   # 5 cores free for 8 threads
+    assert threaded_steps(4, load=4.0, cores=8)
+    assert threaded_steps(1, load=50.0, cores=2)      # one thread: nothing to decide
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert threaded_steps(8, load=50.0, cores=2)      # sleeping threads cost nothing
+
+
 def test_steps_run_on_one_thread_unless_waits_are_passive(monkeypatch):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 40.0, 40.0))  # a busy machine
     try:
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
         with step_threads():
@@ -68,5 +85,18 @@ def test_steps_run_on_one_thread_unless_waits_are_passive(monkeypatch):
         except RuntimeError:
             pass
         assert torch.get_num_threads() == 2  # restored on an error too
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_steps_keep_torchs_threads_on_an_idle_machine(monkeypatch):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    try:
+        with step_threads():
+            assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

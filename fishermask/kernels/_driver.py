@@ -75,9 +75,9 @@ def greedy_memory_gb(rows: int, row_bytes: int, num_classes: int, k: int,
     """GB one process holds for the Fisher greedy: ``rows`` resident embeddings of ``row_bytes``
     each with their C×C state (P, Q in float64; ``num_classes`` = c with top-c classes), and the
     driver's k×k float64 matrices (F, M, A, a work copy, and the sample-space U with the labeled
-    rows, together at most one more; k-vectors for a diagonal F)."""
+    rows, together at most one more; k-vectors for a diagonal F) and A's float32 copy."""
     per_row = row_bytes + 2 * num_classes * num_classes * 8 + 16
-    square = (5 * k * k * 8) if fisher_target == "dense" else (3 * k * k * 8)
+    square = ((5 if fisher_target == "dense" else 3) * 8 + 4) * k * k
     return (rows * per_row + square) / 1e9
 
 
@@ -269,7 +269,8 @@ class GreedyDriver:
         update (g, sign, X = √w_S [a L | A F a L], K' = Lᵀ (aᵀFa) L) with S⁻¹ = sign·L Lᵀ (a
         Cholesky factor: ±S⁻¹ is positive definite for an addition and a removal alike)."""
         y, s_inv = ev["y"], ev["s_inv"]
-        b = self._a.mm(ev["fy"])                                           # A F a (A before)
+        # A F a (A before): it only enters the shards' products, so in their dtype
+        b = self._a.mm_low(ev["fy"], self.compute_dtype)
         eye = torch.eye(len(s_inv), dtype=s_inv.dtype, device=s_inv.device)
         self._m.add(ev["v"].T, float(ev["sign"]) * eye)
         self._a.add(y, -s_inv)

@@ -77,10 +77,16 @@ class Best(tuple):
         return (Best, (self[0], self[1], self[2], self.runner_up))
 
 
-def trace_solve(s: Tensor, q: Tensor) -> Tensor:
-    """tr(S⁻¹ Q) for batches of C×C matrices (float64); −inf where S is singular."""
-    sol, info = torch.linalg.solve_ex(s, q)
-    out = sol.diagonal(dim1=-2, dim2=-1).sum(-1)
+def trace_solve(s: Tensor, q: Tensor, positive: bool = False) -> Tensor:
+    """tr(S⁻¹ Q) for batches of C×C matrices (float64); −inf where S is singular.
+    ``positive``: S is positive definite (a forward step's I + P), so S⁻¹ is taken whole and
+    tr(S⁻¹ Q) = Σᵢⱼ (S⁻¹)ᵢⱼ Qⱼᵢ (a third faster than a solve for C = 10)."""
+    if positive:
+        inv, info = torch.linalg.inv_ex(s)
+        out = (inv * q.transpose(-2, -1)).sum((-2, -1))
+    else:
+        sol, info = torch.linalg.solve_ex(s, q)
+        out = sol.diagonal(dim1=-2, dim2=-1).sum(-1)
     return torch.where(info == 0, out, torch.full_like(out, float("-inf")))
 
 
@@ -170,7 +176,7 @@ class GreedyShard:
     def _score_rows(self, idx) -> None:
         s = self.p[idx].clone()
         s.diagonal(dim1=1, dim2=2).add_(float(self.sign))
-        self.scores[idx] = trace_solve(s, self.q[idx])
+        self.scores[idx] = trace_solve(s, self.q[idx], positive=self.sign > 0)
 
     def _rescore(self) -> None:
         self.scores.fill_(float("-inf"))

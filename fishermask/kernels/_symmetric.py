@@ -42,10 +42,21 @@ class Updated:
         self.base, self.limit = base, int(limit)
         self.w: Tensor | None = None   # [W_1, W_2, …], k × Σ C
         self.d: Tensor | None = None   # block-diag(D_1, D_2, …)
+        self._low: Tensor | None = None  # X₀ in a lower precision (mm_low), until the next fold
 
     def mm(self, y: Tensor) -> Tensor:
         """X y = X₀ y + W (D (Wᵀ y))."""
         out = sym_mm(self.base, y)
+        return out if self.w is None else out + self.w @ (self.d @ (self.w.T @ y))
+
+    def mm_low(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        """X y with X₀ y taken in ``dtype`` (X₀ cast once per fold), returned in y's dtype: for
+        products that feed float32 work anyway (reads half the bytes of the float64 X₀)."""
+        if dtype == self.base.dtype:
+            return self.mm(y)
+        if self._low is None or self._low.dtype != dtype:
+            self._low = self.base.to(dtype)
+        out = sym_mm(self._low, y.to(dtype)).to(y.dtype)
         return out if self.w is None else out + self.w @ (self.d @ (self.w.T @ y))
 
     def add(self, w: Tensor, d: Tensor) -> None:
@@ -62,7 +73,7 @@ class Updated:
         if self.w is None:
             return
         self.base.addmm_(self.w @ self.d, self.w.T)
-        self.w = self.d = None
+        self.w = self.d = self._low = None
 
     @property
     def dense(self) -> Tensor:

@@ -227,3 +227,22 @@ def test_a_report_sends_its_row_not_the_shards_storage():
     ref = shard.emb.rows(slice(best[1], best[1] + 1))
     for got, want in ((row.features, ref.features), (row.probs, ref.probs), (row.dense, ref.dense)):
         assert (got is None) == (want is None) and (got is None or torch.equal(got, want))
+
+
+def test_trace_solve_against_explicit_inverses():
+    from fishermask.kernels._shard import trace_solve
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 5, 9, generator=g, dtype=torch.float64)
+    s = a @ a.transpose(1, 2) * torch.logspace(-4, 4, 6, dtype=torch.float64)[:, None, None]
+    s.diagonal(dim1=1, dim2=2).add_(1.0)                     # I + P, P ≥ 0 over a wide spread
+    q = torch.randn(6, 5, 5, generator=g, dtype=torch.float64)
+    q = q @ q.transpose(1, 2)
+    want = torch.stack([torch.trace(torch.linalg.inv(si) @ qi) for si, qi in zip(s, q)])
+    torch.testing.assert_close(trace_solve(s, q, positive=True), want, rtol=1e-10, atol=0)
+    torch.testing.assert_close(trace_solve(s, q), want, rtol=1e-10, atol=0)
+    singular = s.clone()
+    singular[2] = 0.0
+    for positive in (True, False):
+        out = trace_solve(singular, q, positive=positive)
+        assert out[2] == float("-inf") and torch.isfinite(out[[0, 1, 3, 4, 5]]).all()
