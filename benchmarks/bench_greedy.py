@@ -21,7 +21,8 @@ every time: its compute floor (flops / GEMM rate of the dtype used) and bandwidt
 bandwidth), ``c / b``.  Peak RSS: the process's peak resident set during the method (the rates'
 buffers excluded: the peak is reset after them), and in brackets what the method added to the
 resident set it started with (the pool, F).  Wall and process CPU seconds are both given, with the 1-minute load average
-before → after each method; ``--busy N`` runs N busy-looping processes throughout (another job),
+before → after each method; ``--busy N`` runs N busy-looping processes throughout (another job; the methods start once the
+load average shows them),
 ``--wait-policy`` sets OMP_WAIT_POLICY for the methods' processes.
 
     python benchmarks/bench_greedy.py --case a --threads 1,0          # U=1000, k=1400, 40 picks
@@ -198,6 +199,7 @@ def main() -> None:
         env["OMP_WAIT_POLICY"] = args.wait_policy
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
             for _ in range(args.busy)]
+    settle(args.busy)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             args.data = os.path.join(tmp, "data.pt")
@@ -207,6 +209,17 @@ def main() -> None:
         for proc in busy:
             proc.kill()
             proc.wait()
+
+
+def settle(busy: int, limit_s: float = 120.0) -> None:
+    """Wait until the 1-minute load average shows the ``busy`` processes (at most ``limit_s``),
+    as it does for a job that has run a while: the greedy's thread choice reads it."""
+    t0 = time.perf_counter()
+    while busy and os.getloadavg()[0] < busy - 0.2 and time.perf_counter() - t0 < limit_s:
+        time.sleep(2)
+    if busy:
+        print(f"load average {os.getloadavg()[0]:.2f} after {time.perf_counter() - t0:.0f} s "
+              f"with {busy} busy-loop processes")
 
 
 def report(args, env: dict) -> None:

@@ -33,6 +33,7 @@ from fishermask.sweeps.cluster import check_trials_fit, forget_start, head_addre
 from fishermask.sweeps.ending import close_parent, end_message, finish, head_lost
 from fishermask.sweeps.grid import absolute_tracking_uri, load_sweep, storage_root
 from fishermask.sweeps.hints import int_at_least, resume_command, ResumeHint
+from fishermask.sweeps.host import start_host
 from fishermask.sweeps.state import (UnreadableState, create_parent, order_saved_trials,
                                      read_state, remove_experiment, write_state)
 from fishermask.sweeps.trial import run_trial, trial_resources
@@ -132,6 +133,7 @@ class _Session:
     joined: bool = False            # a cluster joined by address (not a local Ray of our own)
     head: Optional[str] = None      # its head's GCS address (host:port), watched while it runs
     experiment_id: str = ""
+    host: Any = None                # the trials' tracking actor (sweeps.host), while Tune runs
 
 
 def cmd_sweep(args) -> int:
@@ -317,6 +319,7 @@ def _run(args, session: _Session) -> int:
                "name": sweep.name, "context_tags": run_meta.context_tags(),
                "given": {"data.data_dir": sweep.base.data.data_dir},
                "legacy_keys": not session.fresh, "round_logs": args.verbose}
+        session.host = start_host(parent_id, session.tracking_uri)  # the trials log through it
         with guard:
             results = build_tuner(sweep, ctx, session.storage, args, restore).fit()
         if guard.tracking_lost is not None:

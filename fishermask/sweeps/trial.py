@@ -19,7 +19,9 @@ from typing import Any
 from fishermask.config import from_dict
 from fishermask.execution.ray.executor import execution_resources
 from fishermask.loop import ActiveLearningLoop
-from fishermask.tracking.tracker import MlflowTracker, import_client
+from fishermask.sweeps.host import find_host
+from fishermask.tracking.service import ForwardingTracker
+from fishermask.tracking.tracker import MlflowTracker
 
 # Tune logs "Restored on <ip> from checkpoint: …" in the trial's worker before the trial runs
 # (this module is imported there first); the sweep's own note says when a trial is retried
@@ -66,6 +68,22 @@ def _threads() -> int:
         return 1
 
 
+def trial_tracker(ctx: dict[str, Any], spec: dict[str, Any], cfg):
+    """The trial's tracker: its calls go to the sweep's tracking actor (``sweeps.host``), or, in
+    a sweep that has none, an :class:`MlflowTracker` in this process."""
+    key = f"{ctx['parent_run_id']}:{spec['key']}"
+    kwargs = dict(tracking_uri=ctx["tracking_uri"], experiment=ctx["experiment"],
+                  run_name=spec["label"], parent_run_id=ctx["parent_run_id"], run_key=key,
+                  variant=spec["variant"], sweep=ctx["name"], given=ctx.get("given"),
+                  context=ctx.get("context_tags"), experiment_id=ctx.get("experiment_id"),
+                  patience=cfg.tracking.patience_s + TRIAL_EXTRA_PATIENCE_S,
+                  legacy_keys=ctx.get("legacy_keys", True), figures=False)
+    call = find_host(ctx["parent_run_id"])
+    if call is not None:
+        return ForwardingTracker(call, key, kwargs)
+    return MlflowTracker(**kwargs)
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable.  ``config = {"trial": TrialSpec dict, "sweep": context}``."""
     t_enter, started = time.perf_counter(), time.time()
@@ -78,7 +96,6 @@ def run_trial(config: dict[str, Any]) -> None:
     if not cfg.execution.threads:
         torch.set_num_threads(_threads())
     mlflow_t, tune_t = _Timer(), _Timer()  # MLflow calls; Tune checkpoint restore + reports
-    import_client(ctx["tracking_uri"])  # "imports and set-up", not "MLflow logging"
     workdir = Path(tempfile.mkdtemp(prefix="fishermask-trial-"))
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -86,13 +103,7 @@ def run_trial(config: dict[str, Any]) -> None:
         with ckpt.as_directory() as d:
             shutil.copytree(d, workdir, dirs_exist_ok=True)
         tune_t.seconds += time.perf_counter() - t0
-    tracker = MlflowTracker(ctx["tracking_uri"], experiment=ctx["experiment"],
-                            run_name=spec["label"], parent_run_id=ctx["parent_run_id"],
-                            run_key=f"{ctx['parent_run_id']}:{spec['key']}",
-                            variant=spec["variant"], sweep=ctx["name"], given=ctx.get("given"),
-                            context=ctx.get("context_tags"), experiment_id=ctx.get("experiment_id"),
-                            patience=cfg.tracking.patience_s + TRIAL_EXTRA_PATIENCE_S,
-                            legacy_keys=ctx.get("legacy_keys", True), figures=False)
+    tracker = trial_tracker(ctx, spec, cfg)
     for name in ("start", "log_round", "finish"):
         setattr(tracker, name, mlflow_t.wrap(getattr(tracker, name)))
     t_loop, o_loop = time.perf_counter(), tune_t.seconds

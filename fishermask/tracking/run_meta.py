@@ -292,11 +292,10 @@ def metric_key(text: str) -> str:
 
 # ----------------------------------------------------------------------------- datasets
 
-def dataset_inputs(cfg, data) -> list:
-    """``DatasetInput``s of the pool and the test set: name, digest, source, profile."""
-    import numpy as np
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
+def dataset_descriptions(cfg, data) -> list[dict[str, str]]:
+    """The pool and the test set as plain values (name, digest, source type, source, profile,
+    role): what :func:`dataset_inputs` turns into MLflow's dataset inputs, computed where the data
+    is (a sweep's trial) without importing MLflow."""
     if cfg.data.dataset == "digits":
         source, stype = {"uri": "sklearn.datasets.load_digits"}, "code"
     elif cfg.data.dataset == "features":
@@ -313,7 +312,17 @@ def dataset_inputs(cfg, data) -> list:
             h.update(part.targets.numpy().astype(np.int64).tobytes())
         profile = {"num_rows": len(part), "class_counts": counts,
                    "image_shape": list(part.image_shape)}
-        ds = Dataset(name=f"{cfg.data.dataset}-{role}", digest=h.hexdigest()[:12],
-                     source_type=stype, source=json.dumps(source), profile=json.dumps(profile))
-        out.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", role)]))
+        out.append({"name": f"{cfg.data.dataset}-{role}", "digest": h.hexdigest()[:12],
+                    "source_type": stype, "source": json.dumps(source),
+                    "profile": json.dumps(profile), "role": role})
     return out
+
+
+def dataset_inputs(descriptions: list[dict[str, str]]) -> list:
+    """MLflow ``DatasetInput``s of :func:`dataset_descriptions`."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    return [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                                 source=d["source"], profile=d["profile"]),
+                         tags=[InputTag("mlflow.data.context", d["role"])])
+            for d in descriptions]

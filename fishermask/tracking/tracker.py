@@ -151,7 +151,7 @@ class MlflowTracker(Tracker):
         self._logged_files: set[str] = set()  # rounds/… artifacts already in the run
         self._pending: dict[str, Any] = {}    # files for the next upload
         self._picks: dict[str, Any] = {}
-        self.cfg = self.data = None
+        self.cfg, self.inputs = None, []
 
     @property
     def client(self):
@@ -166,7 +166,12 @@ class MlflowTracker(Tracker):
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, cfg, data, run_id: Optional[str] = None) -> str:
-        self.cfg, self.data = cfg, data
+        return self.open(cfg, run_meta.dataset_descriptions(cfg, data), run_id)
+
+    def open(self, cfg, inputs: list, run_id: Optional[str] = None) -> str:
+        """:meth:`start` with the data already described (``run_meta.dataset_descriptions``):
+        what a tracker that runs away from the data is given."""
+        self.cfg, self.inputs = cfg, inputs
         exp_id = self.experiment_id
         if exp_id is None:
             exp_id = get_or_create_experiment(self.client, self.experiment or cfg.experiment)
@@ -234,7 +239,7 @@ class MlflowTracker(Tracker):
     def _log_inputs(self, have) -> None:
         """The pool and the test set as the run's dataset inputs (once, also across resumes)."""
         seen = {(d.dataset.name, d.dataset.digest) for d in have}
-        new = [d for d in run_meta.dataset_inputs(self.cfg, self.data)
+        new = [d for d in run_meta.dataset_inputs(self.inputs)
                if (d.dataset.name, d.dataset.digest) not in seen]
         if not new:
             return
