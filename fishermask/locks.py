@@ -4,6 +4,10 @@ The lock is an advisory ``fcntl.flock`` on ``<checkpoint folder>.lock``: the ker
 when the holder exits in any way (crash, SIGKILL, power loss), so a lock file left behind never
 blocks a later run.  The file holds the holder's pid, host and start time, which the refusal
 message names.  Also used around MLflow's first-time sqlite store creation.
+
+:func:`scratch_dir` gives a process a temporary folder that a later process removes if this one
+was killed before it could (a trial's working copy of its checkpoint, files on their way to
+MLflow): folders named by their owner's pid, swept when that pid is gone.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -103,3 +109,32 @@ def blocking_lock(path: str | Path, timeout_s: float = 120.0) -> Iterator[None]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+SCRATCH = "fishermask-scratch"
+"""The folder (in the system's temporary folder) that holds every :func:`scratch_dir`."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def scratch_dir(prefix: str, root: Optional[str | Path] = None) -> Path:
+    """A new folder ``<root>/<prefix><pid>-<random>`` (``root``: ``fishermask-scratch`` in the
+    system's temporary folder), after removing the folders there whose process has ended (killed
+    before its own clean-up ran).  The caller removes its folder when done."""
+    base = Path(root) if root is not None else Path(tempfile.gettempdir()) / SCRATCH
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.iterdir():
+        pid = old.name.rpartition("-")[0].removeprefix(prefix) if old.name.startswith(prefix) \
+            else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base))
+

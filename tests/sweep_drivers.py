@@ -97,12 +97,12 @@ def runs_of(uri: str, experiment: str) -> SimpleNamespace:
                            statuses=sorted(r.info.status for r in found))
 
 
-def assert_complete(runs: SimpleNamespace, labels=LABELS) -> None:
+def assert_complete(runs: SimpleNamespace, labels=LABELS, steps=STEPS) -> None:
     """One parent, one child per trial (no duplicate), all FINISHED, every round logged once."""
     assert len(runs.parents) == 1 and runs.parents[0].info.status == "FINISHED"
     assert sorted(r.info.run_name for r in runs.children) == sorted(labels)
     assert {r.info.status for r in runs.children} == {"FINISHED"}
-    assert runs.steps == {label: STEPS for label in labels}
+    assert runs.steps == {label: list(steps) for label in labels}
     for r in runs.children:
         assert r.data.tags["mlflow.parentRunId"] == runs.parents[0].info.run_id
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from fishermask.config import from_dict
 from fishermask.execution.ray.executor import execution_resources
+from fishermask.locks import scratch_dir
 from fishermask.loop import ActiveLearningLoop
 from fishermask.sweeps.host import find_host
 from fishermask.tracking.service import ForwardingTracker
@@ -96,7 +96,7 @@ def run_trial(config: dict[str, Any]) -> None:
     if not cfg.execution.threads:
         torch.set_num_threads(_threads())
     mlflow_t, tune_t = _Timer(), _Timer()  # MLflow calls; Tune checkpoint restore + reports
-    workdir = Path(tempfile.mkdtemp(prefix="fishermask-trial-"))
+    workdir = scratch_dir("trial-")  # a killed trial's copy goes with the next trial's start
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         t0 = time.perf_counter()

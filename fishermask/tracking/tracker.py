@@ -12,7 +12,7 @@ from typing import Any, Optional
 import yaml
 
 from fishermask.errors import FishermaskError
-from fishermask.locks import blocking_lock
+from fishermask.locks import blocking_lock, scratch_dir
 from fishermask.tracking.client import (DEFAULT_PATIENCE_S, GuardedClient, StoreFull,
                                          bounded_http, classify)
 from fishermask.tracking import run_meta
@@ -298,10 +298,11 @@ class MlflowTracker(Tracker):
         if not self._pending:
             return
         import json
-        import tempfile
+        import shutil
         from pathlib import Path
 
-        with tempfile.TemporaryDirectory(prefix="fishermask-artifacts-") as tmp:
+        tmp = scratch_dir("artifacts-")  # swept by a later process if this one is killed here
+        try:
             for path, obj in self._pending.items():
                 dest = Path(tmp, path)
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +312,9 @@ class MlflowTracker(Tracker):
                     dest.write_text(obj)
                 else:
                     dest.write_text(json.dumps(obj, indent=2))
-            self.client.log_artifacts(self.run_id, tmp)
+            self.client.log_artifacts(self.run_id, str(tmp))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         self._logged_files.update(p for p in self._pending if p.startswith("rounds/"))
         self._pending = {}
 
