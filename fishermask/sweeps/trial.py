@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from fishermask.config import from_dict
