@@ -104,6 +104,16 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _unraisable(hook):
+    """``sys.unraisablehook`` that keeps quiet about our SIGTERM's exception when Python could
+    not raise it (it came while the garbage collector ran a callback): ``Terminated.check``
+    raises it at the next training batch or round instead; anything else goes to ``hook``."""
+    def quiet(unraisable):
+        if not isinstance(unraisable.exc_value, Terminated):
+            hook(unraisable)
+    return quiet
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     import signal
     import threading
@@ -111,14 +121,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     args = build_parser().parse_args(argv)
-    previous = None
+    previous, hook = None, sys.unraisablehook
+    Terminated.received = False  # an earlier command in this process is not this one's
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)  # like Ctrl-C: run KILLED, kept
+        sys.unraisablehook = _unraisable(hook)
     try:
         return _dispatch(args)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            sys.unraisablehook = hook
 
 
 def _terminated(exc: BaseException) -> bool:

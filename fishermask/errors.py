@@ -27,6 +27,15 @@ class Terminated(KeyboardInterrupt):
 
     received = False
 
+    @classmethod
+    def check(cls) -> None:
+        """Raise it again if a SIGTERM came but its exception was lost: a signal handler's
+        exception raised while the garbage collector runs a callback (or a ``__del__``) is
+        printed and ignored by Python, and the work would go on.  Called between training
+        batches and between rounds."""
+        if cls.received:
+            raise cls()
+
 
 class MemoryLimitError(FishermaskError):
     """A computation would need more memory than its limit allows.  The message names the

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from fishermask.errors import TrainingDiverged
+from fishermask.errors import Terminated, TrainingDiverged
 
 
 class TrainParams(BaseModel):
@@ -77,6 +77,7 @@ def train_model(model: torch.nn.Module, data, indices: np.ndarray, cfg: TrainPar
         order = indices[torch.randperm(n, generator=generator).numpy()]
         correct = seen = 0
         for start in range(0, n, cfg.batch_size):
+            Terminated.check()  # a SIGTERM whose exception the garbage collector swallowed
             idx = order[start:start + cfg.batch_size]
             if len(idx) < 2 and n > 1:  # BatchNorm cannot train on a single sample
                 continue

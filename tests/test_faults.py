@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -112,6 +113,42 @@ def test_sigterm_ends_the_run_killed_with_its_checkpoint_intact(tmp_path, capfd)
     assert len(found) == 1 and found[0].info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(found[0].info.run_id, "accuracy"))
     assert steps == [8, 14, 20]
+
+
+def test_a_sigterm_lost_in_a_garbage_collector_callback_still_ends_the_work(tmp_path):
+    """Python ignores (and prints) an exception raised while the garbage collector runs a
+    callback; a SIGTERM arriving then must still stop the run at the next batch, quietly."""
+    import gc
+    import types
+
+    from fishermask import cli
+    from fishermask.errors import Terminated
+    from fishermask.training import TrainParams, train_model
+    from tests.helpers import ToyNet
+
+    class Handler:
+        def __del__(self):  # the signal handler, run where exceptions cannot propagate
+            cli._on_sigterm(signal.SIGTERM, None)
+
+    seen = []
+    hook = cli._unraisable(seen.append)
+    before = sys.unraisablehook
+    sys.unraisablehook = hook
+    try:
+        Handler()
+        gc.collect()
+        assert Terminated.received and seen == []  # swallowed, and not printed
+        hook(types.SimpleNamespace(exc_value=ValueError("other")))
+        assert len(seen) == 1  # any other lost exception still goes to the previous hook
+        data = types.SimpleNamespace(inputs=lambda idx, **kw: torch.randn(len(idx), 6),
+                                     targets=torch.zeros(40, dtype=torch.long))
+        with pytest.raises(Terminated):
+            train_model(ToyNet(), data, np.arange(40), TrainParams(epochs=1, batch_size=8),
+                        augment=False, device=torch.device("cpu"),
+                        generator=torch.Generator().manual_seed(0))
+    finally:
+        sys.unraisablehook = before
+        Terminated.received = False
 
 
 def test_damaged_checkpoint_names_the_file_and_suggests_restart(tmp_path, capfd):

@@ -24,7 +24,7 @@ from fishermask import preflight
 from fishermask.config import CONFIG_KEYS, Config
 from fishermask.data import initial_labeled, load_experiment_data
 from fishermask.errors import (ConfigError, DiskFull, FishermaskError, MemoryLimitError,
-                               ParameterError, TrainingDiverged)
+                               ParameterError, Terminated, TrainingDiverged)
 from fishermask.execution import PoolExecutor, make_executor
 from fishermask.locks import RunLock
 from fishermask.models import model_from_params, reinit_parameters
@@ -287,6 +287,7 @@ class ActiveLearningLoop:
                 ev, tr = self._train_and_eval(0)
                 self._finish_round(self._record(0, [], ev, tr, 0.0), bar)
             while len(self.records) <= self.rounds:
+                Terminated.check()
                 rnd = len(self.records)
                 sel, q_seconds = self._query(rnd)
                 self.labeled = np.sort(np.concatenate([self.labeled, sel.indices]))
