@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from fishermask.tracking import run_meta
-from fishermask.tracking.tracker import MlflowTracker, Tracker, import_client, make_client
+from fishermask.tracking.tracker import MlflowTracker, Tracker, import_client
 
 
 class TrackerHost:
@@ -35,12 +35,7 @@ class TrackerHost:
         """A new tracker for the run ``key`` (a retried trial replaces its old one); opens or
         finds its run (:meth:`MlflowTracker.open`) and returns its id."""
         tracker = MlflowTracker(**kwargs)
-        patience = tracker.patience if tracker.patience is not None else \
-            cfg.tracking.patience_s
-        uri = (tracker.tracking_uri, float(patience))
-        if uri not in self._clients:
-            self._clients[uri] = make_client(*uri)
-        tracker._client = self._clients[uri]
+        tracker.share_client(self._clients, cfg)
         self._trackers[key] = tracker
         return tracker.open(cfg, inputs, run_id)
 

@@ -153,16 +153,27 @@ class MlflowTracker(Tracker):
         self._picks: dict[str, Any] = {}
         self.cfg, self.inputs = None, []
 
+    def _patience(self, cfg=None) -> float:
+        """Seconds the server may not answer: the given patience, else the config's."""
+        cfg = cfg if cfg is not None else self.cfg
+        if self.patience is not None:
+            return self.patience
+        return cfg.tracking.patience_s if cfg is not None else DEFAULT_PATIENCE_S
+
     @property
     def client(self):
         """The MLflow client, made on first use (a sqlite store is created then)."""
         if self._client is None:
-            patience = self.patience
-            if patience is None:
-                patience = self.cfg.tracking.patience_s if self.cfg is not None \
-                    else DEFAULT_PATIENCE_S
-            self._client = make_client(self.tracking_uri, patience)
+            self._client = make_client(self.tracking_uri, self._patience())
         return self._client
+
+    def share_client(self, clients: dict, cfg) -> None:
+        """Use the client of ``clients`` for this tracking URI and patience (made and added
+        there when missing): runs logged by one process share it."""
+        key = (self.tracking_uri, float(self._patience(cfg)))
+        if key not in clients:
+            clients[key] = make_client(*key)
+        self._client = clients[key]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, cfg, data, run_id: Optional[str] = None) -> str:

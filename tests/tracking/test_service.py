@@ -66,3 +66,15 @@ def test_a_host_that_lost_a_run_says_so():
     host = TrackerHost()
     with pytest.raises(RuntimeError, match="no run 'k' was started"):
         host.log_round("k", None, [], {})
+
+
+def test_runs_of_one_process_share_a_client_per_uri_and_patience(tmp_path):
+    cfg = tiny_config(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    clients: dict = {}
+    a, b = MlflowTracker(uri, patience=30.0), MlflowTracker(uri, patience=30.0)
+    c = MlflowTracker(uri)  # the config's patience
+    for t in (a, b, c):
+        t.share_client(clients, cfg)
+    assert a.client is b.client and c.client is not a.client
+    assert set(clients) == {(uri, 30.0), (uri, float(cfg.tracking.patience_s))}
