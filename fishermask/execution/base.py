@@ -11,7 +11,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fishermask.errors import ParameterError
-from fishermask.kernels._group import ShardGroup
+from fishermask.kernels._group import Resident, ShardGroup
+from fishermask.kernels._shard import CHUNK, GreedyShard
 
 BatchFn = Callable[[torch.nn.Module, torch.Tensor], Any]
 """A per-batch computation ``fn(model, x)`` with one output row per input (a tensor, a dict of
@@ -42,10 +43,12 @@ class ExecutionParams(BaseModel):
 class PoolExecutor(ABC):
     """Runs per-sample work over the pool, wherever the pool lives.  Lifecycle: ``bind(pool)``
     once per run, ``set_model(model)`` once per round, then any number of ``map``/``sum``/
-    ``embed_resident``; ``close()`` at the end.
+    ``hold``/``embed_resident``; ``close()`` at the end.
 
-    What a strategy may use, and nothing else: :meth:`map`, :meth:`sum`, :meth:`embed_resident`
-    (the resident :class:`~fishermask.kernels._group.ShardGroup`), and the attributes ``pool``
+    What a strategy may use, and nothing else: :meth:`map`, :meth:`sum`, :meth:`hold` (rows kept
+    where they were computed, a :class:`~fishermask.kernels._group.Resident`),
+    :meth:`embed_resident` (the greedy's :class:`~fishermask.kernels._group.ShardGroup`), and the
+    attributes ``pool``
     (the bound pool: ``len`` and ``num_classes``), ``model`` (the round's model, in eval mode),
     ``shards`` (how many shards hold the resident rows), ``device`` (where the driver's k×k
     work of a greedy goes; None: the CPU) and ``max_memory_gb`` (the memory budget per process).
@@ -75,9 +78,17 @@ class PoolExecutor(ABC):
         canonical pairwise-tree order over batches (bit-identical for any number of shards)."""
 
     @abstractmethod
+    def hold(self, fn: BatchFn, indices: np.ndarray, make: Callable[[list, int], Any],
+             unit: int) -> Resident:
+        """``fn`` on the pool rows ``indices`` (sorted), its outputs kept where they were
+        computed: contiguous shards whose boundaries are multiples of ``unit`` (and of the batch
+        size where that leaves no shard idle), each holding ``make(outputs per batch, offset)``
+        (``offset``: the shard's first position in ``indices``)."""
+
     def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray) -> ShardGroup:
         """Embed the pool rows ``indices`` (sorted) with ``embed_fn`` and keep them where they were
         computed, split into CHUNK-aligned shards; returns their group."""
+        return ShardGroup(self.hold(embed_fn, indices, GreedyShard.from_batches, CHUNK))
 
     def close(self) -> None:
         """Release resources (actors, memory)."""

@@ -6,8 +6,8 @@ its outputs are combined the same way wherever it runs:
 * :meth:`BatchRunner.map` — outputs concatenated in row order, on the CPU;
 * :meth:`BatchRunner.sum_nodes` — the nodes of the canonical pairwise tree over batches (one leaf
   per batch, float64), so that sums split over shards add up bit-identically;
-* :meth:`BatchRunner.embed` — embeddings concatenated where they were computed (they stay on the
-  device for the greedy).
+* :meth:`BatchRunner.outputs` — the per-batch outputs where they were computed (a resident
+  computation's shard keeps them, on the device for the greedy).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import torch
 from fishermask.execution.base import BatchFn
 from fishermask.kernels._reduction import (add_outputs, cat_outputs, to_cpu, tree_combine,
                                            tree_cover, tree_nodes)
-from fishermask.kernels.embeddings import FisherEmbeddings, cat_embeddings
 
 
 class BatchRunner:
@@ -50,9 +49,6 @@ class BatchRunner:
         """The whole tree's root: Σ over the rows ``indices`` (None for no rows)."""
         n_leaves = -(-len(indices) // self.batch_size)
         return tree_combine(self.sum_nodes(fn, indices, 0, n_leaves, n_leaves), n_leaves)
-
-    def embed(self, fn: BatchFn, indices: np.ndarray) -> FisherEmbeddings:
-        return cat_embeddings(list(self.outputs(fn, indices)))
 
 
 __all__ = ["BatchRunner"]

@@ -11,8 +11,7 @@ import torch
 
 from fishermask.execution.base import BatchFn, PoolExecutor, resolve_device
 from fishermask.execution.batches import BatchRunner
-from fishermask.kernels._group import LocalShardGroup
-from fishermask.kernels._shard import GreedyShard
+from fishermask.kernels._group import LocalResident
 
 
 class LocalExecutor(PoolExecutor):
@@ -43,9 +42,10 @@ class LocalExecutor(PoolExecutor):
     def sum(self, fn: BatchFn, indices: np.ndarray):
         return self._runner().sum(fn, indices)
 
-    def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray) -> LocalShardGroup:
-        """One shard holding every row (on the executor's device)."""
-        return LocalShardGroup([GreedyShard(self._runner().embed(embed_fn, indices), 0)])
+    def hold(self, fn: BatchFn, indices: np.ndarray, make, unit: int) -> LocalResident:
+        """One shard holding every row (its outputs on the executor's device)."""
+        outs = list(self._runner().outputs(fn, indices))
+        return LocalResident([make(outs, 0)] if len(indices) else [])
 
 
 __all__ = ["LocalExecutor"]

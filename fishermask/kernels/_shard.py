@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from fishermask.kernels._reduction import FISHER_BLOCK, tree_cover, tree_nodes
-from fishermask.kernels.embeddings import FisherEmbeddings
+from fishermask.kernels.embeddings import FisherEmbeddings, cat_embeddings
 
 CHUNK = 256
 """Rows per processing block; block boundaries are multiples of CHUNK in global index."""
@@ -107,6 +107,11 @@ class GreedyShard:
             raise ValueError(f"offset ({offset}) must be a non-negative multiple of chunk ({chunk})")
         self.emb, self.offset, self.size, self.chunk = emb, int(offset), len(emb), int(chunk)
         self.device = emb.device
+
+    @classmethod
+    def from_batches(cls, outputs: list, offset: int) -> "GreedyShard":
+        """The shard of a resident computation's per-batch embeddings ``outputs`` (its ``make``)."""
+        return cls(cat_embeddings(outputs), offset)
 
     def __len__(self) -> int:
         return self.size

@@ -73,25 +73,38 @@ class LeastConfidence(_ScoreStrategy):
 
 
 class KCenterGreedy(Strategy):
-    """Core-set k-center greedy on penultimate features; labeled points are the initial centers."""
+    """Core-set k-center greedy on penultimate features; labeled points are the initial centers.
+    The unlabeled features stay where they were computed (:meth:`PoolExecutor.hold`)."""
 
     name = "kcenter"
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         unl, lab = np.sort(ctx.unlabeled), np.sort(ctx.labeled)
-        feats = ctx.executor.map(inference.Features(ctx.classifier), np.concatenate([unl, lab]))
-        pos = diversity.kcenter_greedy(feats[:len(unl)], feats[len(unl):], n).numpy()
+        fn = inference.Features(ctx.classifier)
+        centers = ctx.executor.map(fn, lab)
+        group = ctx.executor.hold(fn, unl, diversity.KCenterShard.from_batches, diversity.ROWS)
+        try:
+            pos = diversity.kcenter_select(group, centers, n).numpy()
+        finally:
+            group.close()
         return Selection(unl[pos])
 
 
 class Badge(Strategy):
-    """BADGE: k-means++ seeding on hallucinated-label last-layer gradients."""
+    """BADGE: k-means++ seeding on hallucinated-label last-layer gradients.  The candidates'
+    probabilities and features stay where they were computed (:meth:`PoolExecutor.hold`)."""
 
     name = "badge"
 
     def query(self, ctx: SelectionContext, n: int) -> Selection:
         unl = np.sort(ctx.unlabeled)
-        out = ctx.executor.map(inference.ProbsFeatures(ctx.classifier), unl)
-        pos = diversity.badge_seeding(out["probs"], out["features"], n, ctx.rng).numpy()
-        return Selection(unl[pos], diagnostics={
-            "predicted_class_counts": _picked_class_counts(out["probs"], pos, ctx.num_classes)})
+        group = ctx.executor.hold(inference.ProbsFeatures(ctx.classifier), unl,
+                                  diversity.BadgeShard.from_batches, diversity.ROWS)
+        try:
+            pos = diversity.badge_select(group, n, ctx.rng).numpy()
+            preds = [c for part in group.run(diversity.BadgeShard.predicted, pos.tolist())
+                     for c in part]
+        finally:
+            group.close()
+        counts = torch.bincount(torch.tensor(preds, dtype=torch.long), minlength=ctx.num_classes)
+        return Selection(unl[pos], diagnostics={"predicted_class_counts": counts.tolist()})

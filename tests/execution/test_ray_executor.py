@@ -167,7 +167,8 @@ def test_killed_actor_is_restarted_and_picks_do_not_change(executors, problem, l
                                                            event, step, monkeypatch):
     """SIGKILL shard 1's process while its embedding runs, in the forward phase, or in the
     backward phase (n 24, oversample 2: steps 0–47 add, 48–71 remove)."""
-    from fishermask.execution.ray.group import RayShardGroup
+    from fishermask.execution.ray.group import RayResident
+    from fishermask.kernels._group import ShardGroup
 
     ex = executors[2]
     killed = []
@@ -177,7 +178,7 @@ def test_killed_actor_is_restarted_and_picks_do_not_change(executors, problem, l
             killed.append(ex.actor_info[1]["pid"])
             os.kill(killed[0], signal.SIGKILL)
 
-    embed, advance = RayShardGroup._embed, RayShardGroup.advance
+    embed, advance = RayResident._compute, ShardGroup.advance
 
     def embedding(group, j):  # kill shard 1 once every shard's embedding has been submitted
         ref = embed(group, j)
@@ -190,8 +191,8 @@ def test_killed_actor_is_restarted_and_picks_do_not_change(executors, problem, l
         kill("step", group.steps)
         return out
 
-    monkeypatch.setattr(RayShardGroup, "_embed", embedding)
-    monkeypatch.setattr(RayShardGroup, "advance", advancing)
+    monkeypatch.setattr(RayResident, "_compute", embedding)
+    monkeypatch.setattr(ShardGroup, "advance", advancing)
     sel = select_with(ex, problem, *GREEDY_CASES["fishermask_diag"], bind=False)
     assert killed and sel.diagnostics["recoveries"] >= 1
     assert ex.actor_info[1]["pid"] != killed[0]  # a new process

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fishermask.kernels import diversity
+from fishermask.kernels._group import LocalResident
 
 
 def brute_kcenter(cand, centers, n):
@@ -35,18 +36,58 @@ def test_kcenter_equals_brute_force(n_centers, chunk):
 @pytest.mark.parametrize("n_centers", [0, 9])
 def test_kcenter_in_small_blocks_equals_brute_force_and_holds_no_pool_by_batch_matrix(
         n_centers, monkeypatch):
-    """Blocks of 20 distances: 50 candidates are read 20 // chunk rows at a time; every
-    distance matrix the kernel forms has at most 20 entries."""
+    """Blocks of 5 candidates × 3 centers: every distance matrix the kernel forms has at most 15
+    entries."""
     g = torch.Generator().manual_seed(10 + n_centers)
     cand, centers = torch.randn(50, 4, generator=g), torch.randn(n_centers, 4, generator=g)
-    monkeypatch.setattr(diversity, "BLOCK", 20)
     sizes = []
     sq = diversity._sq_dists
     monkeypatch.setattr(diversity, "_sq_dists",
                         lambda x, y, *a: sizes.append(len(x) * len(y)) or sq(x, y, *a))
-    got = diversity.kcenter_greedy(cand.float(), centers, 12, chunk=3).tolist()
+    got = diversity.kcenter_greedy(cand.float(), centers, 12, chunk=3, rows=5).tolist()
     assert got == brute_kcenter(cand.float(), centers, 12)
-    assert sizes and max(sizes) <= 20
+    assert sizes and max(sizes) <= 15
+
+
+SPLITS = [[(0, 50)], [(0, 8), (8, 50)], [(0, 16), (16, 24), (24, 50)], [(0, 48), (48, 50)]]
+
+
+@pytest.mark.parametrize("n_centers", [0, 6])
+def test_kcenter_on_any_shards_picks_what_one_shard_picks(n_centers):
+    """Shards on multiples of the block size (4 rows): the same picks, in the same order, with
+    near-ties (rows repeated up to rounding) and points duplicated across shards."""
+    g = torch.Generator().manual_seed(20 + n_centers)
+    cand = torch.randn(50, 3, generator=g)
+    cand[30:40] = cand[0:10] + 1e-12 * torch.randn(10, 3, generator=g)  # near-duplicates
+    cand[45] = cand[2]  # an exact duplicate in another shard
+    centers = torch.randn(n_centers, 3, generator=g)
+    picks = []
+    for bounds in SPLITS:
+        group = LocalResident([diversity.KCenterShard(cand[a:b], a, rows=4) for a, b in bounds])
+        picks.append(diversity.kcenter_select(group, centers, 30, chunk=4).tolist())
+    assert all(p == picks[0] for p in picks)
+    assert picks[0] == brute_kcenter(cand, centers, 30)
+
+
+@pytest.mark.parametrize("case", ["random", "duplicates", "confident"])
+def test_badge_on_any_shards_picks_what_one_shard_picks(case):
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(50, 4, generator=g) * (30.0 if case == "confident" else 1.0)
+    p, h = torch.softmax(logits, 1), torch.randn(50, 5, generator=g)
+    if case == "duplicates":  # D² = 0 for all once a few are chosen: the uniform fallback
+        p, h = torch.full((50, 4), 0.25), torch.ones(50, 5)
+    picks = []
+    for bounds in SPLITS:
+        group = LocalResident([diversity.BadgeShard(p[a:b], h[a:b], a, rows=4)
+                               for a, b in bounds])
+        picks.append(diversity.badge_select(group, 25, np.random.default_rng(3)).tolist())
+    assert all(q == picks[0] for q in picks)
+    assert len(set(picks[0])) == 25
+
+
+def test_shards_must_start_on_a_block_boundary():
+    with pytest.raises(ValueError, match="offset \\(6\\) must be a non-negative multiple of rows \\(4\\)"):
+        diversity.KCenterShard(torch.randn(5, 2), 6, rows=4)
 
 
 def test_badge_factorised_distances_equal_materialised():
@@ -65,7 +106,8 @@ def test_badge_factorised_distances_equal_materialised():
     for _ in range(7):
         w = D2.clone()
         w[want] = 0
-        i = int(rng.choice(40, p=(w / w.sum()).numpy()))
+        # the first point whose running sum of D² exceeds u · Σ D², u uniform on [0, 1)
+        i = int(np.searchsorted(np.cumsum(w.numpy()), rng.random() * w.sum().item(), side="right"))
         want.append(i)
         D2 = torch.minimum(D2, ((G - G[i]) ** 2).sum(1))
     assert picks == want

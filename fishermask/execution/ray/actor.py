@@ -3,8 +3,9 @@ there).
 
 The actor holds the whole pool (one object-store reference per run; numpy arrays are shared
 zero-copy by every actor on a node), the round's model (architecture once, weights per round,
-both as references it fetches only when they change), and during a Fisher greedy the candidates'
-embeddings of its shard in a :class:`~fishermask.kernels._shard.GreedyShard`.  Its batches run
+both as references it fetches only when they change), and during a selection that keeps its rows
+where they were computed its shard's object (a :class:`~fishermask.kernels._shard.GreedyShard`,
+a k-center or BADGE shard).  Its batches run
 through the same :class:`~fishermask.execution.batches.BatchRunner` as the in-process executor's.
 
 Every method is idempotent given its arguments: ``map``/``sum_nodes`` carry the model references
@@ -25,7 +26,6 @@ from fishermask.data.on_disk import OnDiskPool
 from fishermask.data.pool import ImageData
 from fishermask.errors import FishermaskError
 from fishermask.execution.batches import BatchRunner
-from fishermask.kernels._shard import GreedyShard
 
 
 class ShardStateLost(RuntimeError):
@@ -126,20 +126,21 @@ class PoolShard:
         return self._runner(refs).sum_nodes(fn, indices, first, last, n_leaves)
 
     # ------------------------------------------------------------------------------ resident
-    def resident_embed(self, key: str, refs, fn, indices, offset: int) -> int:
-        """Embed the rows ``indices`` (global positions [offset, offset + len)) and keep them."""
-        emb = self._runner(refs).embed(fn, indices)
-        self._resident = {"key": key, "shard": GreedyShard(emb, int(offset))}
+    def resident_compute(self, key: str, refs, fn, indices, offset: int, make) -> int:
+        """``fn`` on the rows ``indices`` (global positions [offset, offset + len)); keep the
+        shard object ``make(outputs per batch, offset)``."""
+        outs = list(self._runner(refs).outputs(fn, indices))
+        self._resident = {"key": key, "shard": make(outs, int(offset))}
         return len(indices)
 
-    def _shard(self, key: str) -> GreedyShard:
+    def _shard(self, key: str):
         if self._resident.get("key") != key:
-            raise ShardStateLost(f"shard {self.shard} holds no resident rows for round {key}")
+            raise ShardStateLost(f"shard {self.shard} holds no resident rows for key {key}")
         return self._resident["shard"]
 
     def resident_call(self, key: str, op, args):
-        """``op(shard, *args)`` for a :class:`GreedyShard` operation ``op`` (the function itself,
-        e.g. ``GreedyShard.reset``, sent by the driver's shard group)."""
+        """``op(shard, *args)`` for an operation ``op`` of the shard's class (the function itself,
+        e.g. ``GreedyShard.reset``, sent by the driver's resident group)."""
         return op(self._shard(key), *args)
 
     def resident_replay(self, key: str, log) -> None:

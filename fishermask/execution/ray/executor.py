@@ -8,8 +8,9 @@ that keep the results identical are ``docs/design.md`` §2.5).
   so every batch holds exactly the rows it holds in :class:`~fishermask.execution.local.LocalExecutor`;
   sums are combined in the canonical tree order of :mod:`fishermask.kernels._reduction`.  Results
   are identical to the local ones.
-* ``embed_resident`` keeps embeddings on the actors (a CHUNK-aligned range each) for the strategy's
-  greedy, which talks to them through one call per step (:mod:`fishermask.execution.ray.group`).
+* ``hold`` keeps a computation's rows on the actors (a range aligned on the caller's unit each):
+  the Fisher greedy's embeddings (``embed_resident``), k-center's features, BADGE's factors; the
+  strategy's driver talks to them through one call per step (:mod:`fishermask.execution.ray.group`).
 * An actor that dies is restarted by Ray (``max_restarts=-1``); the driver re-sends the failed call,
   re-embedding a resident shard and replaying the calls that changed its state.
 """
@@ -31,9 +32,9 @@ from fishermask.execution.base import BatchFn, PoolExecutor
 from fishermask.execution.ray.actor import PoolShard, ShardStateLost, pool_payload
 from fishermask.execution.ray.cluster import (check_bundles, check_reachable, local_cpus,
                                               local_shards, ray_init)
-from fishermask.execution.ray.group import RayShardGroup
+from fishermask.execution.ray.group import RayResident
 from fishermask.kernels._reduction import cat_outputs, tree_combine
-from fishermask.kernels._shard import CHUNK, shard_bounds
+from fishermask.kernels._shard import shard_bounds
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class RayExecutor(PoolExecutor):
     # --------------------------------------------------------------------------- plumbing
     def refs(self) -> list:
         """The [pool, architecture, weights] object references every shard call carries (the
-        driver-side interface :class:`~fishermask.execution.ray.group.RayShardGroup` uses)."""
+        driver-side interface :class:`~fishermask.execution.ray.group.RayResident` uses)."""
         if not self.actors or self._weights_ref is None:
             raise RuntimeError("call bind(pool) and set_model(model) first")
         # nested in a list: each actor fetches a reference only when it changed (or it restarted)
@@ -304,16 +305,16 @@ class RayExecutor(PoolExecutor):
         return tree_combine({k: v for p in parts for k, v in p.items()}, n_leaves)
 
     # --------------------------------------------------------------------------- resident
-    def embed_resident(self, embed_fn: BatchFn, indices: np.ndarray) -> RayShardGroup:
-        """Each actor embeds its CHUNK-aligned (and, when it can be, batch-aligned) range of the
-        sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray.group.RayShardGroup`."""
+    def hold(self, fn: BatchFn, indices: np.ndarray, make, unit: int) -> RayResident:
+        """Each actor computes its ``unit``-aligned (and, when it can be, batch-aligned) range of
+        the sorted ``indices`` and keeps it; see :class:`~fishermask.execution.ray.group.RayResident`."""
         idx = np.asarray(indices, dtype=np.int64)
-        unit = math.lcm(CHUNK, self.batch_size)
-        if unit > 8 * CHUNK and 2 * unit * self.shards > len(idx):
+        aligned = math.lcm(unit, self.batch_size)
+        if aligned > 8 * unit and 2 * aligned * self.shards > len(idx):
             # a large unit for this pool (an odd batch size, or a large one on a small pool):
-            # batch alignment would leave shards empty, so keep balance and CHUNK alignment
-            unit = CHUNK
-        return RayShardGroup(self, embed_fn, idx, self._split(len(idx), unit))
+            # batch alignment would leave shards empty, so keep balance and ``unit`` alignment
+            aligned = unit
+        return RayResident(self, fn, idx, self._split(len(idx), aligned), make)
 
 
 __all__ = ["RayExecutor", "execution_resources"]
