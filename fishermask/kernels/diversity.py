@@ -33,11 +33,22 @@ def _sq_dists(x: Tensor, y: Tensor, x_sq: Tensor, y_sq: Tensor) -> Tensor:
     return (x_sq[:, None] + y_sq[None, :] - 2.0 * (x @ y.T)).clamp_min_(0.0)
 
 
-def _cpu(outputs: list):
-    """Per-batch outputs (tensors or dicts of tensors) concatenated on the CPU."""
-    if isinstance(outputs[0], dict):
-        return {k: torch.cat([o[k].detach().cpu() for o in outputs]) for k in outputs[0]}
-    return torch.cat([o.detach().cpu() for o in outputs])
+def _take(outputs: list):
+    """Per-batch outputs (tensors or dicts of tensors) concatenated on the CPU; each batch is
+    released from ``outputs`` once copied (peak: the result and one batch)."""
+    first = outputs[0]
+    keys = list(first) if isinstance(first, dict) else [None]
+    part = (lambda o, k: o[k]) if isinstance(first, dict) else (lambda o, k: o)
+    n = sum(len(part(o, keys[0])) for o in outputs)
+    out = {k: torch.empty((n, *part(first, k).shape[1:]), dtype=part(first, k).dtype)
+           for k in keys}
+    at, first = 0, None
+    for i, o in enumerate(outputs):
+        m = len(part(o, keys[0]))
+        for k in keys:
+            out[k][at:at + m] = part(o, k)
+        at, outputs[i] = at + m, None
+    return out if keys != [None] else out[None]
 
 
 def _best(reports: list):
@@ -73,6 +84,8 @@ class _BlockShard:
         return float(score[i]), self.offset + i, self._payload(i)
 
     def _payload(self, i: int):  # pragma: no cover - abstract
+        """Row i's numbers the other shards need when it is picked: copies (a pickled view would
+        carry its whole storage to the driver and back to every shard)."""
         raise NotImplementedError
 
 
@@ -90,14 +103,14 @@ class KCenterShard(_BlockShard):
     @classmethod
     def from_batches(cls, outputs: list, offset: int) -> "KCenterShard":
         """The shard of a resident computation's per-batch features (its ``make``)."""
-        return cls(_cpu(outputs), offset)
+        return cls(_take(outputs), offset)
 
     def _z64(self, j: int) -> Tensor:
         a, b = self.blocks[j]
         return self.z[a:b].to(torch.float64)
 
     def _payload(self, i: int):
-        return self.z[i].to(torch.float64), self.z_sq[i:i + 1]
+        return self.z[i].to(torch.float64, copy=True), self.z_sq[i:i + 1].clone()
 
     def add_centers(self, c: Tensor) -> None:
         """min_d ← min(min_d, min_c ‖z − c‖²) for a chunk of centers ``c`` (float64)."""
@@ -194,7 +207,7 @@ class BadgeShard(_BlockShard):
     @classmethod
     def from_batches(cls, outputs: list, offset: int) -> "BadgeShard":
         """The shard of a resident computation's per-batch ``{"probs", "features"}``."""
-        out = _cpu(outputs)
+        out = _take(outputs)
         return cls(out["probs"], out["features"], offset)
 
     def _h64(self, j: int) -> Tensor:
@@ -202,7 +215,8 @@ class BadgeShard(_BlockShard):
         return self.h[a:b].to(torch.float64)
 
     def _payload(self, i: int):
-        return self.a[i], self.h[i].to(torch.float64), self.g_sq[i:i + 1]
+        return (self.a[i].clone(), self.h[i].to(torch.float64, copy=True),
+                self.g_sq[i:i + 1].clone())
 
     def predicted(self, positions: list[int]) -> list[int]:
         """ŷ = argmax p of the candidates at ``positions`` that this shard holds."""

@@ -3,6 +3,8 @@ materialised gradient embeddings), and their argument checks."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,18 @@ def test_badge_on_any_shards_picks_what_one_shard_picks(case):
         picks.append(diversity.badge_select(group, 25, np.random.default_rng(3)).tolist())
     assert all(q == picks[0] for q in picks)
     assert len(set(picks[0])) == 25
+
+
+def test_a_shards_report_carries_its_row_not_the_shards_storage():
+    """What a shard sends the driver (and the driver every shard) at each pick is a few numbers:
+    a pickled view would carry the whole shard."""
+    g = torch.Generator().manual_seed(0)
+    x, p = torch.randn(20_000, 8, generator=g), torch.softmax(torch.randn(20_000, 4, generator=g), 1)
+    k, b = diversity.KCenterShard(x, 0), diversity.BadgeShard(p, x, 0)
+    k.add_centers(x[:3].double())
+    reports = [k.best(), k.pick(5, k.best()[2]), b.largest(), b.draw(0, 0.0, 0.5, True)]
+    b.pick(7, b.largest()[2])
+    assert max(len(pickle.dumps(r)) for r in reports) < 2_000
 
 
 def test_shards_must_start_on_a_block_boundary():
