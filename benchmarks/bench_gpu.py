@@ -11,6 +11,9 @@
 4. ``features``: the whole BAIT round of ``benchmarks/bench_pool.py`` on a features pool on disk
    (``data.dataset: features``, 1M × 128 rows written to a temporary folder first): a linear head
    trained on 1,000 labels, 100 picks with oversample 2.
+5. ``features_fishermask``: the same round with FisherMask on an MLP 128 → 256 → 10 (sparsity
+   0.08: k = 2,847), the largest point of the pool-size curve (its candidates' embeddings need
+   about 27 GB of host memory at 1M, more than the 2-core development machine has).
 
 Every size is a flag so that a test runs each path on the CPU at tiny sizes.  Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on the CPU.
@@ -118,7 +121,7 @@ def bench_bait(args, device) -> dict:
                        f"{d['greedy_seconds']:.1f} s, rebuilds={d['greedy_rebuilds']}")
 
 
-def bench_features(args, device) -> dict:
+def bench_features(args, device, strategy: str = "bait") -> dict:
     import tempfile
     from pathlib import Path
 
@@ -128,9 +131,10 @@ def bench_features(args, device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         bench_pool.make(args.features_pool, args.features_d, args.classes, Path(tmp),
                         test=min(10_000, args.features_pool))
-        ns = argparse.Namespace(pool=tmp, strategy="bait", labeled=args.features_labeled,
+        ns = argparse.Namespace(pool=tmp, strategy=strategy, labeled=args.features_labeled,
                                 query=args.features_n, oversample=2, shards=1, threads=0,
-                                sparsity=0.08, hidden=256, device=device.type)
+                                sparsity=args.features_sparsity, hidden=args.features_hidden,
+                                device=device.type)
         _peak_reset(device)
         r = bench_pool.one_round(ns)
     return dict(seconds=r["select_s"], peak_gb=_peak_gb(device), picks=len(r["picks"]),
@@ -142,7 +146,7 @@ def bench_features(args, device) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--only", default="greedy,round,bait,features",
+    p.add_argument("--only", default="greedy,round,bait,features,features_fishermask",
                    help="which parts (comma-separated)")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--greedy-pool", type=int, default=6750)
@@ -168,13 +172,16 @@ def main(argv=None) -> int:
     p.add_argument("--features-d", type=int, default=128)
     p.add_argument("--features-labeled", type=int, default=1000)
     p.add_argument("--features-n", type=int, default=100)
+    p.add_argument("--features-hidden", type=int, default=256, help="FisherMask's MLP")
+    p.add_argument("--features-sparsity", type=float, default=0.08, help="FisherMask's mask")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"error: --device {args.device} but no GPU is visible; use DEVICE=cpu with small "
               "sizes", file=sys.stderr)
         return 2
     parts = {"greedy": bench_greedy, "round": bench_round, "bait": bench_bait,
-             "features": bench_features}
+             "features": bench_features,
+             "features_fishermask": lambda a, d: bench_features(a, d, "fishermask")}
     chosen = args.only.split(",")
     unknown = [x for x in chosen if x not in parts]
     if unknown:

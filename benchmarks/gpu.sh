@@ -9,7 +9,7 @@
 # --greedy-k 22353 --greedy-d 512 --greedy-n 500 --model resnet18 --round-pool 6750
 # --round-labeled 500 --round-n 500 --sparsity 0.002 --bait-pool 1000000 --bait-d 512
 # --bait-labeled 1000 --bait-n 100 --features-pool 1000000 --features-d 128 --features-labeled
-# 1000 --features-n 100; --only greedy,round,bait,features selects parts.
+# 1000 --features-n 100 --features-hidden 256 --features-sparsity 0.08; --only greedy,round,bait,features,features_fishermask selects parts.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}"

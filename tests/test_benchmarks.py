@@ -1,4 +1,5 @@
-"""benchmarks/gpu.sh runs every path it takes (greedy, FisherMask round, BAIT, a features pool)
+"""benchmarks/gpu.sh runs every path it takes (greedy, FisherMask round, BAIT, a features pool
+with BAIT and with FisherMask)
 with DEVICE=cpu at tiny sizes; unknown parts exit 2 with one message."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ TINY = ["--greedy-pool", "120", "--greedy-labeled", "10", "--greedy-k", "70", "-
         "--round-labeled", "6", "--round-n", "4", "--mask-samples", "16", "--sparsity", "0.02",
         "--batch-size", "32", "--bait-pool", "400", "--bait-d", "8", "--bait-labeled", "10",
         "--bait-n", "4", "--bait-batch", "128", "--features-pool", "300", "--features-d", "6",
-        "--features-labeled", "20", "--features-n", "5"]
+        "--features-labeled", "20", "--features-n", "5", "--features-hidden", "8",
+        "--features-sparsity", "0.7"]
 
 
 def run_gpu_sh(*args, timeout=120):
@@ -28,7 +30,8 @@ def test_gpu_sh_runs_every_part_on_cpu():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "DEVICE=cpu" in out and "device: cpu" in out
-    for part, picks in (("greedy", 6), ("round", 4), ("bait", 4), ("features", 5)):
+    for part, picks in (("greedy", 6), ("round", 4), ("bait", 4), ("features", 5),
+                        ("features_fishermask", 5)):
         line = next(x for x in out.splitlines() if x.startswith(f"| {part} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert float(cells[1]) > 0 and float(cells[2]) > 0, line  # seconds (3 digits), peak GB

@@ -144,6 +144,38 @@ def cat_outputs(parts: list[Any]) -> Any:
     return torch.cat(parts)
 
 
+def take_rows(parts: list, device=None) -> Any:
+    """``cat_outputs(parts)`` (tensors, dicts of tensors or FisherEmbeddings, non-empty), written
+    into tensors allocated once (on ``device``, default the parts'), each part released from the
+    list ``parts`` as soon as it is copied: the peak is the result and one part, not twice the
+    result."""
+    def fields(part) -> dict:
+        if isinstance(part, FisherEmbeddings):
+            return {"features": part.features, "probs": part.probs, "dense": part.dense,
+                    "top": part.top}
+        return part if isinstance(part, dict) else {None: part}
+
+    def rows(part) -> int:
+        return len(next(t for t in fields(part).values() if t is not None))
+
+    first = parts[0]
+    n = sum(rows(p) for p in parts)
+    out = {k: None if t is None else torch.empty((n, *t.shape[1:]), dtype=t.dtype,
+                                                 device=t.device if device is None else device)
+           for k, t in fields(first).items()}
+    at = 0
+    for i in range(len(parts)):
+        m = rows(parts[i])
+        for k, t in fields(parts[i]).items():
+            if t is not None:
+                out[k][at:at + m] = t
+        at, parts[i] = at + m, None
+    if isinstance(first, FisherEmbeddings):
+        return FisherEmbeddings(out["features"], out["probs"], out["dense"], first.prob_scaling,
+                                out["top"])
+    return out if isinstance(first, dict) else out[None]
+
+
 def to_cpu(out):
     """A batch function's output (tensor, dict of tensors or FisherEmbeddings) on the CPU."""
     if isinstance(out, dict):

@@ -37,8 +37,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fishermask.kernels._reduction import FISHER_BLOCK, tree_cover, tree_nodes
-from fishermask.kernels.embeddings import FisherEmbeddings, cat_embeddings
+from fishermask.kernels._reduction import FISHER_BLOCK, take_rows, tree_cover, tree_nodes
+from fishermask.kernels.embeddings import FisherEmbeddings
 
 CHUNK = 256
 """Rows per processing block; block boundaries are multiples of CHUNK in global index."""
@@ -111,7 +111,7 @@ class GreedyShard:
     @classmethod
     def from_batches(cls, outputs: list, offset: int) -> "GreedyShard":
         """The shard of a resident computation's per-batch embeddings ``outputs`` (its ``make``)."""
-        return cls(cat_embeddings(outputs), offset)
+        return cls(take_rows(outputs), offset)
 
     def __len__(self) -> int:
         return self.size

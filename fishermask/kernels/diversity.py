@@ -21,6 +21,7 @@ from torch import Tensor
 
 from fishermask.kernels._checks import check_n
 from fishermask.kernels._group import LocalResident, Resident
+from fishermask.kernels._reduction import take_rows
 
 ROWS = 2048
 """Candidates per block (block boundaries are multiples of ROWS in the global order)."""
@@ -31,24 +32,6 @@ CENTERS = 2048
 def _sq_dists(x: Tensor, y: Tensor, x_sq: Tensor, y_sq: Tensor) -> Tensor:
     """‖x_i − y_j‖² = ‖x_i‖² + ‖y_j‖² − 2 x_i·y_j, clamped at 0 (float64)."""
     return (x_sq[:, None] + y_sq[None, :] - 2.0 * (x @ y.T)).clamp_min_(0.0)
-
-
-def _take(outputs: list):
-    """Per-batch outputs (tensors or dicts of tensors) concatenated on the CPU; each batch is
-    released from ``outputs`` once copied (peak: the result and one batch)."""
-    first = outputs[0]
-    keys = list(first) if isinstance(first, dict) else [None]
-    part = (lambda o, k: o[k]) if isinstance(first, dict) else (lambda o, k: o)
-    n = sum(len(part(o, keys[0])) for o in outputs)
-    out = {k: torch.empty((n, *part(first, k).shape[1:]), dtype=part(first, k).dtype)
-           for k in keys}
-    at, first = 0, None
-    for i, o in enumerate(outputs):
-        m = len(part(o, keys[0]))
-        for k in keys:
-            out[k][at:at + m] = part(o, k)
-        at, outputs[i] = at + m, None
-    return out if keys != [None] else out[None]
 
 
 def _best(reports: list):
@@ -103,7 +86,7 @@ class KCenterShard(_BlockShard):
     @classmethod
     def from_batches(cls, outputs: list, offset: int) -> "KCenterShard":
         """The shard of a resident computation's per-batch features (its ``make``)."""
-        return cls(_take(outputs), offset)
+        return cls(take_rows(outputs, "cpu"), offset)
 
     def _z64(self, j: int) -> Tensor:
         a, b = self.blocks[j]
@@ -207,7 +190,7 @@ class BadgeShard(_BlockShard):
     @classmethod
     def from_batches(cls, outputs: list, offset: int) -> "BadgeShard":
         """The shard of a resident computation's per-batch ``{"probs", "features"}``."""
-        out = _take(outputs)
+        out = take_rows(outputs, "cpu")
         return cls(out["probs"], out["features"], offset)
 
     def _h64(self, j: int) -> Tensor:

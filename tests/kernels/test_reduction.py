@@ -45,3 +45,29 @@ def test_tree_nodes_of_split_ranges_combine_to_the_whole_sum():
         parts.append(tree_nodes(tree_cover(p, q, n), n, iter(leaves[p:q])))
     root = tree_combine(merge_nodes(parts), n)
     assert torch.equal(root["w"], whole.result()["w"])
+
+
+def test_take_rows_equals_cat_outputs_and_releases_each_part():
+    from fishermask.kernels._reduction import cat_outputs, take_rows
+    from fishermask.kernels.embeddings import FisherEmbeddings
+
+    g = torch.Generator().manual_seed(0)
+    sizes = (3, 1, 5)
+    tensors = [torch.randn(m, 4, generator=g) for m in sizes]
+    dicts = [{"probs": torch.rand(m, 3, generator=g), "features": torch.randn(m, 2, generator=g)}
+             for m in sizes]
+    embs = [FisherEmbeddings(torch.randn(m, 2, generator=g), torch.rand(m, 3, generator=g),
+                             torch.randn(m, 3, 4, generator=g)) for m in sizes]
+    for parts in (tensors, dicts, embs):
+        want = cat_outputs(list(parts))
+        held = list(parts)
+        got = take_rows(held, "cpu")
+        assert held == [None, None, None]  # every part released once copied
+        if isinstance(want, FisherEmbeddings):
+            for name in ("features", "probs", "dense"):
+                assert torch.equal(getattr(got, name), getattr(want, name))
+            assert got.top is None and got.prob_scaling == want.prob_scaling
+        elif isinstance(want, dict):
+            assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+        else:
+            assert torch.equal(got, want)
