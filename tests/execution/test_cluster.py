@@ -220,13 +220,14 @@ def picks(ex, name):
     return build_strategy(name).run_round(ctx, 30).indices.tolist()
 
 torch.set_num_threads(1)
-want = {n: picks(LocalExecutor(device="cpu", batch_size=128), n) for n in ("margin", "bait")}
+names = ("margin", "bait", "kcenter", "badge")
+want = {n: picks(LocalExecutor(device="cpu", batch_size=128), n) for n in names}
 ray.init(address=address)
 ex = RayExecutor(ExecutionParams(backend="ray", shards=2, address=address, batch_size=128,
                                  device="cpu", threads=1))
 got = {"margin": picks(ex, "margin")}
 stats = ex.shard_stats()
-got["bait"] = picks(ex, "bait")
+got.update({n: picks(ex, n) for n in names[1:]})
 print("RESULT " + json.dumps({"same": got == want, "nodes": [i["node_id"] for i in ex.actor_info],
                               "reads": [s["read_rows"] for s in stats],
                               "spans": [s["read_span"] for s in stats]}))
@@ -244,7 +245,7 @@ def test_features_pool_each_node_reads_its_own_rows_and_picks_as_one_process(clu
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     assert p.returncode == 0 and lines, p.stdout[-3000:] + p.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
-    assert out["same"]  # margin and BAIT pick what the in-process executor picks
+    assert out["same"]  # margin, BAIT, k-center, BADGE pick what the in-process executor picks
     assert len(set(out["nodes"])) == 2  # one shard actor on each node
     unlabeled = 3000 - 100
     assert sum(out["reads"]) == unlabeled and max(out["reads"]) < unlabeled  # each its own rows
