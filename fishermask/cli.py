@@ -101,6 +101,9 @@ def cmd_run(args) -> int:
 
 def _on_sigterm(signum, frame):
     Terminated.received = True
+    if Terminated.deferring():  # inside a tracking store's write: raised when it ends
+        Terminated.pending = True
+        return
     raise Terminated()
 
 
@@ -122,7 +125,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     args = build_parser().parse_args(argv)
     previous, hook = None, sys.unraisablehook
-    Terminated.received = False  # an earlier command in this process is not this one's
+    Terminated.received = Terminated.pending = False  # an earlier command's are not this one's
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)  # like Ctrl-C: run KILLED, kept
         sys.unraisablehook = _unraisable(hook)

@@ -1,5 +1,8 @@
 """User-facing errors: the CLI prints their message and exits with code 2 (no traceback)."""
 
+import contextlib
+import threading
+
 
 class FishermaskError(Exception):
     """Base class for errors caused by user input (config, data, budget, memory limits)."""
@@ -26,6 +29,33 @@ class Terminated(KeyboardInterrupt):
     ``received`` stays True once one came (a library may re-raise it as a KeyboardInterrupt)."""
 
     received = False
+    pending = False
+    """A SIGTERM came inside a :meth:`deferred` block: raised when the block ends."""
+    _depth = 0
+
+    @classmethod
+    def deferring(cls) -> bool:
+        """Whether the main thread is inside a :meth:`deferred` block."""
+        return cls._depth > 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls):
+        """Hold a SIGTERM's exception until the block ends (the main thread only).  For a
+        tracking store's write: an exception raised inside SQLAlchemy's transaction can leave it
+        open, the sqlite file locked, and the run's last write (status KILLED) waiting on that
+        lock."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        cls._depth += 1
+        try:
+            yield
+        finally:
+            cls._depth -= 1
+        if cls._depth == 0 and cls.pending:
+            cls.pending = False
+            raise cls()
 
     @classmethod
     def check(cls) -> None:

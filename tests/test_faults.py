@@ -151,6 +151,40 @@ def test_a_sigterm_lost_in_a_garbage_collector_callback_still_ends_the_work(tmp_
         Terminated.received = False
 
 
+def test_a_sigterm_during_a_tracking_write_is_raised_once_the_write_is_done(tmp_path):
+    """A real SIGTERM arrives while a real sqlite store's write runs: the write completes, then
+    the run gets Terminated, and its last write (status KILLED) does not wait on a lock."""
+    from fishermask import cli
+    from fishermask.errors import Terminated
+    from fishermask.tracking.client import GuardedClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    real = MlflowClient(uri)
+    run = real.create_run(real.create_experiment("x"))
+
+    class Signalled:  # the real client; the signal comes during log_metric
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def log_metric(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real.log_metric(*args, **kwargs)
+
+    before = signal.signal(signal.SIGTERM, cli._on_sigterm)
+    try:
+        client = GuardedClient(Signalled(), uri, patience=5)
+        with pytest.raises(Terminated):
+            client.log_metric(run.info.run_id, "accuracy", 0.5, step=1)
+        t0 = time.monotonic()
+        client.set_terminated(run.info.run_id, "KILLED")  # no second Terminated, no wait
+        assert time.monotonic() - t0 < 5
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        Terminated.received = Terminated.pending = False
+    assert [m.value for m in real.get_metric_history(run.info.run_id, "accuracy")] == [0.5]
+    assert real.get_run(run.info.run_id).info.status == "KILLED"
+
+
 def test_damaged_checkpoint_names_the_file_and_suggests_restart(tmp_path, capfd):
     path = write(tmp_path, rounds=0)
     assert cli(["run", path, "--no-progress"], capfd)[0] == 0

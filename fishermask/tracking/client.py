@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional
 
-from fishermask.errors import DiskFull, FishermaskError
+from fishermask.errors import DiskFull, FishermaskError, Terminated
 
 DEFAULT_PATIENCE_S = 60.0
 """How long a tracking server may not answer before a run or sweep stops (``tracking.patience_s``)."""
@@ -119,7 +119,8 @@ class GuardedClient:
     def _call(self, fn, args, kwargs):
         while True:
             try:
-                out = fn(*args, **kwargs)
+                with Terminated.deferred():  # never half a transaction (docs/design.md §4)
+                    out = fn(*args, **kwargs)
             except Exception as exc:
                 kind = classify(exc)
                 if kind == "full":
