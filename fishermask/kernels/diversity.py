@@ -53,13 +53,25 @@ class _BlockShard:
     def __len__(self) -> int:
         return self.size
 
+    def _f64(self, rows: Tensor, j: int) -> Tensor:
+        """Block j of ``rows`` (this shard's candidates) in float64."""
+        a, b = self.blocks[j]
+        return rows[a:b].to(torch.float64)
+
+    def _sq_norms(self, rows: Tensor) -> Tensor:
+        """‖row‖² of every candidate (float64), block by block."""
+        if not len(rows):
+            return torch.zeros(0, dtype=torch.float64)
+        return torch.cat([(x * x).sum(1) for x in (self._f64(rows, j)
+                                                    for j in range(len(self.blocks)))])
+
     def _local(self, g: int):
         """The local row of global candidate ``g``, or None when another shard holds it."""
         i = g - self.offset
         return i if 0 <= i < self.size else None
 
     def _report(self, score: Tensor):
-        """(score, global index, row payload) of the best unchosen candidate (lowest index on ties)."""
+        """(score, global index, row payload) of the best unchosen candidate (ties: lowest)."""
         score = score.masked_fill(self.chosen, float("-inf"))
         if self.chosen.all():
             return None
@@ -79,8 +91,7 @@ class KCenterShard(_BlockShard):
     def __init__(self, z: Tensor, offset: int, *, rows: int = ROWS):
         super().__init__(len(z), offset, rows)
         self.z = z
-        self.z_sq = torch.cat([(x * x).sum(1) for x in map(self._z64, range(len(self.blocks)))]) \
-            if len(z) else torch.zeros(0, dtype=torch.float64)
+        self.z_sq = self._sq_norms(z)
         self.min_d = torch.full((len(z),), float("inf"), dtype=torch.float64)
 
     @classmethod
@@ -89,8 +100,7 @@ class KCenterShard(_BlockShard):
         return cls(take_rows(outputs, "cpu"), offset)
 
     def _z64(self, j: int) -> Tensor:
-        a, b = self.blocks[j]
-        return self.z[a:b].to(torch.float64)
+        return self._f64(self.z, j)
 
     def _payload(self, i: int):
         return self.z[i].to(torch.float64, copy=True), self.z_sq[i:i + 1].clone()
@@ -182,9 +192,7 @@ class BadgeShard(_BlockShard):
         super().__init__(len(probs), offset, rows)
         self.a, self.h = badge_embedding_factors(probs), features
         self.y_hat = probs.argmax(1).to(torch.int32)
-        h_sq = torch.cat([(h * h).sum(1) for h in map(self._h64, range(len(self.blocks)))]) \
-            if len(probs) else torch.zeros(0, dtype=torch.float64)
-        self.g_sq = (self.a * self.a).sum(1) * h_sq
+        self.g_sq = (self.a * self.a).sum(1) * self._sq_norms(features)
         self.D2 = torch.full((len(probs),), float("inf"), dtype=torch.float64)
 
     @classmethod
@@ -192,10 +200,6 @@ class BadgeShard(_BlockShard):
         """The shard of a resident computation's per-batch ``{"probs", "features"}``."""
         out = take_rows(outputs, "cpu")
         return cls(out["probs"], out["features"], offset)
-
-    def _h64(self, j: int) -> Tensor:
-        a, b = self.blocks[j]
-        return self.h[a:b].to(torch.float64)
 
     def _payload(self, i: int):
         return (self.a[i].clone(), self.h[i].to(torch.float64, copy=True),
@@ -226,8 +230,9 @@ class BadgeShard(_BlockShard):
             self.chosen[i] = True
         out = []
         for j, (a, b) in enumerate(self.blocks):
-            d = self.g_sq[a:b] + g_sq_g - 2.0 * (self.a[a:b] @ a_g) * (self._h64(j) @ h_g)
+            d = self.g_sq[a:b] + g_sq_g - 2.0 * (self.a[a:b] @ a_g) * (self._f64(self.h, j) @ h_g)
             self.D2[a:b] = torch.minimum(self.D2[a:b], d.clamp_min(0.0))
+            # the block's sum as draw() will add it up (the last running sum), bit for bit
             out.append((self.offset + a, float(torch.cumsum(self._weights(j, False), 0)[-1]),
                         float(b - a - int(self.chosen[a:b].sum()))))
         return out

@@ -43,7 +43,7 @@ class RayResident(Resident):
     def _compute(self, j: int):
         a, b = self.bounds[j]
         return self.ex.actors[j].resident_compute.remote(self.key, self.refs, self.fn_ref,
-                                                       self.indices[a:b], a, self.make_ref)
+                                                         self.indices[a:b], a, self.make_ref)
 
     def _restore(self, j: int) -> None:
         """A restarted actor: compute its rows again and replay the state-changing calls."""
