@@ -87,6 +87,27 @@ def test_badge_on_any_shards_picks_what_one_shard_picks(case):
     assert len(set(picks[0])) == 25
 
 
+@pytest.mark.parametrize("n_centers", [0, 5])
+def test_kcenter_with_norms_spread_over_six_decades_equals_exact_distances(n_centers):
+    """Rows scaled by 10^[-3, 3]: the factorised ‖x‖² + ‖y‖² − 2x·y (float64, blocks of 4 over
+    3 shards) picks what exact differences pick."""
+    g = torch.Generator().manual_seed(30 + n_centers)
+    scale = 10.0 ** (6 * torch.rand(60, 1, generator=g) - 3)
+    cand = (torch.randn(60, 5, generator=g) * scale).double()
+    centers = torch.randn(n_centers, 5, generator=g).double()
+    group = LocalResident([diversity.KCenterShard(cand[a:b], a, rows=4)
+                           for a, b in [(0, 20), (20, 44), (44, 60)]])
+    got = diversity.kcenter_select(group, centers, 25, chunk=2).tolist()
+    picks = []
+    for _ in range(25):  # exact: explicit differences, no expansion
+        pts = torch.cat([centers, cand[picks]])
+        d = (((cand[:, None] - pts[None]) ** 2).sum(-1).min(1).values if len(pts)
+             else ((cand - cand.mean(0)) ** 2).sum(1))
+        d[picks] = -1
+        picks.append(int(torch.argmax(d)))
+    assert got == picks
+
+
 def test_a_shards_report_carries_its_row_not_the_shards_storage():
     """What a shard sends the driver (and the driver every shard) at each pick is a few numbers:
     a pickled view would carry the whole shard."""
