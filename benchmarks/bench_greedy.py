@@ -4,7 +4,8 @@ Methods, each in its own subprocess (its peak resident set is its own):
 
 * ``engine``: the engine of ``fisher_greedy`` (GreedyDriver + one GreedyShard, float32 products,
   C×C state and checks in float64); ``engine64``: the same with float64 products.  Init = the
-  driver's M₀, A and the shards' P, Q; the steps include any rebuild.
+  driver's M₀, A and the shards' P, Q; the steps include any rebuild.  Like the baselines it
+  computes the picks only (not the diagnostics' final tr(M_S⁻¹F), a k³ factorisation).
 * ``public``: the public codes' algorithm as badge's BAIT ``select`` runs it, float32: four
   [U·C, k]×[k, k] GEMMs per step, 8·U·C·k² flops (``benchmarks/baselines.py``).
 * ``recompute``: the cleverest per-step recompute, float32: A F A once per step, then V A and
@@ -73,7 +74,7 @@ def run_engine(args, cands, lab, fisher, dtype) -> dict:
     group = TimedGroup(LocalShardGroup([GreedyShard(emb, 0)]))
     group.start(driver.fisher, driver.w_s, driver.compute_dtype)
     t1 = time.perf_counter()
-    order, info = run_greedy(group, driver, len(emb), args.n, 1)
+    order, info = run_greedy(group, driver, len(emb), args.n, 1, objective=False)
     t2, c2 = time.perf_counter(), time.process_time()
     init = (t1 - t0) + group.times["reset"][0]
     return dict(init_s=init, step_s=(t2 - t0 - init) / args.n, total_s=t2 - t0,

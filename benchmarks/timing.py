@@ -16,7 +16,6 @@ class TimedGroup(ShardGroup):
 
     def __init__(self, group: ShardGroup, seconds=None):
         self.group = group
-        self.bounds = group.bounds
         self.seconds = seconds if seconds is not None else collections.defaultdict(float)
         self.times = collections.defaultdict(list)
 
@@ -48,6 +47,14 @@ class TimedGroup(ShardGroup):
 
     def close(self):
         self.group.close()
+
+    @property
+    def bounds(self):
+        return self.group.bounds
+
+    @property
+    def steps(self):
+        return self.group.steps
 
     @property
     def recoveries(self):

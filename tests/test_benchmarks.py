@@ -44,3 +44,18 @@ def test_gpu_sh_unknown_part_exits_2():
                       "--greedy-d", "2", "--greedy-n", "2", "--greedy-labeled", "4")
     assert proc.returncode == 2
     assert "unknown part 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_greedy_runs_and_its_methods_agree():
+    """The README's greedy table comes from this script: a tiny custom case runs every method,
+    and the baselines' picks agree with the engine's."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_greedy.py"),
+                           "--case", "custom", "--U", "150", "--L", "10", "--C", "3", "--k", "40",
+                           "--n", "5", "--threads", "1"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["engine", "public", "recompute"], proc.stdout
+    for r in rows[1:]:
+        assert "yes" in r.split("|")[12], r  # picks agree

@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import fishermask
-from fishermask.kernels._threads import spare_cores, step_threads, threaded_steps
+from fishermask.kernels._threads import BusyProbe, spare_cores, step_threads, threaded_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +101,50 @@ def test_steps_keep_torchs_threads_on_an_idle_machine(monkeypatch):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_measured_share_of_the_other_processes_overrides_the_load_average(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert spare_cores(load=40.0, cores=2, others=0.1) == pytest.approx(1.9)
+    assert threaded_steps(2, load=40.0, cores=2, others=0.2)      # a stale load average
+    assert not threaded_steps(2, load=1.0, cores=2, others=1.0)   # a job that just started
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with step_threads(others=1.0):
+            assert torch.get_num_threads() == 1
+        with step_threads(others=0.0):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_probe_counts_another_busy_process():
+    assert BusyProbe().others() is None  # a window too short to tell
+    busy = subprocess.Popen([sys.executable, "-c",
+                             "import time\nt = time.time()\nwhile time.time() - t < 30: pass"])
+    try:
+        time.sleep(0.5)  # the child is running
+        probe = BusyProbe()
+        time.sleep(0.6)
+        others = probe.others()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert others is not None and others >= 0.6  # about one core: the child's
+
+
+def test_the_probe_subtracts_this_process_own_cpu_time(monkeypatch):
+    from fishermask.kernels import _threads
+    clock = {"wall": 100.0, "own": 5.0, "ticks": 1000}
+    monkeypatch.setattr(_threads.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(_threads.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(_threads, "_busy_ticks", lambda: clock["ticks"])
+    hz = os.sysconf("SC_CLK_TCK")
+    probe = BusyProbe()
+    # 0.5 s of wall: this process used 0.9 s of CPU (two threads), the machine 1.4 s in all
+    clock.update(wall=100.5, own=5.9, ticks=1000 + round(1.4 * hz))
+    assert probe.others() == pytest.approx(1.0)
+    short = BusyProbe()
+    clock.update(wall=100.5 + _threads.MIN_WINDOW / 2)
+    assert short.others() is None

@@ -43,7 +43,7 @@ from torch import Tensor
 from fishermask.errors import MemoryLimitError
 from fishermask.kernels._group import ShardGroup
 from fishermask.kernels._symmetric import Updated, inverse, sym_mm
-from fishermask.kernels._threads import step_threads
+from fishermask.kernels._threads import BusyProbe, step_threads
 from fishermask.kernels.embeddings import FisherEmbeddings
 
 RTOL = 1e-7
@@ -347,17 +347,20 @@ def _verified_pick(group: ShardGroup, driver: GreedyDriver, reports, forward: bo
 
 
 def run_greedy(group: ShardGroup, driver: GreedyDriver, num_candidates: int, n: int,
-               oversample: int = 1):
+               oversample: int = 1, objective: bool = True):
     """Drive the shards of ``group`` (one round trip per step, more only to re-score contenders
     or after a failed check).  Returns (global indices kept, in the order they were added;
-    diagnostics)."""
+    diagnostics).  ``objective``: put tr(M_S⁻¹F) of the picks, from a fresh factorisation of M
+    (a k³ cost the picks do not need), in the diagnostics; None there otherwise."""
     t0 = time.perf_counter()
     n_fwd, n_bwd = greedy_steps(num_candidates, n, oversample)
+    probe = BusyProbe()  # the other processes' CPU use while the initialisation runs
     reports = group.reset(driver.a, True, None, driver.low_rank)
-    with step_threads():
+    with step_threads(probe.others()):
         order = _steps(group, driver, reports, n_fwd, n_bwd)
     info = dict(driver.stats, steps=n_fwd + n_bwd, seconds=time.perf_counter() - t0,
-                objective=driver.final_objective() if order else float("nan"))
+                objective=(driver.final_objective() if order else float("nan")) if objective
+                else None)
     return order, info
 
 

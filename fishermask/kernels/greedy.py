@@ -97,7 +97,7 @@ def fisher_greedy(candidates, labeled, fisher, n: int, *, lam: float = 1.0, over
                           device=cand.device, compute_dtype=compute)
     group = LocalShardGroup([GreedyShard(cand, 0)])
     group.start(driver.fisher, driver.w_s, driver.compute_dtype)
-    order, info = run_greedy(group, driver, num_u, n, oversample)
+    order, info = run_greedy(group, driver, num_u, n, oversample, objective=return_info)
     out = torch.tensor(order, dtype=torch.long)
     return (out, info) if return_info else out
 
