@@ -3,7 +3,7 @@
 Methods, each in its own subprocess (its peak resident set is its own):
 
 * ``engine``: the engine of ``fisher_greedy`` (GreedyDriver + one GreedyShard, float32 products,
-  C×C state and checks in float64); ``engine64``: the same with float64 products.  Init = the
+  C×C state, scores and checks in float64); ``engine64``: the same with float64 products.  Init = the
   driver's M₀, A and the shards' P, Q; the steps include any rebuild.  Like the baselines it
   computes the picks only (not the diagnostics' final tr(M_S⁻¹F), a k³ factorisation).
 * ``public``: the public codes' algorithm as badge's BAIT ``select`` runs it, float32: four
@@ -11,9 +11,15 @@ Methods, each in its own subprocess (its peak resident set is its own):
 * ``recompute``: the cleverest per-step recompute, float32: A F A once per step, then V A and
   V·AFA, 4·U·C·k² + 4k³ flops per step.
 
+**Noise.**  This machine's timings of the same run spread by 10-30 %.  Every figure is the least
+disturbed one: the engine's fastest of its complete runs (fresh driver and shard each) repeated for
+``--min-seconds`` (10 s: about the window a baseline's steps span), a baseline's init plus n times
+its fastest step (its steps are the same GEMMs); the total of the median run (engine) or of the
+median step (baselines) is given in brackets, the engine's run count in the method column.
+
 Every method makes the forward steps of ``n`` picks (oversample 1) on the same random dense pool
 (V = randn/√k, F = Σ_X VᵀV/|X| in float64, λ = 1).  The baselines run ``--naive-steps`` steps
-(0: all n); their total is init + n·(mean step) and is marked extrapolated when fewer were timed;
+(0: all n); their total is init + n·(fastest step) and is marked extrapolated when fewer were timed;
 their picks are compared with the engine's first picks.
 
 Floors (``benchmarks/floors.py``), measured in each method's process just before it runs, with its
@@ -61,6 +67,17 @@ def make_data(args, path: str) -> None:
 
 
 def run_engine(args, cands, lab, fisher, dtype) -> dict:
+    """Complete runs of the engine (fresh driver and shard each) until ``args.min_seconds`` have
+    passed (at most ``args.repeat`` runs); the fastest, with the median run's total as
+    ``median_s``."""
+    runs, t0 = [], time.perf_counter()
+    while not runs or (len(runs) < args.repeat and time.perf_counter() - t0 < args.min_seconds):
+        runs.append(_engine_once(args, cands, lab, fisher, dtype))
+    best = min(runs, key=lambda r: r["total_s"])
+    return dict(best, median_s=sorted(r["total_s"] for r in runs)[len(runs) // 2], runs=len(runs))
+
+
+def _engine_once(args, cands, lab, fisher, dtype) -> dict:
     from timing import TimedGroup  # benchmarks/timing.py, beside this script
     from fishermask.kernels._driver import GreedyDriver, run_greedy
     from fishermask.kernels._group import LocalShardGroup
@@ -102,7 +119,10 @@ def worker(args) -> None:
     else:
         steps = args.naive_steps or args.n
         out = run(METHODS[args.worker], cands, lab, fisher, lam=args.lam, n=args.n, steps=steps)
-        out.update(total_s=out["init_s"] + args.n * out["step_s"],
+        times = sorted(out.pop("step_times"))  # the steps are the same work: the fastest is the
+        out.update(step_s=times[0],             # least disturbed, as the engine's fastest run
+                   total_s=out["init_s"] + args.n * times[0],
+                   median_s=out["init_s"] + args.n * times[len(times) // 2],
                    cpu_total_s=out["init_cpu"] + args.n * out["step_cpu"],
                    measured=steps >= args.n)
     out.update(rates=rates, threads=torch.get_num_threads(), peak_rss_mb=_status("VmHWM") / 2**20,
@@ -113,7 +133,8 @@ def worker(args) -> None:
 def run_method(method: str, args, threads: int, env: dict) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, f"--threads={threads}",
            f"--data={args.data}"] + [f"--{key.replace('_', '-')}={getattr(args, key)}"
-                                     for key in ("U", "L", "C", "k", "n", "lam", "naive_steps")]
+                                     for key in ("U", "L", "C", "k", "n", "lam", "naive_steps",
+                                                 "repeat", "min_seconds")]
     load = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -129,7 +150,9 @@ def counts_for(method: str, args) -> dict:
     from floors import engine_counts, public_counts, recompute_counts
 
     if method in ("engine", "engine64"):
-        counts = engine_counts(args.U, args.L, args.C, args.k)
+        from fishermask.kernels._forms import EIGEN_ROWS
+        counts = engine_counts(args.U, args.L, args.C, args.k,
+                               eigen=args.U * args.C >= EIGEN_ROWS * args.k)
         if method == "engine64":  # the same flops, all in float64
             counts = {ph: dict(c, f64=c["f64"] + c["f32"], f32=0) for ph, c in counts.items()}
         return counts
@@ -144,8 +167,9 @@ def row(method: str, r: dict, args, base: dict | None) -> str:
     total_floor = fl["init"][0] + args.n * fl["step"][0]
     agree = "—" if base is None or method.startswith("engine") else (
         "yes" if r["picks"] == base["picks"][: len(r["picks"])] else "NO")
-    total = f"{r['total_s']:.2f}" + ("" if r["measured"] else " (extrap.)")
-    steps = "" if r["measured"] else f" ({r['steps']} timed)"
+    total = f"{r['total_s']:.2f} ({r['median_s']:.2f})" + ("" if r["measured"] else " (extrap.)")
+    steps = f" ({r['runs']} runs)" if "runs" in r else (
+        "" if r["measured"] else f" ({r['steps']} timed)")
     faster = "—" if base is None or method == "engine" else (
         f"**{r['total_s'] / base['total_s']:.1f}×** / {r['cpu_total_s'] / base['cpu_total_s']:.1f}×")
     checks = " ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.get("checks", {}).items() if v)
@@ -170,6 +194,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--naive-steps", type=int, default=None,
                    help="baseline steps timed (0: all n; default: the case's)")
+    p.add_argument("--min-seconds", type=float, default=10.0,
+                   help="repeat the engine's complete runs for this long (the fastest is "
+                        "reported; a baseline: its fastest step, its steps being the same work)")
+    p.add_argument("--repeat", type=int, default=20, help="at most this many engine runs")
     p.add_argument("--threads", default="1,0",
                    help="comma-separated torch thread counts (0: torch's default)")
     p.add_argument("--methods", default="engine,public,recompute",
@@ -228,7 +256,7 @@ def report(args, env: dict) -> None:
           f"oversample 1; {os.cpu_count()} cores; OMP_WAIT_POLICY="
           f"{env.get('OMP_WAIT_POLICY', '(unset)')}; {args.busy} busy-loop processes\n")
     print("| threads | method | init s (floor c / b) | s/step (floor c / b) | step / floor "
-          "| total s | CPU s | total / floor | peak RSS MiB (+ method) | load | GFLOP/s f32 / f64, GB/s "
+          "| total s (median) | CPU s | total / floor | peak RSS MiB (+ method) | load | GFLOP/s f32 / f64, GB/s "
           "| picks agree | rebuilds etc. | engine faster (wall / CPU) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for threads in [int(t) for t in args.threads.split(",")]:

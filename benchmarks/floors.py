@@ -48,24 +48,31 @@ def machine(k: int) -> dict:
             "bw": bandwidth()}
 
 
-def engine_counts(U: int, L: int, C: int, k: int, lowrank: bool = False) -> dict:
+def engine_counts(U: int, L: int, C: int, k: int, lowrank: bool = False,
+                  eigen: bool = False) -> dict:
     """Flops (float32, float64) and bytes of the engine's initialisation and of one forward step
     on a dense pool, float32 products.
 
     Init: P = V_x A V_xᵀ (V A: 2UCk², ·Vᵀ: 2UC²k; with ``lowrank``, A = λ⁻¹(I − W Wᵀ), W k×LC:
-    2UCk·LC + 2UC²(k + LC)) and Q = (V_x A) F (V_x A)ᵀ (2UCk² + 2UC²k), float32; M₀ = λI + w_L
-    Σ_L VᵀV (2LCk²) and its inverse (about k³), float64.  Step: the shards' V_x [a | AFa]
-    (4UC²k, float32) and C×C updates and solves (about 13UC³, float64); the driver's refined
-    solve, F y, A F y and the rank-C updates of A and M (about 14k²C, float64).
+    2UCk·LC + 2UC²(k + LC)) and Q = (V_x A) F (V_x A)ᵀ (2UCk² + 2UC²k), float32; with ``eigen``
+    (A = W Wᵀ, AFA = W diag(d) Wᵀ) instead Z = V W (2UCk²), Z Zᵀ and Z d Zᵀ (4UC²k), float32, and
+    the generalized eigensolver (about 7k³, float64); M₀ = λI + w_L Σ_L VᵀV (2LCk²) and its
+    inverse (about k³), float64.  Step: the shards' V_x [a | AFa] (4UC²k) and the C×C update's
+    products (6UC³), float32; the C×C accumulation, inverse and score (about 5UC³, float64); the
+    driver's refined solve, F y, A F y and the rank-C updates of A and M (about 14k²C, float64).
     """
     m = L * C
-    p_flops = (2 * U * C * k * m + 2 * U * C * C * (k + m)) if lowrank else (
-        2 * U * C * k * k + 2 * U * C * C * k)
-    init = {"f32": p_flops + 2 * U * C * k * k + 2 * U * C * C * k,
-            "f64": 2 * L * C * k * k + k ** 3,
-            "bytes": 2 * U * C * k * 4 + 2 * U * C * C * 8 + 6 * k * k * 8}
-    step = {"f32": 4 * U * C * C * k,
-            "f64": 13 * U * C ** 3 + 14 * k * k * C,
+    if eigen:
+        init_f32, init_f64 = 2 * U * C * k * k + 4 * U * C * C * k, 7 * k ** 3
+    else:
+        p_flops = (2 * U * C * k * m + 2 * U * C * C * (k + m)) if lowrank else (
+            2 * U * C * k * k + 2 * U * C * C * k)
+        init_f32, init_f64 = p_flops + 2 * U * C * k * k + 2 * U * C * C * k, 0
+    init = {"f32": init_f32,
+            "f64": init_f64 + 2 * L * C * k * k + k ** 3,
+            "bytes": (1 if eigen else 2) * U * C * k * 4 + 2 * U * C * C * 8 + 6 * k * k * 8}
+    step = {"f32": 4 * U * C * C * k + 6 * U * C ** 3,
+            "f64": 5 * U * C ** 3 + 14 * k * k * C,
             "bytes": U * C * k * 4 + 4 * U * C * C * 8 + 8 * k * k * 8}
     return {"init": init, "step": step}
 
@@ -73,11 +80,12 @@ def engine_counts(U: int, L: int, C: int, k: int, lowrank: bool = False) -> dict
 def structured_step_counts(U: int, C: int, d: int, k_dense: int) -> dict:
     """Flops and bytes of one forward step on factored embeddings (h, p) with a dense block of
     k_dense columns (BAIT: 0), float32 products: h [U, d] times the update's factored rows
-    (2·U·d·C·2C), D(p) times that (2·U·C·C·2C), the dense block (2·U·C·k_d·2C); about 13UC³ of
-    C×C work and 14k²C in the driver (float64), k = C·d + k_d."""
+    (2·U·d·C·2C), D(p) times that (2·U·C·C·2C), the dense block (2·U·C·k_d·2C) and the C×C
+    update's products (6UC³); about 5UC³ of C×C work and 14k²C in the driver (float64),
+    k = C·d + k_d."""
     k = C * d + k_dense
-    return {"f32": 2 * U * 2 * C * (d * C + C * C + C * k_dense),
-            "f64": 13 * U * C ** 3 + 14 * k * k * C,
+    return {"f32": 2 * U * 2 * C * (d * C + C * C + C * k_dense) + 6 * U * C ** 3,
+            "f64": 5 * U * C ** 3 + 14 * k * k * C,
             "bytes": U * (4 * d + 4 * C + 4 * C * k_dense) + 4 * U * C * C * 8 + 8 * k * k * 8}
 
 

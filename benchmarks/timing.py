@@ -33,8 +33,8 @@ class TimedGroup(ShardGroup):
     def start(self, fisher, w_s, compute_dtype=None):
         return self._timed(self.group.start, fisher, w_s, *([compute_dtype] if compute_dtype else []))
 
-    def reset(self, a_mat, forward, compute_dtype=None, low_rank=None):
-        return self._timed(self.group.reset, a_mat, forward, compute_dtype, low_rank)
+    def reset(self, a_mat, forward, compute_dtype=None, form=None):
+        return self._timed(self.group.reset, a_mat, forward, compute_dtype, form)
 
     def advance(self, update, forward):
         return self._timed(self.group.advance, update, forward)
@@ -51,6 +51,10 @@ class TimedGroup(ShardGroup):
     @property
     def bounds(self):
         return self.group.bounds
+
+    @property
+    def stacked_rows(self):
+        return self.group.stacked_rows
 
     @property
     def steps(self):

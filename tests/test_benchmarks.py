@@ -52,10 +52,13 @@ def test_bench_greedy_runs_and_its_methods_agree():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_greedy.py"),
                            "--case", "custom", "--U", "150", "--L", "10", "--C", "3", "--k", "40",
-                           "--n", "5", "--threads", "1"], env=env, capture_output=True, text=True,
+                           "--n", "5", "--threads", "1", "--min-seconds", "0.5", "--repeat", "2"],
+                          env=env, capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 |")]
-    assert [r.split("|")[2].strip() for r in rows] == ["engine", "public", "recompute"], proc.stdout
+    methods = [r.split("|")[2].strip() for r in rows]
+    assert [m.split(" (")[0] for m in methods] == ["engine", "public", "recompute"], proc.stdout
+    assert methods[0] in ("engine (1 runs)", "engine (2 runs)")  # repeated for 0.5 s, at most 2
     for r in rows[1:]:
         assert "yes" in r.split("|")[12], r  # picks agree

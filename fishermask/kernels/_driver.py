@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from fishermask.errors import MemoryLimitError
+from fishermask.kernels._forms import Eigen, first_form, woodbury_form
 from fishermask.kernels._group import ShardGroup
 from fishermask.kernels._symmetric import Updated, inverse, sym_mm
 from fishermask.kernels._threads import BusyProbe, step_threads
@@ -74,10 +75,11 @@ def greedy_memory_gb(rows: int, row_bytes: int, num_classes: int, k: int,
                      fisher_target: str) -> float:
     """GB one process holds for the Fisher greedy: ``rows`` resident embeddings of ``row_bytes``
     each with their C×C state (P, Q in float64; ``num_classes`` = c with top-c classes), and the
-    driver's k×k float64 matrices (F, M, A, a work copy, and the sample-space U with the labeled
-    rows, together at most one more; k-vectors for a diagonal F) and A's float32 copy."""
+    driver's k×k float64 matrices (F, M, A, a work copy, the sample-space U with the labeled
+    rows and the eigen form's W, together at most two more; k-vectors for a diagonal F) and A's
+    float32 copy."""
     per_row = row_bytes + 2 * num_classes * num_classes * 8 + 16
-    square = ((5 if fisher_target == "dense" else 3) * 8 + 4) * k * k
+    square = ((6 if fisher_target == "dense" else 3) * 8 + 4) * k * k
     return (rows * per_row + square) / 1e9
 
 
@@ -112,7 +114,8 @@ class GreedyDriver:
         # M and A with the steps' rank-C updates held apart until 128 columns are pending
         # (kernels/_symmetric.py): a step reads the k×k matrices four times instead of nine
         self._m, self._a = Updated(m), Updated(inverse(m))
-        self.low_rank = self._low_rank(labeled)
+        self.low_rank = None if self.diagonal else woodbury_form(labeled, self.w_l, self.lam,
+                                                                 self.k, dev)
         self.objective = self._trace_af()
         self.compute_dtype = compute_dtype  # of the shards' large products (float64 once switched)
         self.resolve_contenders = compute_dtype != torch.float64  # started in float32
@@ -120,19 +123,11 @@ class GreedyDriver:
         self.stats = {"rebuilds": 0, "overrides": 0, "direct_solves": 0, "checks": 0,
                       "contenders": 0, "float64_resets": 0}
 
-    def _low_rank(self, labeled: FisherEmbeddings | None):
-        """(λ, U) with A₀ = λ⁻¹(I − U Uᵀ) when m = |L|·C ≤ k/2 (Woodbury in sample space:
-        W = √w_L [V_Lᵀ] k×m, λI_m + WᵀW = R Rᵀ, U = W R⁻ᵀ), for the shards' first P, which then
-        costs m/k of the dense one (and U, like the dense labeled rows, at most half a k×k
-        matrix); None otherwise (or with a diagonal F, where the shards need V_x A anyway)."""
-        if labeled is None or self.diagonal or 2 * len(labeled) * labeled.num_rows > self.k:
-            return None
-        rows = math.sqrt(self.w_l) * labeled.to(self.fisher.device).to_dense(torch.float64)
-        rows = rows.reshape(-1, self.k)                                          # Wᵀ, m×k
-        gram = rows @ rows.T
-        gram.diagonal().add_(self.lam)
-        low = torch.linalg.cholesky(gram)
-        return self.lam, torch.linalg.solve_triangular(low, rows, upper=False).T.contiguous()
+    def first_form(self, stacked_rows: int | None):
+        """The form of A for the shards' first P, Q (``kernels/_forms.py``): the eigen form where
+        it saves more than the eigensolver costs on the largest shard's ``stacked_rows``
+        (candidates × C), else A = λ⁻¹(I − U Uᵀ) where few rows are labeled, else None."""
+        return first_form(self.m, self.fisher, self.low_rank, stacked_rows)
 
     @property
     def m(self) -> Tensor:
@@ -355,7 +350,8 @@ def run_greedy(group: ShardGroup, driver: GreedyDriver, num_candidates: int, n: 
     t0 = time.perf_counter()
     n_fwd, n_bwd = greedy_steps(num_candidates, n, oversample)
     probe = BusyProbe()  # the other processes' CPU use while the initialisation runs
-    reports = group.reset(driver.a, True, None, driver.low_rank)
+    form = driver.first_form(group.stacked_rows)
+    reports = group.reset(None if isinstance(form, Eigen) else driver.a, True, None, form)
     with step_threads(probe.others()):
         order = _steps(group, driver, reports, n_fwd, n_bwd)
     info = dict(driver.stats, steps=n_fwd + n_bwd, seconds=time.perf_counter() - t0,

@@ -76,6 +76,8 @@ class ShardGroup:
         self.resident = resident
         self.steps = 0
         """advance() calls so far (the greedy's steps)."""
+        self.stacked_rows: Optional[int] = None
+        """The largest shard's candidates × C (known once :meth:`start` ran)."""
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
@@ -93,15 +95,17 @@ class ShardGroup:
 
     def start(self, fisher: Tensor, w_s: float, compute_dtype=torch.float64) -> None:
         """Every shard: the round's target F, weight w_S and the dtype of the large products
-        (state zeroed)."""
-        self.resident.run(GreedyShard.start, fisher, w_s, compute_dtype, changes=True)
+        (state zeroed); returns the largest shard's stacked rows (candidates × C)."""
+        sizes = self.resident.run(GreedyShard.start, fisher, w_s, compute_dtype, changes=True)
+        self.stacked_rows = max(sizes, default=0)
+        return self.stacked_rows
 
-    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None,
-              low_rank=None) -> list[Report]:
-        """Every shard: P, Q from A (in ``compute_dtype`` from now on, unless None; ``low_rank``:
-        A's Woodbury form, :meth:`GreedyShard.reset`); each shard's best candidate of direction
-        ``forward``."""
-        return self.resident.run(GreedyShard.reset, a_mat, forward, compute_dtype, low_rank,
+    def reset(self, a_mat: Optional[Tensor], forward: bool, compute_dtype=None,
+              form=None) -> list[Report]:
+        """Every shard: P, Q from A (in ``compute_dtype`` from now on, unless None; ``form``: A's
+        eigen or Woodbury form, :meth:`GreedyShard.reset`); each shard's best candidate of
+        direction ``forward``."""
+        return self.resident.run(GreedyShard.reset, a_mat, forward, compute_dtype, form,
                                  changes=True)
 
     def advance(self, update, forward: bool) -> list[Report]:

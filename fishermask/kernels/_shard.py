@@ -13,16 +13,19 @@ K = aᵀFa and [g | h] = Ṽ_x [a | b], every candidate's state becomes
 
 one streaming product of the stored embeddings with a k×2C matrix per step (O(C²·k) flops per
 candidate), block by block; the driver sends the update with S⁻¹'s Cholesky factor folded in
-(:meth:`GreedyShard.apply`), so that the C×C work is one batched product per block.  In the
+(:meth:`GreedyShard.apply`), so that the C×C work is two batched products per block.  In the
 backward phase only selected rows are kept current (it looks at nothing else).
 
-**Precision.**  The large products (V_x A, V_x A F A or (V_x A) F, and V_x X) run in the shard's
-``compute_dtype``: float32 (what :func:`~fishermask.kernels.greedy.fisher_greedy` and the
-strategies use) or float64.  The C×C state P, Q, the C×C updates and the scores are always
-float64; the driver keeps M exactly and verifies every pick (``kernels/_driver.py``), so float32
-products change the speed, not the picks.  Q is formed as Z F Zᵀ with Z = V_x A (the Z already
-formed for P) when F is diagonal or the embeddings have no factored block, and as
-V_x (A F A) V_xᵀ otherwise (the factored block's product with a k×k matrix costs d·k per row
+**Precision.**  The large products (V_x A, V_x A F A or (V_x A) F, V_x W, and V_x X) run in the
+shard's ``compute_dtype``: float32 (what :func:`~fishermask.kernels.greedy.fisher_greedy` and the
+strategies use) or float64.  So do the small products that turn a step's [G | H] (themselves
+float32 numbers) into its C×C update, G Gᵀ and G Tᵀ; the state P, Q they are added to, the scores
+and everything in the driver are float64.  The driver keeps M exactly and verifies every pick
+(``kernels/_driver.py``), so float32 changes the speed, not the picks.  The first P, Q come from
+one of A's forms (``kernels/_forms.py``): with the eigen form, Z = V_x W gives P = w_S Z Zᵀ and
+Q = w_S Z diag(d) Zᵀ (one product per candidate).  From A itself, Q is formed as Z F Zᵀ with
+Z = V_x A (the Z already formed for P) when F is diagonal or the embeddings have no factored block,
+and as V_x (A F A) V_xᵀ otherwise (the factored block's product with a k×k matrix costs d·k per row
 instead of C·k, so forming A F A once is cheaper).
 
 **Sharding rule (bitwise determinism).**  Every per-candidate number is computed inside a block of
@@ -34,9 +37,12 @@ what one shard picks (same chunk, device type, dtypes and BLAS threading).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
+from fishermask.kernels._forms import Eigen
 from fishermask.kernels._reduction import FISHER_BLOCK, take_rows, tree_cover, tree_nodes
 from fishermask.kernels.embeddings import FisherEmbeddings
 
@@ -130,9 +136,10 @@ class GreedyShard:
         return tree_nodes(tree_cover(first, last, n_leaves), n_leaves, leaves)
 
     # ------------------------------------------------------------------ greedy state
-    def start(self, fisher: Tensor, w_s: float, compute_dtype=torch.float64) -> None:
+    def start(self, fisher: Tensor, w_s: float, compute_dtype=torch.float64) -> int:
         """The round's target F, weight w_S and the dtype of the large products; zero state (a
-        :meth:`reset` fills it).  The state P, Q and the scores are float64 in any case."""
+        :meth:`reset` fills it).  The state P, Q and the scores are float64 in any case.
+        Returns the shard's stacked rows (candidates × C), what its products stream."""
         self.fisher = fisher.to(device=self.device, dtype=torch.float64)
         self.root_w = float(w_s) ** 0.5
         c = self.emb.num_rows
@@ -142,8 +149,10 @@ class GreedyShard:
         self.scores = torch.full((self.size,), float("-inf"), dtype=torch.float64,
                                  device=self.device)
         self.sign = 1
+        self._eye = torch.eye(c, dtype=torch.float64, device=self.device)
         self.removing = False  # in the backward phase only selected rows are current
         self._set_dtype(compute_dtype)
+        return self.size * c
 
     def _set_dtype(self, compute_dtype) -> None:
         """The dtype of the large products, F in it, and a work buffer for the dense block."""
@@ -179,8 +188,7 @@ class GreedyShard:
         return 0 <= int(g) - self.offset < self.size
 
     def _score_rows(self, idx) -> None:
-        s = self.p[idx].clone()
-        s.diagonal(dim1=1, dim2=2).add_(float(self.sign))
+        s = self.p[idx] + self._eye * float(self.sign)
         self.scores[idx] = trace_solve(s, self.q[idx], positive=self.sign > 0)
 
     def _rescore(self) -> None:
@@ -189,17 +197,37 @@ class GreedyShard:
             self._score_rows(idx)
 
     # ------------------------------------------------------------------ protocol
-    def reset(self, a_mat: Tensor, forward: bool, compute_dtype=None,
-              low_rank=None) -> Best | None:
+    def reset(self, a_mat: Optional[Tensor], forward: bool, compute_dtype=None,
+              form=None) -> Best | None:
         """P_x = Ṽ_x A Ṽ_xᵀ and Q_x = Ṽ_x A F A Ṽ_xᵀ from A (all rows, or only the selected ones
         once removals started), then the best candidate of direction ``forward``.
         ``compute_dtype``: switch the large products to this dtype first (None: keep it).
-        ``low_rank`` (λ, U): A = λ⁻¹(I − U Uᵀ) with U k×m, m < k (the round's first A when
-        |L|·C < k); where Q is formed from A F A (it then needs no V_x A),
-        P_x = (w_S/λ)(V_xV_xᵀ − (V_xU)(V_xU)ᵀ) costs C·k·m flops per row instead of C·k²."""
+        ``form`` (``kernels/_forms.py``): None (A itself); ``Eigen(W, d)``, A = W Wᵀ and
+        A F A = W diag(d) Wᵀ, so that one product Z = V_x W gives P_x = w_S Z Zᵀ and
+        Q_x = w_S Z diag(d) Zᵀ (``a_mat`` may then be None); ``Woodbury(λ, U)``,
+        A = λ⁻¹(I − U Uᵀ) with U k×m, m < k: where Q is formed from A F A (it then needs no
+        V_x A), P_x = (w_S/λ)(V_xV_xᵀ − (V_xU)(V_xU)ᵀ) costs C·k·m flops per row instead of C·k²."""
         if compute_dtype is not None and compute_dtype != self.dtype:
             self._set_dtype(compute_dtype)
-        a_mat = a_mat.to(device=self.device, dtype=self.dtype)
+        if isinstance(form, Eigen):
+            self._reset_eigen(form)
+        else:
+            self._reset_plain(a_mat.to(device=self.device, dtype=self.dtype), form)
+        self.sign = 1 if forward else -1
+        self._rescore()
+        return self.best(forward)
+
+    def _reset_eigen(self, form: Eigen) -> None:
+        w_mat = form.w.to(device=self.device, dtype=self.dtype)
+        d = form.d.to(device=self.device, dtype=self.dtype)
+        w, f64 = self.root_w ** 2, torch.float64
+        for idx, rows in self._blocks(self.removing):
+            z = rows.matmul(w_mat, self._work)                                 # V_x W
+            zt = z.transpose(1, 2)
+            self.p[idx] = w * torch.bmm(z, zt).to(f64)
+            self.q[idx] = w * torch.bmm(z * d, zt).to(f64)
+
+    def _reset_plain(self, a_mat: Tensor, low_rank) -> None:
         f, w, f64 = self._fisher_c, self.root_w ** 2, torch.float64
         via_z = f.dim() == 1 or self.emb.features is None
         afa = None
@@ -209,7 +237,7 @@ class GreedyShard:
         if via_z or low_rank is None:
             low_rank = None
         else:
-            lam, u = float(low_rank[0]), low_rank[1].to(device=self.device, dtype=self.dtype)
+            lam, u = float(low_rank.lam), low_rank.u.to(device=self.device, dtype=self.dtype)
         for idx, rows in self._blocks(self.removing):
             if low_rank is not None:                                           # Woodbury
                 y = rows.matmul(u, self._work)                                 # V_x U
@@ -223,9 +251,6 @@ class GreedyShard:
                 self.q[idx] = w * torch.bmm(zf, z.transpose(1, 2)).to(f64)
             else:
                 self.q[idx] = w * rows.rowdot(rows.matmul(afa, self._work)).to(f64)
-        self.sign = 1 if forward else -1
-        self._rescore()
-        return self.best(forward)
 
     def advance(self, update, forward: bool):
         """Apply ``update`` (None, or (g, sign, X, K') from the driver) and report the best.
@@ -246,23 +271,27 @@ class GreedyShard:
 
         With S⁻¹ = σ L Lᵀ, X = √w_S [a L | b L] and K' = Lᵀ K L from the driver, [G | H] = V_x X
         gives g S⁻¹ gᵀ = σ G Gᵀ and the update of the module docstring as
-        P ← P − σ G Gᵀ, Q ← Q + W + Wᵀ with W = G Tᵀ, T = G K'/2 − σ H
-        (one batched product G [G; T]ᵀ per block)."""
+        P ← P − σ G Gᵀ, Q ← Q + W + Wᵀ with W = G Tᵀ, T = G K'/2 − σ H (two batched products
+        per block in the compute dtype, added to the float64 P, Q)."""
         self.mark(g, sign)
         self.sign = sign
-        dev, f64 = self.device, torch.float64
-        x = x.to(device=dev, dtype=self.dtype)
-        half_k = k_mat.to(device=dev, dtype=f64) / 2
+        dev, dt, f64 = self.device, self.dtype, torch.float64
+        x = x.to(device=dev, dtype=dt)
+        half_k = (k_mat.to(device=dev, dtype=f64) / 2).to(dt)
         c = k_mat.shape[0]
         self.scores.fill_(float("-inf"))
         for idx, rows in self._blocks(self.removing):
-            gh = rows.matmul(x, self._work).to(f64)                            # [n, C, 2C]
-            big_g = gh[..., :c].contiguous()
-            t = big_g @ half_k - sign * gh[..., c:]
-            u = torch.bmm(big_g, torch.cat([big_g, t], 1).transpose(1, 2))     # G [G; T]ᵀ
-            self.p[idx] -= sign * u[..., :c]
-            w = u[..., c:]                                                     # G Tᵀ
-            self.q[idx] += w + w.transpose(1, 2)
+            gh = rows.matmul(x, self._work)                                    # [n, C, 2C]
+            big_g = gh[..., :c]
+            t = (big_g.reshape(-1, c) @ half_k).view(big_g.shape)
+            t.sub_(gh[..., c:], alpha=sign)                                    # G K'/2 − σ H
+            ggt = torch.bmm(big_g, big_g.transpose(1, 2)).to(f64)              # G Gᵀ
+            w = torch.bmm(big_g, t.transpose(1, 2))                            # G Tᵀ
+            if isinstance(idx, slice):
+                self.p[idx].sub_(ggt, alpha=sign)
+            else:
+                self.p[idx] -= sign * ggt
+            self.q[idx] += (w + w.transpose(1, 2)).to(f64)
             self._score_rows(idx)
 
     def _eligible_scores(self, forward: bool):
