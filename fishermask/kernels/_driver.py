@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from fishermask.errors import MemoryLimitError
-from fishermask.kernels._forms import Eigen, first_form, woodbury_form
+from fishermask.kernels._forms import EIGEN_ROWS, Eigen, first_form, woodbury_form
 from fishermask.kernels._group import ShardGroup
 from fishermask.kernels._symmetric import Updated, inverse, sym_mm
 from fishermask.kernels._threads import BusyProbe, step_threads
@@ -75,11 +75,14 @@ def greedy_memory_gb(rows: int, row_bytes: int, num_classes: int, k: int,
                      fisher_target: str) -> float:
     """GB one process holds for the Fisher greedy: ``rows`` resident embeddings of ``row_bytes``
     each with their C×C state (P, Q in float64; ``num_classes`` = c with top-c classes), and the
-    driver's k×k float64 matrices (F, M, A, a work copy, the sample-space U with the labeled
-    rows and the eigen form's W, together at most two more; k-vectors for a diagonal F) and A's
-    float32 copy."""
+    driver's k×k float64 matrices (F, M, A, a work copy, and the sample-space U with the labeled
+    rows, together at most one more; k-vectors for a diagonal F) and A's float32 copy; where the
+    round starts from A's eigen form (``kernels/_forms.py``), the eigensolver's copies of F and M
+    and its workspace for a moment, four more."""
     per_row = row_bytes + 2 * num_classes * num_classes * 8 + 16
-    square = ((6 if fisher_target == "dense" else 3) * 8 + 4) * k * k
+    dense = fisher_target == "dense"
+    eigen = dense and rows * num_classes >= EIGEN_ROWS * k
+    square = (((5 + 4 * eigen) if dense else 3) * 8 + 4) * k * k
     return (rows * per_row + square) / 1e9
 
 

@@ -82,3 +82,15 @@ def test_a_large_round_starts_from_the_eigen_form_and_picks_what_a_gives(monkeyp
     plain = fisher_greedy(cand, lab, torch.tensor(fisher), 12, lam=0.1, oversample=2)
     assert calls == [1] and auto.tolist() == plain.tolist() and info["float64_resets"] == 0
     assert np.isfinite(info["objective"])
+
+
+def test_the_memory_estimate_counts_the_eigensolver_where_the_round_uses_it():
+    from fishermask.kernels._driver import greedy_memory_gb
+
+    k, c, row = 100, 10, 1000
+    per_row = (row + 2 * c * c * 8 + 16) / 1e9
+    below = greedy_memory_gb(119, row, c, k, "dense")  # 1,190 stacked rows < 12·k
+    at = greedy_memory_gb(120, row, c, k, "dense")
+    assert at - below == pytest.approx(per_row + 4 * 8 * k * k / 1e9)  # F, M copies + workspace
+    assert greedy_memory_gb(120, row, c, k, "diag") - greedy_memory_gb(119, row, c, k, "diag") \
+        == pytest.approx(per_row)
