@@ -96,6 +96,7 @@ def _engine_once(args, cands, lab, fisher, dtype) -> dict:
     init = (t1 - t0) + group.times["reset"][0]
     return dict(init_s=init, step_s=(t2 - t0 - init) / args.n, total_s=t2 - t0,
                 cpu_total_s=c2 - c0, steps=args.n, measured=True, picks=order,
+                eigen=group.forms[0] == "Eigen",
                 checks={key: info[key] for key in ("rebuilds", "overrides", "contenders",
                                                     "float64_resets")})
 
@@ -146,13 +147,11 @@ def run_method(method: str, args, threads: int, env: dict) -> dict:
     return out
 
 
-def counts_for(method: str, args) -> dict:
+def counts_for(method: str, args, r: dict) -> dict:
     from floors import engine_counts, public_counts, recompute_counts
 
-    if method in ("engine", "engine64"):
-        from fishermask.kernels._forms import EIGEN_ROWS
-        counts = engine_counts(args.U, args.L, args.C, args.k,
-                               eigen=args.U * args.C >= EIGEN_ROWS * args.k)
+    if method in ("engine", "engine64"):  # r["eigen"]: the engine started from A's eigen form
+        counts = engine_counts(args.U, args.L, args.C, args.k, eigen=r["eigen"])
         if method == "engine64":  # the same flops, all in float64
             counts = {ph: dict(c, f64=c["f64"] + c["f32"], f32=0) for ph, c in counts.items()}
         return counts
@@ -163,7 +162,7 @@ def counts_for(method: str, args) -> dict:
 def row(method: str, r: dict, args, base: dict | None) -> str:
     from floors import floors
 
-    fl = floors(counts_for(method, args), r["rates"])
+    fl = floors(counts_for(method, args, r), r["rates"])
     total_floor = fl["init"][0] + args.n * fl["step"][0]
     agree = "—" if base is None or method.startswith("engine") else (
         "yes" if r["picks"] == base["picks"][: len(r["picks"])] else "NO")

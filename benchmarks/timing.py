@@ -18,6 +18,7 @@ class TimedGroup(ShardGroup):
         self.group = group
         self.seconds = seconds if seconds is not None else collections.defaultdict(float)
         self.times = collections.defaultdict(list)
+        self.forms = []  # the form of A each reset was given ("A", "Eigen", "Woodbury")
 
     def _timed(self, op, *args):
         t0 = time.perf_counter()
@@ -34,6 +35,7 @@ class TimedGroup(ShardGroup):
         return self._timed(self.group.start, fisher, w_s, *([compute_dtype] if compute_dtype else []))
 
     def reset(self, a_mat, forward, compute_dtype=None, form=None):
+        self.forms.append(type(form).__name__ if form is not None else "A")
         return self._timed(self.group.reset, a_mat, forward, compute_dtype, form)
 
     def advance(self, update, forward):

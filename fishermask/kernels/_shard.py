@@ -287,10 +287,7 @@ class GreedyShard:
             t.sub_(gh[..., c:], alpha=sign)                                    # G K'/2 − σ H
             ggt = torch.bmm(big_g, big_g.transpose(1, 2)).to(f64)              # G Gᵀ
             w = torch.bmm(big_g, t.transpose(1, 2))                            # G Tᵀ
-            if isinstance(idx, slice):
-                self.p[idx].sub_(ggt, alpha=sign)
-            else:
-                self.p[idx] -= sign * ggt
+            self.p[idx] -= sign * ggt
             self.q[idx] += (w + w.transpose(1, 2)).to(f64)
             self._score_rows(idx)
 
