@@ -113,6 +113,7 @@ class GreedyShard:
             raise ValueError(f"offset ({offset}) must be a non-negative multiple of chunk ({chunk})")
         self.emb, self.offset, self.size, self.chunk = emb, int(offset), len(emb), int(chunk)
         self.device = emb.device
+        self._views = None
 
     @classmethod
     def from_batches(cls, outputs: list, offset: int) -> "GreedyShard":
@@ -149,6 +150,7 @@ class GreedyShard:
         self.scores = torch.full((self.size,), float("-inf"), dtype=torch.float64,
                                  device=self.device)
         self.sign = 1
+        self._reverse = False  # the direction of the last pass over the blocks (apply)
         self._eye = torch.eye(c, dtype=torch.float64, device=self.device)
         self.removing = False  # in the backward phase only selected rows are current
         self._set_dtype(compute_dtype)
@@ -165,17 +167,21 @@ class GreedyShard:
                                   device=self.device) if cast and self.size else None)
 
     # ------------------------------------------------------------------ helpers
-    def _blocks(self, only_selected: bool):
-        """(local row index or slice, embedding rows) per chunk-aligned block."""
-        for start in range(0, self.size, self.chunk):
-            sl = slice(start, min(start + self.chunk, self.size))
+    def _blocks(self, only_selected: bool, reverse: bool = False):
+        """(local row index or slice, embedding rows) per chunk-aligned block (last block first
+        with ``reverse``)."""
+        if self._views is None:  # each block's slice and embedding rows (views), made once
+            self._views = [(sl, self.emb.rows(sl)) for sl in
+                           (slice(start, min(start + self.chunk, self.size))
+                            for start in range(0, self.size, self.chunk))]
+        for sl, rows in (reversed(self._views) if reverse else self._views):
             if only_selected:
                 idx = torch.nonzero(self.selected[sl]).flatten()
                 if idx.numel():
-                    idx = idx + start
+                    idx = idx + sl.start
                     yield idx, self.emb.rows(idx)
             else:
-                yield sl, self.emb.rows(sl)
+                yield sl, rows
 
     def _local(self, g: int) -> int:
         i = int(g) - self.offset
@@ -213,6 +219,7 @@ class GreedyShard:
             self._reset_eigen(form)
         else:
             self._reset_plain(a_mat.to(device=self.device, dtype=self.dtype), form)
+        self._reverse = False
         self.sign = 1 if forward else -1
         self._rescore()
         return self.best(forward)
@@ -269,27 +276,43 @@ class GreedyShard:
     def apply(self, g: int, sign: int, x: Tensor, k_mat: Tensor) -> None:
         """Add (sign σ = +1) or remove (−1) the winner g: mark it, update P, Q and the scores.
 
-        With S⁻¹ = σ L Lᵀ, X = √w_S [a L | b L] and K' = Lᵀ K L from the driver, [G | H] = V_x X
-        gives g S⁻¹ gᵀ = σ G Gᵀ and the update of the module docstring as
-        P ← P − σ G Gᵀ, Q ← Q + W + Wᵀ with W = G Tᵀ, T = G K'/2 − σ H (two batched products
-        per block in the compute dtype, added to the float64 P, Q)."""
+        With S⁻¹ = σ L Lᵀ, X = √w_S [a L | b L] and K' = Lᵀ K L from the driver, g S⁻¹ gᵀ = σ G Gᵀ
+        (G = V_x a L √w_S) and the update of the module docstring is P ← P − σ G Gᵀ,
+        Q ← Q + W + Wᵀ with W = G Tᵀ, T = G K'/2 − σ H.  T is linear in V_x, so one product
+        [G | T] = V_x [X_a | X_a K'/2 − σ X_b] gives both, and one batched product
+        G [Gᵀ | Tᵀ] gives G Gᵀ and G Tᵀ (both in the compute dtype, added to the float64 P, Q).
+        Q only enters the scores as tr(S⁻¹ Q) with a symmetric S⁻¹, which equals tr(S⁻¹ (Q + 2W))
+        as well as tr(S⁻¹ (Q + W + Wᵀ)): Q is updated by 2W and kept up to an antisymmetric part
+        that no score sees (one pass over Q instead of two).
+        The blocks are visited in alternate directions from one step to the next, so that the
+        embeddings a step read last are still in the CPU's cache when the next step starts."""
         self.mark(g, sign)
         self.sign = sign
         dev, dt, f64 = self.device, self.dtype, torch.float64
-        x = x.to(device=dev, dtype=dt)
-        half_k = (k_mat.to(device=dev, dtype=f64) / 2).to(dt)
         c = k_mat.shape[0]
+        x = x.to(device=dev, dtype=f64)
+        x_a = x[:, :c]
+        x = torch.cat([x_a, x_a @ (k_mat.to(device=dev, dtype=f64) / 2) - sign * x[:, c:]], dim=1)
+        x = x.to(dt)
         self.scores.fill_(float("-inf"))
-        for idx, rows in self._blocks(self.removing):
-            gh = rows.matmul(x, self._work)                                    # [n, C, 2C]
-            big_g = gh[..., :c]
-            t = (big_g.reshape(-1, c) @ half_k).view(big_g.shape)
-            t.sub_(gh[..., c:], alpha=sign)                                    # G K'/2 − σ H
-            ggt = torch.bmm(big_g, big_g.transpose(1, 2)).to(f64)              # G Gᵀ
-            w = torch.bmm(big_g, t.transpose(1, 2))                            # G Tᵀ
-            self.p[idx] -= sign * ggt
-            self.q[idx] += (w + w.transpose(1, 2)).to(f64)
+        self._reverse = not self._reverse
+        for idx, rows in self._blocks(self.removing, self._reverse):
+            gt = rows.matmul(x, self._work)                                    # [G | T], [n, C, 2C]
+            n = gt.shape[0]
+            # [Gᵀ | Tᵀ] per row: [n, C, 2C] with [m, (h, i)] = (G, T)[h][i, m]
+            y = gt.view(n, c, 2, c).permute(0, 3, 2, 1).reshape(n, c, 2 * c)
+            out = torch.bmm(y[:, :, :c].transpose(1, 2), y)                   # [G Gᵀ | G Tᵀ]
+            self._add_rows(self.p, idx, out[:, :, :c], -sign)
+            self._add_rows(self.q, idx, out[:, :, c:], 2)                     # Q + 2W (see above)
             self._score_rows(idx)
+
+    @staticmethod
+    def _add_rows(state: Tensor, idx, delta: Tensor, alpha: int) -> None:
+        """state[idx] += alpha · delta (float64 state, delta in the compute dtype)."""
+        if isinstance(idx, slice):
+            state[idx].add_(delta, alpha=alpha)
+        else:
+            state[idx] = state[idx].add_(delta, alpha=alpha)
 
     def _eligible_scores(self, forward: bool):
         """(maintained scores with −inf where a candidate is not eligible, the eligible mask), or

@@ -49,7 +49,13 @@ def test_maintained_scores_are_the_decrease_of_the_trace(form, diag):
         forward = step < 3
         scores = shard.scores.numpy()
         rows = [x for x in range(len(vt)) if (x in picked) != forward]
-        for x in rows:
+        a = np.linalg.inv(m)
+        for x in rows:  # P_x = Ṽ_x A Ṽ_xᵀ; Q_x kept up to an antisymmetric part
+            p_x, q_x = shard.p[x].numpy(), shard.q[x].numpy()
+            want_p, want_q = vt[x] @ a @ vt[x].T, vt[x] @ a @ f @ a @ vt[x].T
+            np.testing.assert_allclose(p_x, want_p, rtol=1e-9, atol=1e-12 * np.abs(want_p).max())
+            np.testing.assert_allclose((q_x + q_x.T) / 2, want_q, rtol=1e-9,
+                                       atol=1e-12 * np.abs(want_q).max())
             change = vt[x].T @ vt[x]
             want = tr(m) - tr(m + change if forward else m - change)
             assert scores[x] == pytest.approx(want, rel=1e-9, abs=1e-12 * tr(m))
