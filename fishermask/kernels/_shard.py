@@ -21,7 +21,9 @@ shard's ``compute_dtype``: float32 (what :func:`~fishermask.kernels.greedy.fishe
 strategies use) or float64.  So do the small products that turn a step's [G | H] (themselves
 float32 numbers) into its C×C update, G Gᵀ and G Tᵀ; the state P, Q they are added to, the scores
 and everything in the driver are float64.  The driver keeps M exactly and verifies every pick
-(``kernels/_driver.py``), so float32 changes the speed, not the picks.  The first P, Q come from
+(``kernels/_driver.py``), so float32 changes the speed, not the picks.  On the CPU a forward step's
+C×C work (the update and the scores) runs as one compiled loop over the candidates
+(``kernels/_fused.py``), which accumulates G Gᵀ and G Tᵀ in float64.  The first P, Q come from
 one of A's forms (``kernels/_forms.py``): with the eigen form, Z = V_x W gives P = w_S Z Zᵀ and
 Q = w_S Z diag(d) Zᵀ (one product per candidate).  From A itself, Q is formed as Z F Zᵀ with
 Z = V_x A (the Z already formed for P) when F is diagonal or the embeddings have no factored block,
@@ -42,6 +44,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from fishermask.kernels import _fused
 from fishermask.kernels._forms import Eigen
 from fishermask.kernels._reduction import FISHER_BLOCK, take_rows, tree_cover, tree_nodes
 from fishermask.kernels.embeddings import FisherEmbeddings
@@ -296,8 +299,13 @@ class GreedyShard:
         x = x.to(dt)
         self.scores.fill_(float("-inf"))
         self._reverse = not self._reverse
+        fused = sign > 0 and not self.removing and self.device.type == "cpu" and _fused.available()
         for idx, rows in self._blocks(self.removing, self._reverse):
             gt = rows.matmul(x, self._work)                                    # [G | T], [n, C, 2C]
+            if fused:  # the C×C update and the scores in one compiled loop (kernels/_fused.py)
+                _fused.forward_update(gt, self.p[idx], self.q[idx], self.scores[idx])
+                self._rescore_failed(idx)
+                continue
             n = gt.shape[0]
             # [Gᵀ | Tᵀ] per row: [n, C, 2C] with [m, (h, i)] = (G, T)[h][i, m]
             y = gt.view(n, c, 2, c).permute(0, 3, 2, 1).reshape(n, c, 2 * c)
@@ -305,6 +313,13 @@ class GreedyShard:
             self._add_rows(self.p, idx, out[:, :, :c], -sign)
             self._add_rows(self.q, idx, out[:, :, c:], 2)                     # Q + 2W (see above)
             self._score_rows(idx)
+
+    def _rescore_failed(self, sl: slice) -> None:
+        """Score by a general solve the rows whose I + P the compiled loop could not factor."""
+        failed = torch.nonzero(torch.isnan(self.scores[sl])).flatten()
+        if failed.numel():
+            rows = failed + sl.start
+            self.scores[rows] = trace_solve(self.p[rows] + self._eye, self.q[rows])
 
     @staticmethod
     def _add_rows(state: Tensor, idx, delta: Tensor, alpha: int) -> None:
