@@ -20,15 +20,45 @@ from torch import Tensor
 from fishermask.kernels._threads import step_threads
 
 
+def _intel_cpu() -> bool:
+    """Whether this machine's CPU is Intel's (Linux: /proc/cpuinfo; elsewhere: no)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return "GenuineIntel" in line
+    except OSError:
+        pass
+    return False
+
+
+_MKL_NARROW: list[bool] = []  # made on first use
+
+
+def mkl_narrow() -> bool:
+    """Whether torch's BLAS takes the driver's narrow float64 products on the CPU: where it is MKL
+    on an Intel CPU.  MKL runs [10, k]×[k, k] in float64 1.5× (one thread) to 2× (two) as fast as
+    numpy's OpenBLAS on an Intel Xeon, and 2–2.7× slower on a CPU of another vendor, where it does
+    not take its fast code paths.  A property of the machine, so the same machine always takes the
+    same path (the same bits)."""
+    if not _MKL_NARROW:
+        _MKL_NARROW.append(torch.backends.mkl.is_available() and _intel_cpu())
+    return _MKL_NARROW[0]
+
+
 def sym_mm(mat: Tensor, y: Tensor) -> Tensor:
-    """mat @ y for a symmetric k×k ``mat`` and a narrow k×m ``y``, taken as (yᵀ mat)ᵀ: MKL runs
-    the narrow product about twice as fast with the narrow matrix on the left.  A float64 product
-    on one CPU thread goes through numpy's BLAS, which ran it 2-2.7× faster than torch's MKL here
-    ([10, 1,400]×[1,400, 1,400]: 30 against 11 GFLOP/s); with several threads it stays in torch
-    (numpy's BLAS threads and torch's OpenMP threads took turns spinning: 3.5× slower).
-    :func:`~fishermask.kernels._threads.step_threads` keeps numpy's BLAS on torch's thread count."""
-    if mat.dtype == torch.float64 and y.dtype == torch.float64 and mat.device.type == "cpu":
+    """mat @ y for a symmetric k×k ``mat`` and a narrow k×m ``y``.  Where MKL takes the float64
+    product (:func:`mkl_narrow`) and everywhere else for other dtypes and devices, torch's
+    product: (yᵀ mat)ᵀ on one thread (about 10 % faster with the narrow matrix on the left), mat y
+    on several (MKL parallelises it, 1.4× as fast).  Elsewhere a float64 product on the CPU goes
+    through numpy's BLAS (30 against 11 GFLOP/s for [10, 1,400]×[1,400, 1,400] on one thread),
+    whose threads :func:`~fishermask.kernels._threads.step_threads` keeps at one inside the steps
+    (numpy's BLAS threads and torch's OpenMP threads took turns spinning: 3.5× slower)."""
+    if (mat.dtype == torch.float64 and y.dtype == torch.float64 and mat.device.type == "cpu"
+            and not mkl_narrow()):
         return torch.from_numpy(y.detach().numpy().T @ mat.detach().numpy()).T
+    if mat.device.type == "cpu" and torch.get_num_threads() > 1:
+        return mat @ y
     return (y.T @ mat).T
 
 

@@ -3,6 +3,7 @@ dense matrix's."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fishermask.kernels._symmetric import Updated, sym_mm
@@ -47,3 +48,25 @@ def test_a_low_precision_product_is_the_product_in_that_precision():
     assert x._low is None
     dense = dense + w @ w.T
     torch.testing.assert_close(x.mm_low(y, torch.float32), dense @ y, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mkl", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sym_mm_on_either_blas_and_thread_count(monkeypatch, mkl, threads):
+    import fishermask.kernels._symmetric as sym
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(300, 300, generator=g, dtype=torch.float64)
+    a = (a + a.T) / 2
+    y = torch.randn(300, 10, generator=g, dtype=torch.float64)
+    monkeypatch.setattr(sym, "_MKL_NARROW", [mkl])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = sym.sym_mm(a, y)
+        out32 = sym.sym_mm(a.float(), y.float())
+    finally:
+        torch.set_num_threads(before)
+    assert out.dtype == torch.float64 and out.shape == (300, 10)
+    torch.testing.assert_close(out, a @ y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out32, (a @ y).float(), rtol=1e-4, atol=1e-4)
