@@ -77,13 +77,28 @@ def _trial(spec: dict, results: str, workdir: str, threads: int) -> dict:
     return {"label": spec["label"], "variant": spec["variant"], "seconds": seconds}
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _hardware() -> dict:
     import platform
 
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"event": "start", "gpu": gpu, "torch": torch.__version__, "cpus": os.cpu_count(),
+    return {"event": "start", "gpu": gpu, "cpu": _cpu_model(), "torch": torch.__version__,
+            "cpus": os.cpu_count(),
             "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                        time.gmtime())}
 
@@ -163,7 +178,8 @@ def _finished(path: str | Path) -> list[str]:
 
 def load_results(*paths: str | Path):
     """The finished trials of one or more ``results.jsonl`` (a study run in parts: its later
-    files win) as report runs, and the first file's header (hardware).  A round logged twice (a
+    files win) as report runs, and the first file's header (hardware), with ``parts``: the
+    hardware of every sitting that started trials (its ``start`` lines).  A round logged twice (a
     trial restarted after an interruption) counts once, its last line."""
     import numpy as np
 
@@ -171,7 +187,8 @@ def load_results(*paths: str | Path):
     from fishermask.reports.data import RunData, run_config
 
     rows = [r for path in paths for r in _rows(path)]
-    header = next((r for r in rows if r["event"] == "start"), {})
+    starts = [r for r in rows if r["event"] == "start"]
+    header = dict(starts[0], parts=starts) if starts else {}
     finished = {r["trial"]: r for r in rows if r["event"] == "finished"}
     runs = []
     for label, fin in finished.items():
@@ -198,6 +215,14 @@ def load_results(*paths: str | Path):
     return runs, header
 
 
+def _where(hw: dict, sitting: bool = True) -> str:
+    """The hardware of a ``start`` line in words (with the sitting's trials at a time and date)."""
+    cpu = f"CPU ({hw['cpu']})" if hw.get("cpu") else "CPU"
+    text = (f"{hw.get('gpu') or cpu}, torch {hw.get('torch')}, "
+            f"{hw.get('cpus')} CPUs")
+    return text + (f", {hw.get('workers')} trials at a time, {hw.get('time')}" if sitting else "")
+
+
 def report(args) -> int:
     from fishermask.reports.command import build_report
 
@@ -205,10 +230,12 @@ def report(args) -> int:
     if not runs:
         print(f"error: no finished trial in {' '.join(args.report)}", file=sys.stderr)
         return 2
-    where = (f"{hw.get('gpu') or 'CPU'}, torch {hw.get('torch')}, {hw.get('cpus')} CPUs, "
-             f"{hw.get('workers')} trials at a time, {hw.get('time')}")
+    where = _where(hw)
+    machines = sorted({_where(part, sitting=False) for part in hw.get("parts", [])})
+    notes = [f"ran on {where}"] + ([f"its sittings ran on {len(machines)} kinds of machine: "
+                                    + "; ".join(machines)] if len(machines) > 1 else [])
     res = build_report(runs, Path(args.out), title=f"{hw.get('sweep', 'GPU study')} ({where})",
-                       notes=[f"ran on {where}"])
+                       notes=notes)
     for path in res["files"].values():
         print(f"wrote {path}")
     return 0

@@ -91,4 +91,40 @@ def test_a_study_in_parts_resumes_and_reports_from_several_files(tmp_path):
                           "o/results.jsonl", "--out", "r"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=200)
     assert rep.returncode == 0, rep.stderr[-2000:]
-    assert "2 finished runs in 2 variants" in (tmp_path / "r" / "summary.md").read_text()
+    text = (tmp_path / "r" / "summary.md").read_text()
+    assert "2 finished runs in 2 variants" in text and "kinds of machine" not in text
+    # a sitting on another kind of machine is named in the report
+    lines = (tmp_path / "o" / "results.jsonl").read_text().splitlines()
+    other = [json.dumps(dict(json.loads(x), cpu="Other CPU")) if '"start"' in x else x
+             for x in lines]
+    (tmp_path / "o2.jsonl").write_text("\n".join(other) + "\n")
+    rep = subprocess.run([sys.executable, script, "--report", "o/results.jsonl", "o2.jsonl",
+                          "--out", "r2"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=200)
+    text = (tmp_path / "r2" / "summary.md").read_text()
+    assert "its sittings ran on 2 kinds of machine" in text and "CPU (Other CPU)" in text
+
+
+def test_long_studies_start_from_the_kept_trials_and_keep_them(tmp_path):
+    sweep = write_tiny_sweep(tmp_path)
+    labels = ["fishermask seed=0", "fishermask seed=1", "random seed=0", "random seed=1"]
+    kept = tmp_path / "kept" / "tiny" / "results.jsonl"  # an earlier sitting finished them all,
+    kept.parent.mkdir(parents=True)                     # on another kind of machine
+    kept.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"event": "start", "gpu": None, "cpu": "Other CPU", "torch": "2.9", "cpus": 2,
+         "workers": 2, "time": "t0"}] + [{"event": "finished", "trial": t} for t in labels]))
+    env = dict(os.environ, STUDIES=f"tiny:{sweep}", KEPT=str(tmp_path / "kept"))
+    script = str(ROOT / "scripts" / "long_studies.sh")
+    run = subprocess.run(["bash", script, str(tmp_path / "data"), str(tmp_path / "out")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "resuming: 4 trials finished" in run.stdout and "0 of 0 trials run" in run.stdout
+    rows = [json.loads(x) for x in (tmp_path / "out" / "tiny" / "results.jsonl").read_text()
+            .splitlines()]
+    assert [r["cpu"] for r in rows if r["event"] == "start"][0] == "Other CPU"
+    assert len([r for r in rows if r["event"] == "start"]) == 2  # this sitting's line added
+    kept.unlink()
+    save = subprocess.run(["bash", script, "--save", str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert save.returncode == 0 and "(4 finished trials)" in save.stdout, save.stderr
+    assert kept.read_text() == (tmp_path / "out" / "tiny" / "results.jsonl").read_text()
