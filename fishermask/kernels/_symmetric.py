@@ -76,8 +76,10 @@ class Updated:
 
     def __init__(self, base: Tensor, limit: int = 128):
         self.base, self.limit = base, int(limit)
-        self.w: Tensor | None = None   # [W_1, W_2, …], k × Σ C
-        self.d: Tensor | None = None   # block-diag(D_1, D_2, …)
+        self.w: Tensor | None = None   # [W_1, W_2, …], k × Σ C (a view of _wbuf)
+        self.d: Tensor | None = None   # block-diag(D_1, D_2, …) (a view of _dbuf)
+        self._wbuf: Tensor | None = None  # room for the pending columns, kept across folds
+        self._dbuf: Tensor | None = None  # zero outside the pending blocks
         self._low: Tensor | None = None  # X₀ in a lower precision (mm_low), until the next fold
 
     def mm(self, y: Tensor) -> Tensor:
@@ -96,12 +98,21 @@ class Updated:
         return out if self.w is None else out + self.w @ (self.d @ (self.w.T @ y))
 
     def add(self, w: Tensor, d: Tensor) -> None:
-        """X ← X + W D Wᵀ (folded once the pending columns reach ``limit``)."""
-        if self.w is None:
-            self.w, self.d = w, d
-        else:
-            self.w, self.d = torch.cat([self.w, w], dim=1), torch.block_diag(self.d, d)
-        if self.w.shape[1] >= self.limit:
+        """X ← X + W D Wᵀ (folded once the pending columns reach ``limit``).  The pending W and D
+        are written into buffers kept across folds instead of concatenated anew each step."""
+        n, c = (0 if self.w is None else self.w.shape[1]), w.shape[1]
+        buf = self._wbuf
+        if buf is None or buf.shape[1] < n + c or buf.dtype != w.dtype or buf.device != w.device:
+            cap = max(self.limit, n) + c
+            self._wbuf = w.new_empty(w.shape[0], cap)
+            self._dbuf = d.new_zeros(cap, cap)
+            if n:
+                self._wbuf[:, :n] = self.w
+                self._dbuf[:n, :n] = self.d
+        self._wbuf[:, n:n + c] = w
+        self._dbuf[n:n + c, n:n + c] = d
+        self.w, self.d = self._wbuf[:, :n + c], self._dbuf[:n + c, :n + c]
+        if n + c >= self.limit:
             self.fold()
 
     def fold(self) -> None:
@@ -109,6 +120,7 @@ class Updated:
         if self.w is None:
             return
         self.base.addmm_(self.w @ self.d, self.w.T)
+        self.d.zero_()  # the buffer is zero outside the pending blocks again
         self.w = self.d = self._low = None
 
     @property
