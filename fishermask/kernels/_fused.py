@@ -9,7 +9,8 @@ in the compute dtype) it forms, in float64,
 (S⁻¹ = Wᵀ W; W is lower triangular).  The same numbers as the batched torch path up to rounding,
 with the products of G and T accumulated in float64 instead of the compute dtype.  It replaces a
 batched product, two state updates and a batched LAPACK inverse per block (whose cost is about
-1 µs per 10×10 matrix) by about 4·C³ flops per candidate in registers: 2.5× faster for C = 10.
+1 µs per 10×10 matrix) by about 4·C³ flops per candidate: 2.5× faster for C = 10.  The loop
+takes ``LANES`` candidates at a time side by side, so that the compiler vectorises across them.
 A candidate whose S is not numerically positive definite gets NaN, which the shard re-scores with
 a general solve.  Only for CPU tensors and the forward phase (S = −I + P of a removal is
 indefinite); everything is per candidate, so a sharded run computes the same bits as one shard.
@@ -34,65 +35,105 @@ def available() -> bool:
     return _AVAILABLE
 
 
-def _forward_update(gt, p, q, scores):  # pragma: no cover - runs compiled
+LANES = 16
+"""Candidates a pass of the compiled loop works on together (see :func:`_forward_update`)."""
+
+
+def _forward_update(gt, p, q, scores, lanes):  # pragma: no cover - runs compiled
+    # ``lanes`` candidates at a time, their numbers side by side (the lane index innermost), so
+    # that every operation is a loop over the lanes that the compiler turns into vector
+    # instructions: 1.2-1.3x the speed of one candidate at a time.  Each lane does exactly the
+    # operations, in the same order, that one candidate alone would (a padded lane repeats the
+    # last candidate and is not written back), so the numbers are the same bits as a loop over
+    # single candidates.  ``lanes`` is an argument, not a constant: with a constant trip count
+    # the compiler unrolls the short loops instead of vectorising them.
     n, c = p.shape[0], p.shape[1]
-    g = np.empty((c, c))
-    t = np.empty((c, c))
-    s = np.empty((c, c))
-    w = np.empty((c, c))
-    for x in range(n):
-        for i in range(c):
-            for m in range(c):
-                g[i, m] = gt[x, i, m]
-                t[i, m] = gt[x, i, c + m]
+    g = np.empty((c, c, lanes))
+    t = np.empty((c, c, lanes))
+    pl = np.empty((c, c, lanes))
+    ql = np.empty((c, c, lanes))
+    s = np.empty((c, c, lanes))
+    w = np.empty((c, c, lanes))
+    acc = np.empty(lanes)
+    dd = np.empty(lanes)
+    ok = np.empty(lanes)
+    total = np.empty(lanes)
+    for x0 in range(0, n, lanes):
+        for v in range(lanes):
+            x = min(x0 + v, n - 1)
+            for i in range(c):
+                for m in range(c):
+                    g[i, m, v] = gt[x, i, m]
+                    t[i, m, v] = gt[x, i, c + m]
+                    pl[i, m, v] = p[x, i, m]
+                    ql[i, m, v] = q[x, i, m]
         for i in range(c):
             for j in range(i + 1):  # G Gᵀ is symmetric: its lower triangle, mirrored
-                gg = 0.0
+                acc[:] = 0.0
                 for m in range(c):
-                    gg += g[i, m] * g[j, m]
-                p[x, i, j] -= gg
+                    for v in range(lanes):
+                        acc[v] += g[i, m, v] * g[j, m, v]
+                for v in range(lanes):
+                    pl[i, j, v] -= acc[v]
                 if j != i:
-                    p[x, j, i] -= gg
+                    for v in range(lanes):
+                        pl[j, i, v] -= acc[v]
             for j in range(c):
-                gt_ij = 0.0
+                acc[:] = 0.0
                 for m in range(c):
-                    gt_ij += g[i, m] * t[j, m]
-                q[x, i, j] += 2.0 * gt_ij
-        # S = I + P = L Lᵀ (lower triangle of s)
-        ok = True
+                    for v in range(lanes):
+                        acc[v] += g[i, m, v] * t[j, m, v]
+                for v in range(lanes):
+                    ql[i, j, v] += 2.0 * acc[v]
+        # S = I + P = L Lᵀ (lower triangle of s); a lane whose pivot is not > 0 is marked and
+        # goes on with pivot 1 (its numbers are not used)
+        ok[:] = 1.0
         for j in range(c):
-            d = p[x, j, j] + 1.0
+            for v in range(lanes):
+                dd[v] = pl[j, j, v] + 1.0
             for k in range(j):
-                d -= s[j, k] * s[j, k]
-            if not d > 0.0:
-                ok = False
-                break
-            d = math.sqrt(d)
-            s[j, j] = d
+                for v in range(lanes):
+                    dd[v] -= s[j, k, v] * s[j, k, v]
+            for v in range(lanes):
+                good = dd[v] > 0.0
+                ok[v] = ok[v] if good else 0.0
+                dd[v] = math.sqrt(dd[v] if good else 1.0)
+                s[j, j, v] = dd[v]
             for i in range(j + 1, c):
-                v = p[x, i, j]
+                for v in range(lanes):
+                    acc[v] = pl[i, j, v]
                 for k in range(j):
-                    v -= s[i, k] * s[j, k]
-                s[i, j] = v / d
-        if not ok:
-            scores[x] = np.nan
-            continue
+                    for v in range(lanes):
+                        acc[v] -= s[i, k, v] * s[j, k, v]
+                for v in range(lanes):
+                    s[i, j, v] = acc[v] / dd[v]
         # W = L⁻¹ (lower triangular), column by column
         for j in range(c):
-            w[j, j] = 1.0 / s[j, j]
+            for v in range(lanes):
+                w[j, j, v] = 1.0 / s[j, j, v]
             for i in range(j + 1, c):
-                v = 0.0
+                acc[:] = 0.0
                 for k in range(j, i):
-                    v -= s[i, k] * w[k, j]
-                w[i, j] = v / s[i, i]
-        total = 0.0
+                    for v in range(lanes):
+                        acc[v] -= s[i, k, v] * w[k, j, v]
+                for v in range(lanes):
+                    w[i, j, v] = acc[v] / s[i, i, v]
+        total[:] = 0.0
         for k in range(c):
             for j in range(k + 1):
-                v = 0.0
+                acc[:] = 0.0
                 for m in range(k + 1):
-                    v += w[k, m] * q[x, m, j]
-                total += v * w[k, j]
-        scores[x] = total
+                    for v in range(lanes):
+                        acc[v] += w[k, m, v] * ql[m, j, v]
+                for v in range(lanes):
+                    total[v] += acc[v] * w[k, j, v]
+        for v in range(min(lanes, n - x0)):
+            x = x0 + v
+            for i in range(c):
+                for m in range(c):
+                    p[x, i, m] = pl[i, m, v]
+                    q[x, i, m] = ql[i, m, v]
+            scores[x] = total[v] if ok[v] > 0.0 else np.nan
 
 
 def forward_update(gt: Tensor, p: Tensor, q: Tensor, scores: Tensor) -> None:
@@ -104,9 +145,9 @@ def forward_update(gt: Tensor, p: Tensor, q: Tensor, scores: Tensor) -> None:
     if _compiled is None:
         import numba  # a few tenths of a second: only where a greedy step runs
 
-        _compiled = numba.njit(cache=True, nogil=True)(_forward_update)
+        _compiled = numba.njit(cache=True, nogil=True, error_model="numpy")(_forward_update)
     with torch.no_grad():
-        _compiled(gt.numpy(), p.numpy(), q.numpy(), scores.numpy())
+        _compiled(gt.numpy(), p.numpy(), q.numpy(), scores.numpy(), LANES)
 
 
 __all__ = ["available", "forward_update"]
