@@ -296,7 +296,9 @@ class GreedyShard:
         x = x.to(device=dev, dtype=f64)
         x_a = x[:, :c]
         x = torch.cat([x_a, x_a @ (k_mat.to(device=dev, dtype=f64) / 2) - sign * x[:, c:]], dim=1)
-        x = x.to(dt)
+        # column-major, so that the blocks' products, which take it transposed on one thread,
+        # find it contiguous that way (no copy per block)
+        x = x.to(dt).T.contiguous().T
         self.scores.fill_(float("-inf"))
         self._reverse = not self._reverse
         fused = sign > 0 and not self.removing and self.device.type == "cpu" and _fused.available()
