@@ -81,14 +81,9 @@ def best_time(fn, repeats: int, warmup: bool = True) -> float:
 
 
 def cpu_info() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from fishermask.machine import cpu_model
+
+    return cpu_model()
 
 
 def train_step_time(model, x, y, repeats: int) -> float:

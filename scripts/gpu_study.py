@@ -77,27 +77,15 @@ def _trial(spec: dict, results: str, workdir: str, threads: int) -> dict:
     return {"label": spec["label"], "variant": spec["variant"], "seconds": seconds}
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _hardware() -> dict:
     import platform
 
     import torch
 
+    from fishermask.machine import cpu_model
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"event": "start", "gpu": gpu, "cpu": _cpu_model(), "torch": torch.__version__,
+    return {"event": "start", "gpu": gpu, "cpu": cpu_model(), "torch": torch.__version__,
             "cpus": os.cpu_count(),
             "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                        time.gmtime())}

@@ -18,18 +18,7 @@ import torch
 from torch import Tensor
 
 from fishermask.kernels._threads import step_threads
-
-
-def _intel_cpu() -> bool:
-    """Whether this machine's CPU is Intel's (Linux: /proc/cpuinfo; elsewhere: no)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return "GenuineIntel" in line
-    except OSError:
-        pass
-    return False
+from fishermask.machine import intel_cpu
 
 
 _MKL_NARROW: list[bool] = []  # made on first use
@@ -42,7 +31,7 @@ def mkl_narrow() -> bool:
     not take its fast code paths.  A property of the machine, so the same machine always takes the
     same path (the same bits)."""
     if not _MKL_NARROW:
-        _MKL_NARROW.append(torch.backends.mkl.is_available() and _intel_cpu())
+        _MKL_NARROW.append(torch.backends.mkl.is_available() and intel_cpu())
     return _MKL_NARROW[0]
 
 
