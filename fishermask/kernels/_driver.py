@@ -43,7 +43,7 @@ from torch import Tensor
 from fishermask.errors import MemoryLimitError
 from fishermask.kernels._forms import EIGEN_ROWS, Eigen, first_form, woodbury_form
 from fishermask.kernels._group import ShardGroup
-from fishermask.kernels._symmetric import Updated, inverse, sym_mm
+from fishermask.kernels._symmetric import Updated, inverse, mirror_upper, sym_mm
 from fishermask.kernels._threads import BusyProbe, step_threads
 from fishermask.kernels.embeddings import FisherEmbeddings
 
@@ -113,7 +113,8 @@ class GreedyDriver:
         self.diagonal = self.fisher.dim() == 1
         m = torch.eye(k, dtype=torch.float64, device=dev) * self.lam
         for start in range(0, num_l, block):  # M₀ = λI + w_L Σ_L V_xᵀV_x, block by block
-            m += self.w_l * labeled.rows(slice(start, start + block)).to(dev).gram()
+            m += self.w_l * labeled.rows(slice(start, start + block)).to(dev).gram(upper=True)
+        m = mirror_upper(m)  # the blocks' sums are valid in their upper triangle
         # M and A with the steps' rank-C updates held apart until 128 columns are pending
         # (kernels/_symmetric.py): a step reads the k×k matrices four times instead of nine
         self._m, self._a = Updated(m), Updated(inverse(m))

@@ -132,10 +132,11 @@ class GreedyShard:
     # ------------------------------------------------------------------ target Fisher
     def gram_nodes(self, n_leaves: int, diagonal: bool) -> dict:
         """Tree nodes of Σ V_xᵀV_x over this shard's leaves (FISHER_BLOCK rows each; ``offset`` is
-        a multiple of FISHER_BLOCK) in the tree over ``n_leaves`` leaves."""
+        a multiple of FISHER_BLOCK) in the tree over ``n_leaves`` leaves; dense sums are valid in
+        their upper triangle only (the caller mirrors the total once: ``mirror_upper``)."""
         first = self.offset // FISHER_BLOCK
         last = -(-(self.offset + self.size) // FISHER_BLOCK) if self.size else first
-        leaves = (self.emb.rows(slice(start, start + FISHER_BLOCK)).gram(diagonal)
+        leaves = (self.emb.rows(slice(start, start + FISHER_BLOCK)).gram(diagonal, upper=True)
                   for start in range(0, self.size, FISHER_BLOCK))
         return tree_nodes(tree_cover(first, last, n_leaves), n_leaves, leaves)
 

@@ -32,6 +32,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from fishermask.kernels._symmetric import ata
+
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 STORAGE_BYTES = {"float32": 4, "bfloat16": 2, "float64": 8}
 
@@ -284,8 +286,11 @@ class FisherEmbeddings:
             out = dense if out is None else out + dense
         return out
 
-    def gram(self, diagonal: bool = False, dtype=torch.float64) -> Tensor:
+    def gram(self, diagonal: bool = False, dtype=torch.float64, upper: bool = False) -> Tensor:
         """Σ_x V_xᵀV_x over the rows: dense [k, k], or its diagonal [k] (``diagonal=True``).
+        ``upper``: only the upper triangle need be valid (a sum of these is made symmetric once,
+        by :func:`~fishermask.kernels._symmetric.mirror_upper`); the dense-only block then skips
+        the mirroring (:func:`~fishermask.kernels._symmetric.ata`).
 
         Factored block: Σ_x (D_xᵀD_x)[c', c''] h_x h_xᵀ; cross block Σ_x h_x ⊗ (D_xᵀR_x).
         """
@@ -305,8 +310,7 @@ class FisherEmbeddings:
             if diagonal:
                 parts.append((r * r).sum(dim=(0, 1)))
             else:
-                flat = r.reshape(-1, r.shape[2])
-                dd = flat.T @ flat
+                dd = ata(r.reshape(-1, r.shape[2]), upper=upper and self.features is None)
         if diagonal:
             return torch.cat(parts) if len(parts) > 1 else parts[0]
         if self.features is None:

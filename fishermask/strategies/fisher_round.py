@@ -22,6 +22,7 @@ import numpy as np
 from fishermask.execution.base import PoolExecutor
 from fishermask.kernels._driver import GreedyDriver, check_memory, greedy_memory_gb, run_greedy
 from fishermask.kernels._reduction import FISHER_BLOCK, TreeSum, leaf_count, tree_combine
+from fishermask.kernels._symmetric import mirror_upper
 from fishermask.kernels.embeddings import cat_embeddings
 from fishermask.kernels.greedy import COMPUTE_DTYPES
 
@@ -33,7 +34,7 @@ class _GramSum:
         self.embed_fn, self.diagonal = embed_fn, diagonal
 
     def __call__(self, model, x):
-        return self.embed_fn(model, x).gram(self.diagonal)
+        return self.embed_fn(model, x).gram(self.diagonal, upper=True)
 
 
 def fisher_round(ex: PoolExecutor, embed_fn, *, candidates, labeled, n: int,
@@ -67,12 +68,14 @@ def fisher_round(ex: PoolExecutor, embed_fn, *, candidates, labeled, n: int,
         if v_lab is not None:
             tree = TreeSum()
             for start in range(0, len(v_lab), FISHER_BLOCK):
-                tree.add(v_lab.rows(slice(start, start + FISHER_BLOCK)).gram(diagonal))
+                tree.add(v_lab.rows(slice(start, start + FISHER_BLOCK)).gram(diagonal,
+                                                                             upper=True))
             total = total + tree.result()
         other = np.setdiff1d(np.arange(num_pool), np.concatenate([cand, lab]))
         if len(other):
             total = total + ex.sum(_GramSum(embed_fn, diagonal), other)
-        fisher = total / num_pool
+        # the sums are valid in their upper triangle (BLAS's dsyrk): one mirroring, at the end
+        fisher = (total if diagonal else mirror_upper(total)) / num_pool
         t2 = time.perf_counter()
         # the driver's k×k work on the executor's device (a GPU when the pool is embedded there)
         driver = GreedyDriver(v_lab, fisher, n, lam=lam, weighting=weighting, k=k,

@@ -70,3 +70,34 @@ def test_sym_mm_on_either_blas_and_thread_count(monkeypatch, mkl, threads):
     assert out.dtype == torch.float64 and out.shape == (300, 10)
     torch.testing.assert_close(out, a @ y, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out32, (a @ y).float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(300, 130), (7, 200), (50, 10)])
+def test_ata_is_the_gram_of_the_rows(shape):
+    from fishermask.kernels._symmetric import ata
+
+    g = torch.Generator().manual_seed(shape[0])
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, shape[1],
+                                                                                 dtype=torch.float64)
+    out = ata(x)
+    want = torch.einsum("nk,nj->kj", x, x)
+    assert out.shape == (shape[1], shape[1]) and out.dtype == torch.float64
+    assert torch.equal(out, out.T)  # mirrored exactly
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
+    torch.testing.assert_close(ata(x.float()), want.float(), rtol=1e-4,
+                               atol=1e-5 * float(want.abs().max()))  # torch's product
+
+
+def test_upper_grams_summed_then_mirrored_equal_the_whole_gram():
+    from fishermask.kernels._symmetric import mirror_upper
+    from fishermask.kernels.embeddings import as_embeddings
+
+    g = torch.Generator().manual_seed(5)
+    emb = as_embeddings(torch.randn(40, 3, 90, generator=g), "candidates")
+    total = sum(emb.rows(slice(s, s + 16)).gram(upper=True) for s in range(0, 40, 16))
+    whole = emb.gram()
+    assert torch.equal(whole, whole.T)
+    torch.testing.assert_close(mirror_upper(total), whole, rtol=1e-12, atol=1e-12)
+    full = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    sym = mirror_upper(full)  # only the upper triangle is read
+    assert torch.equal(sym, sym.T) and torch.equal(torch.triu(sym), torch.triu(full))
