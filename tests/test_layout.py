@@ -44,7 +44,7 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
 
 
 ALLOWED = {  # layer (module prefix) -> the fishermask modules it may import (docs/design.md §1)
-    "fishermask.kernels": ("fishermask.errors", "fishermask.kernels"),
+    "fishermask.kernels": ("fishermask.errors", "fishermask.machine", "fishermask.kernels"),
     "fishermask.data": ("fishermask.errors", "fishermask._compat", "fishermask.plugins",
                         "fishermask.data"),
     "fishermask.models": ("fishermask._compat", "fishermask.errors", "fishermask.plugins",
@@ -58,6 +58,7 @@ ALLOWED = {  # layer (module prefix) -> the fishermask modules it may import (do
                               "fishermask.execution.local"),
     "fishermask.plugins": ("fishermask.errors", "fishermask._compat"),
     "fishermask.locks": ("fishermask.errors",),
+    "fishermask.machine": (),
     "fishermask.tracking.params": (),
     "fishermask.tracking": ("fishermask.errors", "fishermask.config", "fishermask.execution",
                             "fishermask.locks", "fishermask.plugins", "fishermask.data",
