@@ -5,6 +5,7 @@
 #
 #   bash scripts/long_studies.sh DATA [OUT=studies]      # DATA holds FashionMNIST/raw
 #   bash scripts/long_studies.sh --save [OUT=studies]    # keep the finished trials in the repository
+#                                                        # (the data folder written as DIR)
 #
 # A study's finished trials are kept, between sittings, in docs/results/in_progress/NAME/
 # results.jsonl (--save copies them there; commit them).  A run starts from that file when OUT
@@ -23,7 +24,22 @@ if [ "${1:-}" = "--save" ]; then
     name=${pair%%:*}
     if [ -f "$out/$name/results.jsonl" ]; then
       mkdir -p "$kept/$name"
-      cp "$out/$name/results.jsonl" "$kept/$name/results.jsonl"
+      # the data folder is this machine's: kept as DIR (a run gives its own with --set)
+      python3 - "$out/$name/results.jsonl" "$kept/$name/results.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+for row in rows:
+    if isinstance(row.get("config", {}).get("data"), dict) and "data_dir" in row["config"]["data"]:
+        row["config"]["data"]["data_dir"] = "DIR"
+    row["overrides"] = ["data.data_dir=DIR" if o.startswith("data.data_dir=") else o
+                        for o in row.get("overrides", [])] if "overrides" in row else None
+    if row["overrides"] is None:
+        del row["overrides"]
+    if "sweeps/" in row.get("sweep", ""):  # the sweep file, from the repository's root
+        row["sweep"] = row["sweep"][row["sweep"].rfind("sweeps/"):]
+with open(sys.argv[2], "w") as f:
+    f.writelines(json.dumps(row) + "\n" for row in rows)
+PY
       echo "kept $kept/$name/results.jsonl ($(grep -c '"event": "finished"' "$kept/$name/results.jsonl") finished trials)"
     fi
   done

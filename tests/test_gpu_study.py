@@ -127,4 +127,7 @@ def test_long_studies_start_from_the_kept_trials_and_keep_them(tmp_path):
     save = subprocess.run(["bash", script, "--save", str(tmp_path / "out")], env=env,
                           capture_output=True, text=True, timeout=60)
     assert save.returncode == 0 and "(4 finished trials)" in save.stdout, save.stderr
-    assert kept.read_text() == (tmp_path / "out" / "tiny" / "results.jsonl").read_text()
+    saved = [json.loads(x) for x in kept.read_text().splitlines()]
+    assert len(saved) == len(rows) and str(tmp_path / "data") not in kept.read_text()
+    assert [r["overrides"] for r in saved if r.get("overrides")][-1][0] == "data.data_dir=DIR"
+    assert all(r["sweep"] == str(sweep) for r in saved if "sweep" in r)  # not under sweeps/
