@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from fishermask.kernels import _narrow
 from fishermask.kernels._symmetric import ata
 
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -231,9 +232,11 @@ class FisherEmbeddings:
         Factored block: (D ⊗ hᵀ) X_f = D · T with T[c', μ] = Σ_j h_j X_f[c'·d + j, μ].
         Returns [n, rows, m] (rows = C, or c with top-c classes).
         ``work``: an optional flat buffer of X's dtype for the dense block's cast (no allocation
-        per call).  For a narrow X (a greedy step's k×2C update) the dense product is taken as
-        (Xᵀ Rᵀ)ᵀ, which BLAS runs up to 1.4× as fast as R X for few columns on one thread; with
-        several CPU threads R X is faster (MKL parallelises it, not the other).
+        per call).  For a narrow X (a greedy step's k×2C update) in float32 on one CPU thread the
+        dense product is the compiled kernel of ``kernels/_narrow.py`` (1.3–1.4× BLAS); where it
+        cannot run, and in other dtypes, it is taken as (Xᵀ Rᵀ)ᵀ, which BLAS runs up to 1.4× as
+        fast as R X for few columns on one thread; with several CPU threads R X is faster (MKL
+        parallelises it, not the other).
         """
         n, c, dt = len(self), self.num_classes, x.dtype
         out = None
@@ -250,7 +253,10 @@ class FisherEmbeddings:
                 else:
                     r = r.to(dt)
             xd = x[self.k_factored:]
-            if xd.shape[1] <= 64 and (r.device.type != "cpu" or torch.get_num_threads() == 1):
+            narrow = _narrow.product(r, xd) if _narrow.applies(r, xd) else None
+            if narrow is not None:  # float32 on one CPU thread: kernels/_narrow.py
+                dense = narrow.reshape(n, self.num_rows, -1)
+            elif xd.shape[1] <= 64 and (r.device.type != "cpu" or torch.get_num_threads() == 1):
                 dense = (xd.T.contiguous() @ r.T).T.reshape(n, self.num_rows, -1)
             else:
                 dense = (r @ xd).reshape(n, self.num_rows, -1)
