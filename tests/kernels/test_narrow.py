@@ -1,9 +1,13 @@
 """The narrow product's compiled kernel (kernels/_narrow.py) against float64 brute force: both
 dtypes, rows fewer than a tile, k below, at and above a multiple of the vector width, strided rows,
-one to 64 columns; each row's bits independent of where it sits; and the symmetric products of
-the driver through it."""
+one to 64 columns; each row's bits independent of where it sits; the symmetric products of the
+driver through it; and the compiled code kept on disk for the next process."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -71,3 +75,17 @@ def test_the_driver_products_through_it(monkeypatch):
     assert torch.equal(kernel, _narrow.product(a, y))
     monkeypatch.setattr(_llvm, "available", lambda: False)
     torch.testing.assert_close(sym_mm(a, y), kernel, rtol=1e-13, atol=1e-13)
+
+
+def test_compiled_code_is_kept_on_disk_and_loaded_by_the_next_process(tmp_path):
+    code = ("import torch; torch.set_num_threads(1); from fishermask.kernels import _narrow; "
+            "g = torch.Generator().manual_seed(0); "
+            "r, x = torch.randn(9, 37, generator=g), torch.randn(37, 7, generator=g); "
+            "print(_narrow.product(r, x).double().sum().item().hex())")
+    env = dict(os.environ, FISHERMASK_KERNEL_CACHE=str(tmp_path / "kernels"))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
+    kept = sorted(p.name for p in (tmp_path / "kernels").iterdir())
+    assert len(kept) == 2 and all(name.startswith("narrow-") for name in kept)  # tile 4, tile 1
+    assert runs[0].stdout == runs[1].stdout        # the loaded code computes the same bits
