@@ -307,7 +307,6 @@ class GreedyShard:
             gt = rows.matmul(x, self._work)                                    # [G | T], [n, C, 2C]
             if fused:  # the C×C update and the scores in one compiled loop (kernels/_fused.py)
                 _fused.forward_update(gt, self.p[idx], self.q[idx], self.scores[idx])
-                self._rescore_failed(idx)
                 continue
             n = gt.shape[0]
             # [Gᵀ | Tᵀ] per row: [n, C, 2C] with [m, (h, i)] = (G, T)[h][i, m]
@@ -316,6 +315,8 @@ class GreedyShard:
             self._add_rows(self.p, idx, out[:, :, :c], -sign)
             self._add_rows(self.q, idx, out[:, :, c:], 2)                     # Q + 2W (see above)
             self._score_rows(idx)
+        if fused:
+            self._rescore_failed(slice(0, self.size))
 
     def _rescore_failed(self, sl: slice) -> None:
         """Score by a general solve the rows whose I + P the compiled loop could not factor."""
