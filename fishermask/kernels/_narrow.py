@@ -77,6 +77,34 @@ def _ir(m: int, tile: int, dtype=torch.float32) -> str:
         add(f"  %xp{r} = getelementptr {sc}, ptr %x, i64 %xo{r}")
         add(f"  %oo{r} = mul i64 %r{r}, %ldo")
     groups = [(c0, min(GROUP, m - c0)) for c0 in range(0, m, GROUP)]
+
+    def phis(g, cols, tag, before, loop_tag):
+        """%{g}.{tag}{r}.{j}: zero on entry from ``before``, the loop's results from the loop."""
+        for r in rows:
+            for j in cols:
+                add(f"  %{g}.{tag}{r}.{j} = phi {vec} [zeroinitializer, %{before}], "
+                    f"[%{g}.{loop_tag}{r}.{j}, %{g}.loop]")
+
+    def fmas(g, cols, tag, off, acc, masked, prefetch):
+        """Each row's vector at ``off`` (masked: the tail, nothing past the row read) times each
+        column's, added to %{g}.{acc}{r}.{j}; the sums are %{g}.{tag}{r}.{j}."""
+        for r in rows:
+            add(f"  %{g}.{tag}xa{r} = getelementptr {sc}, ptr %xp{r}, i64 {off}")
+            if masked:
+                add(f"  %{g}.{tag}x{r} = call {vec} @llvm.masked.load.{vt}.p0(ptr %{g}.{tag}xa{r}, "
+                    f"i32 {size}, <{w} x i1> %mask, {vec} zeroinitializer)")
+            else:
+                add(f"  %{g}.{tag}x{r} = load {vec}, ptr %{g}.{tag}xa{r}, align {size}")
+            if prefetch:  # the next tile's row, while this one is worked on
+                add(f"  %{g}.pf{r} = getelementptr {sc}, ptr %{g}.{tag}xa{r}, i64 %ahead")
+                add(f"  call void @llvm.prefetch.p0(ptr %{g}.pf{r}, i32 0, i32 2, i32 1)")
+        for j in cols:
+            add(f"  %{g}.{tag}wa{j} = getelementptr {sc}, ptr %{g}.w{j}, i64 {off}")
+            add(f"  %{g}.{tag}y{j} = load {vec}, ptr %{g}.{tag}wa{j}, align {size}")
+            for r in rows:
+                add(f"  %{g}.{tag}{r}.{j} = call {vec} @llvm.fma.{vt}({vec} %{g}.{tag}x{r}, "
+                    f"{vec} %{g}.{tag}y{j}, {vec} %{g}.{acc}{r}.{j})")
+
     before = "tile"
     for gi, (c0, width) in enumerate(groups):
         g, cols = f"g{gi}", range(width)
@@ -85,45 +113,21 @@ def _ir(m: int, tile: int, dtype=torch.float32) -> str:
             add(f"  %{g}.w{j} = getelementptr {sc}, ptr %wt, i64 %{g}.wo{j}")
         add(f"  %{g}.full = icmp ugt i64 %nfull, 0")
         add(f"  br i1 %{g}.full, label %{g}.loop, label %{g}.tail")
-        # the full 16-vectors of each row
+        # the full vectors of each row
         add(f"{g}.loop:")
         add(f"  %{g}.v = phi i64 [0, %{before}], [%{g}.vn, %{g}.loop]")
-        for r in rows:
-            for j in cols:
-                add(f"  %{g}.a{r}.{j} = phi {vec} [zeroinitializer, %{before}], "
-                    f"[%{g}.b{r}.{j}, %{g}.loop]")
+        phis(g, cols, "a", before, "b")
         add(f"  %{g}.off = mul i64 %{g}.v, {w}")
-        for r in rows:
-            add(f"  %{g}.xa{r} = getelementptr {sc}, ptr %xp{r}, i64 %{g}.off")
-            add(f"  %{g}.x{r} = load {vec}, ptr %{g}.xa{r}, align {size}")
-            if gi == 0:  # the next tile's row, while this one is worked on
-                add(f"  %{g}.pf{r} = getelementptr {sc}, ptr %{g}.xa{r}, i64 %ahead")
-                add(f"  call void @llvm.prefetch.p0(ptr %{g}.pf{r}, i32 0, i32 2, i32 1)")
-        for j in cols:
-            add(f"  %{g}.wa{j} = getelementptr {sc}, ptr %{g}.w{j}, i64 %{g}.off")
-            add(f"  %{g}.y{j} = load {vec}, ptr %{g}.wa{j}, align {size}")
-            for r in rows:
-                add(f"  %{g}.b{r}.{j} = call {vec} @llvm.fma.{vt}({vec} %{g}.x{r}, "
-                    f"{vec} %{g}.y{j}, {vec} %{g}.a{r}.{j})")
+        fmas(g, cols, "b", f"%{g}.off", "a", masked=False, prefetch=gi == 0)
         add(f"  %{g}.vn = add i64 %{g}.v, 1")
         add(f"  %{g}.more = icmp ult i64 %{g}.vn, %nfull")
         add(f"  br i1 %{g}.more, label %{g}.loop, label %{g}.tail")
-        # the last k mod 16 entries (a masked load: nothing past the row is read), then the sums
+        # the last k mod w entries, then each accumulator's lanes summed
         add(f"{g}.tail:")
-        for r in rows:
-            for j in cols:
-                add(f"  %{g}.c{r}.{j} = phi {vec} [zeroinitializer, %{before}], "
-                    f"[%{g}.b{r}.{j}, %{g}.loop]")
-        for r in rows:
-            add(f"  %{g}.ta{r} = getelementptr {sc}, ptr %xp{r}, i64 %toff")
-            add(f"  %{g}.t{r} = call {vec} @llvm.masked.load.{vt}.p0(ptr %{g}.ta{r}, i32 {size}, "
-                f"<{w} x i1> %mask, {vec} zeroinitializer)")
+        phis(g, cols, "c", before, "b")
+        fmas(g, cols, "d", "%toff", "c", masked=True, prefetch=False)
         for j in cols:
-            add(f"  %{g}.twa{j} = getelementptr {sc}, ptr %{g}.w{j}, i64 %toff")
-            add(f"  %{g}.ty{j} = load {vec}, ptr %{g}.twa{j}, align {size}")
             for r in rows:
-                add(f"  %{g}.d{r}.{j} = call {vec} @llvm.fma.{vt}({vec} %{g}.t{r}, "
-                    f"{vec} %{g}.ty{j}, {vec} %{g}.c{r}.{j})")
                 add(f"  %{g}.s{r}.{j} = call reassoc {sc} @llvm.vector.reduce.fadd.{vt}("
                     f"{sc} -0.0, {vec} %{g}.d{r}.{j})")
                 add(f"  %{g}.oi{r}.{j} = add i64 %oo{r}, {c0 + j}")
