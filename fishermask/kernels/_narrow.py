@@ -76,16 +76,36 @@ def _ir(m: int, tile: int, dtype=torch.float32) -> str:
         add(f"  %xo{r} = mul i64 %r{r}, %ldx")
         add(f"  %xp{r} = getelementptr {sc}, ptr %x, i64 %xo{r}")
         add(f"  %oo{r} = mul i64 %r{r}, %ldo")
-    groups = [(c0, min(GROUP, m - c0)) for c0 in range(0, m, GROUP)]
+    before = "tile"
+    for gi, c0 in enumerate(range(0, m, GROUP)):
+        before = _group_ir(lines.append, gi, c0, min(GROUP, m - c0), before, tile, dtype)
+    lines += ["  br label %last",
+              "last:",
+              "  %t.next = add i64 %t, 1",
+              "  %again = icmp ult i64 %t.next, %tiles",
+              "  br i1 %again, label %tile, label %done",
+              "done:",
+              "  ret void",
+              "}"]
+    return "\n".join(lines)
 
-    def phis(g, cols, tag, before, loop_tag):
+
+def _group_ir(add, gi: int, c0: int, width: int, before: str, tile: int, dtype) -> str:
+    """The IR of columns [c0, c0 + width) for a tile of rows (entered from block ``before``):
+    the loop over full vectors, the masked tail, each accumulator's lanes summed and stored.
+    Returns the name of the block it ends in."""
+    sc, w, sfx, size = _TYPES[dtype]
+    vec, vt = f"<{w} x {sc}>", f"v{w}{sfx}"
+    g, cols, rows = f"g{gi}", range(width), range(tile)
+
+    def phis(tag, loop_tag):
         """%{g}.{tag}{r}.{j}: zero on entry from ``before``, the loop's results from the loop."""
         for r in rows:
             for j in cols:
                 add(f"  %{g}.{tag}{r}.{j} = phi {vec} [zeroinitializer, %{before}], "
                     f"[%{g}.{loop_tag}{r}.{j}, %{g}.loop]")
 
-    def fmas(g, cols, tag, off, acc, masked, prefetch):
+    def fmas(tag, off, acc, masked, prefetch):
         """Each row's vector at ``off`` (masked: the tail, nothing past the row read) times each
         column's, added to %{g}.{acc}{r}.{j}; the sums are %{g}.{tag}{r}.{j}."""
         for r in rows:
@@ -105,46 +125,34 @@ def _ir(m: int, tile: int, dtype=torch.float32) -> str:
                 add(f"  %{g}.{tag}{r}.{j} = call {vec} @llvm.fma.{vt}({vec} %{g}.{tag}x{r}, "
                     f"{vec} %{g}.{tag}y{j}, {vec} %{g}.{acc}{r}.{j})")
 
-    before = "tile"
-    for gi, (c0, width) in enumerate(groups):
-        g, cols = f"g{gi}", range(width)
-        for j in cols:  # column c0 + j of X: row c0 + j of wt
-            add(f"  %{g}.wo{j} = mul i64 {c0 + j}, %k16")
-            add(f"  %{g}.w{j} = getelementptr {sc}, ptr %wt, i64 %{g}.wo{j}")
-        add(f"  %{g}.full = icmp ugt i64 %nfull, 0")
-        add(f"  br i1 %{g}.full, label %{g}.loop, label %{g}.tail")
-        # the full vectors of each row
-        add(f"{g}.loop:")
-        add(f"  %{g}.v = phi i64 [0, %{before}], [%{g}.vn, %{g}.loop]")
-        phis(g, cols, "a", before, "b")
-        add(f"  %{g}.off = mul i64 %{g}.v, {w}")
-        fmas(g, cols, "b", f"%{g}.off", "a", masked=False, prefetch=gi == 0)
-        add(f"  %{g}.vn = add i64 %{g}.v, 1")
-        add(f"  %{g}.more = icmp ult i64 %{g}.vn, %nfull")
-        add(f"  br i1 %{g}.more, label %{g}.loop, label %{g}.tail")
-        # the last k mod w entries, then each accumulator's lanes summed
-        add(f"{g}.tail:")
-        phis(g, cols, "c", before, "b")
-        fmas(g, cols, "d", "%toff", "c", masked=True, prefetch=False)
-        for j in cols:
-            for r in rows:
-                add(f"  %{g}.s{r}.{j} = call reassoc {sc} @llvm.vector.reduce.fadd.{vt}("
-                    f"{sc} -0.0, {vec} %{g}.d{r}.{j})")
-                add(f"  %{g}.oi{r}.{j} = add i64 %oo{r}, {c0 + j}")
-                add(f"  %{g}.op{r}.{j} = getelementptr {sc}, ptr %out, i64 %{g}.oi{r}.{j}")
-                add(f"  store {sc} %{g}.s{r}.{j}, ptr %{g}.op{r}.{j}, align {size}")
-        add(f"  br label %{g}.end")
-        add(f"{g}.end:")
-        before = f"{g}.end"
-    lines += ["  br label %last",
-              "last:",
-              "  %t.next = add i64 %t, 1",
-              "  %again = icmp ult i64 %t.next, %tiles",
-              "  br i1 %again, label %tile, label %done",
-              "done:",
-              "  ret void",
-              "}"]
-    return "\n".join(lines)
+    for j in cols:  # column c0 + j of X: row c0 + j of wt
+        add(f"  %{g}.wo{j} = mul i64 {c0 + j}, %k16")
+        add(f"  %{g}.w{j} = getelementptr {sc}, ptr %wt, i64 %{g}.wo{j}")
+    add(f"  %{g}.full = icmp ugt i64 %nfull, 0")
+    add(f"  br i1 %{g}.full, label %{g}.loop, label %{g}.tail")
+    # the full vectors of each row
+    add(f"{g}.loop:")
+    add(f"  %{g}.v = phi i64 [0, %{before}], [%{g}.vn, %{g}.loop]")
+    phis("a", "b")
+    add(f"  %{g}.off = mul i64 %{g}.v, {w}")
+    fmas("b", f"%{g}.off", "a", masked=False, prefetch=gi == 0)
+    add(f"  %{g}.vn = add i64 %{g}.v, 1")
+    add(f"  %{g}.more = icmp ult i64 %{g}.vn, %nfull")
+    add(f"  br i1 %{g}.more, label %{g}.loop, label %{g}.tail")
+    # the last k mod w entries, then each accumulator's lanes summed
+    add(f"{g}.tail:")
+    phis("c", "b")
+    fmas("d", "%toff", "c", masked=True, prefetch=False)
+    for j in cols:
+        for r in rows:
+            add(f"  %{g}.s{r}.{j} = call reassoc {sc} @llvm.vector.reduce.fadd.{vt}("
+                f"{sc} -0.0, {vec} %{g}.d{r}.{j})")
+            add(f"  %{g}.oi{r}.{j} = add i64 %oo{r}, {c0 + j}")
+            add(f"  %{g}.op{r}.{j} = getelementptr {sc}, ptr %out, i64 %{g}.oi{r}.{j}")
+            add(f"  store {sc} %{g}.s{r}.{j}, ptr %{g}.op{r}.{j}, align {size}")
+    add(f"  br label %{g}.end")
+    add(f"{g}.end:")
+    return f"{g}.end"
 
 
 def _compile(m: int, tile: int, dtype):
