@@ -37,9 +37,10 @@ def mkl_narrow() -> bool:
 
 
 def sym_mm(mat: Tensor, y: Tensor) -> Tensor:
-    """mat @ y for a symmetric k×k ``mat`` and a narrow k×m ``y``.  Where MKL takes the float64
-    product (:func:`mkl_narrow`) and everywhere else for other dtypes and devices, torch's
-    product: (yᵀ mat)ᵀ on one thread (about 10 % faster with the narrow matrix on the left), mat y
+    """mat @ y for a symmetric k×k ``mat`` and a narrow k×m ``y``.  On one CPU thread, the compiled
+    kernel of ``kernels/_narrow.py`` (it reads ``mat`` once, as a stream of rows).  Otherwise,
+    where MKL takes the float64 product (:func:`mkl_narrow`) and for other dtypes and devices,
+    torch's product: (yᵀ mat)ᵀ on one thread (about 10 % faster with the narrow matrix on the left), mat y
     on several (MKL parallelises it, 1.4× as fast).  Elsewhere a float64 product on the CPU goes
     through numpy's BLAS (30 against 11 GFLOP/s for [10, 1,400]×[1,400, 1,400] on one thread),
     whose threads :func:`~fishermask.kernels._threads.step_threads` keeps at one inside the steps

@@ -232,10 +232,10 @@ class FisherEmbeddings:
         Factored block: (D ⊗ hᵀ) X_f = D · T with T[c', μ] = Σ_j h_j X_f[c'·d + j, μ].
         Returns [n, rows, m] (rows = C, or c with top-c classes).
         ``work``: an optional flat buffer of X's dtype for the dense block's cast (no allocation
-        per call).  For a narrow X (a greedy step's k×2C update) in float32 on one CPU thread the
-        dense product is the compiled kernel of ``kernels/_narrow.py`` (1.3–1.4× BLAS); where it
-        cannot run, and in other dtypes, it is taken as (Xᵀ Rᵀ)ᵀ, which BLAS runs up to 1.4× as
-        fast as R X for few columns on one thread; with several CPU threads R X is faster (MKL
+        per call).  For a narrow X (a greedy step's k×2C update) in float32 or float64 on one CPU
+        thread the dense product is the compiled kernel of ``kernels/_narrow.py`` (1.3–1.4×
+        BLAS); where it cannot run it is taken as (Xᵀ Rᵀ)ᵀ, which BLAS runs up to 1.4× as fast as
+        R X for few columns on one thread; with several CPU threads R X is faster (MKL
         parallelises it, not the other).
         """
         n, c, dt = len(self), self.num_classes, x.dtype
@@ -254,7 +254,7 @@ class FisherEmbeddings:
                     r = r.to(dt)
             xd = x[self.k_factored:]
             narrow = _narrow.product(r, xd) if _narrow.applies(r, xd) else None
-            if narrow is not None:  # float32 on one CPU thread: kernels/_narrow.py
+            if narrow is not None:  # one CPU thread: kernels/_narrow.py
                 dense = narrow.reshape(n, self.num_rows, -1)
             elif xd.shape[1] <= 64 and (r.device.type != "cpu" or torch.get_num_threads() == 1):
                 dense = (xd.T.contiguous() @ r.T).T.reshape(n, self.num_rows, -1)
