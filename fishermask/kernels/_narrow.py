@@ -177,11 +177,9 @@ def applies(r: Tensor, x: Tensor) -> bool:
             and 0 < x.shape[1] <= MAX_COLUMNS and torch.get_num_threads() == 1)
 
 
-def product(r: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor | None:
-    """R X as a [N, m] tensor of R's dtype, or None where the kernel could not be compiled here
-    (the caller then takes torch's product).  Check :func:`applies` first.  ``out``: a flat
-    buffer of R's dtype with room for N·m numbers to write it into (a view of it is returned; a
-    buffer reused from call to call saves the fresh pages a new tensor of this size costs)."""
+def product(r: Tensor, x: Tensor) -> Tensor | None:
+    """R X as a new [N, m] tensor of R's dtype, or None where the kernel could not be compiled
+    here (the caller then takes torch's product).  Check :func:`applies` first."""
     n, k = r.shape
     m, dt = x.shape[1], r.dtype
     main, single = _compile(m, TILE, dt), _compile(m, 1, dt)
@@ -191,10 +189,7 @@ def product(r: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor | None:
     kw = lanes * (k // lanes + 1)  # room for the tail's vector even when it divides k (zeros)
     wt = torch.zeros(m, kw, dtype=dt)
     wt[:, :k] = x.T
-    if out is not None and out.dtype == dt and out.is_contiguous() and out.numel() >= n * m:
-        out = out[: n * m].view(n, m)
-    else:
-        out = torch.empty(n, m, dtype=dt)
+    out = torch.empty(n, m, dtype=dt)
     if n:
         ldx = r.stride(0) if n > 1 else k
         tiles = n // TILE
